@@ -1,0 +1,149 @@
+"""The compiler's output: chains of structured iptables rules for one IP family.
+
+This is the contract between the pure compiler and the dataplane backends. A rule is
+structured (not a string) so the restore writer and the python-iptables writer build
+the same rule from the same fields, and so every rule renders to one canonical text.
+
+Every rule carries a comment. Its first word is a content hash chained over the chain
+name and the previous rule (the scheme Calico uses), so the dataplane can tell which
+chains differ from what is programmed by reading back only the comments.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+HASH_PREFIX = "npa:"
+HASH_LEN = 16
+MAX_COMMENT = 256
+MAX_CHAIN_NAME = 28
+
+
+class Family(enum.Enum):
+    IPV4 = "ipv4"
+    IPV6 = "ipv6"
+
+    @property
+    def version(self) -> int:
+        return 4 if self is Family.IPV4 else 6
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """An iptables match module with its options, e.g. ``-m multiport --dports 80,443``."""
+
+    module: str
+    options: tuple[tuple[str, str], ...] = ()
+
+    def render(self) -> str:
+        parts = ["-m", self.module]
+        for option, value in self.options:
+            parts.append(option)
+            if value:
+                parts.append(value)
+        return " ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One rule. ``target`` is a verdict (RETURN, DROP, REJECT, MARK) or a chain name."""
+
+    target: str
+    comment: str
+    source: str | None = None
+    destination: str | None = None
+    protocol: str | None = None
+    matches: tuple[Match, ...] = ()
+    target_options: tuple[tuple[str, str], ...] = ()
+    goto: bool = False
+
+    def render_body(self) -> str:
+        """The rule's text without its comment: what the hash covers."""
+        return " ".join(self._parts(comment=None))
+
+    def render(self, rule_hash: str) -> str:
+        """The rule's arguments after ``-A CHAIN``, with its hash-prefixed comment.
+
+        The comment is the first match, which is where iptables-save prints it too.
+        """
+        comment = _sanitize_comment(f"{HASH_PREFIX}{rule_hash} {self.comment}")[:MAX_COMMENT]
+        return " ".join(self._parts(comment=comment))
+
+    def _parts(self, comment: str | None) -> list[str]:
+        parts: list[str] = []
+        if self.source is not None:
+            parts += ["-s", self.source]
+        if self.destination is not None:
+            parts += ["-d", self.destination]
+        if self.protocol is not None:
+            parts += ["-p", self.protocol]
+        if comment is not None:
+            parts += ["-m", "comment", "--comment", f'"{comment}"']
+        parts += [m.render() for m in self.matches]
+        parts += ["-g" if self.goto else "-j", self.target]
+        for option, value in self.target_options:
+            parts.append(option)
+            if value:
+                parts.append(value)
+        return parts
+
+
+def _chained_hash(chain: str, previous: str, body: str, comment: str) -> str:
+    digest = hashlib.sha256(f"{chain}\0{previous}\0{body}\0{comment}".encode()).hexdigest()
+    return digest[:HASH_LEN]
+
+
+def _sanitize_comment(text: str) -> str:
+    # iptables-restore has no escape for a double quote inside a quoted comment.
+    return text.replace('"', "'").replace("\n", " ")
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    name: str
+    rules: tuple[Rule, ...]
+    # Chained per-rule hashes, computed once: the dataplane compares these with the
+    # hashes it reads back from the kernel.
+    hashes: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if len(self.name) > MAX_CHAIN_NAME:
+            raise ValueError(f"chain name {self.name!r} is longer than {MAX_CHAIN_NAME}")
+        hashes: list[str] = []
+        previous = ""
+        for rule in self.rules:
+            previous = _chained_hash(self.name, previous, rule.render_body(), rule.comment)
+            hashes.append(previous)
+        object.__setattr__(self, "hashes", tuple(hashes))
+
+    def render_rules(self) -> Iterator[str]:
+        """``-A`` lines for iptables-restore."""
+        for rule, rule_hash in zip(self.rules, self.hashes, strict=True):
+            yield f"-A {self.name} {rule.render(rule_hash)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Ruleset:
+    """Everything the agent wants programmed in the filter table for one family.
+
+    ``entry_chain`` is the chain that the single jump from FORWARD targets; all other
+    chains are reachable from it.
+    """
+
+    family: Family
+    entry_chain: str
+    chains: Mapping[str, Chain]
+
+    @classmethod
+    def of(cls, family: Family, entry_chain: str, chains: Iterable[Chain]) -> Ruleset:
+        ordered = {chain.name: chain for chain in chains}
+        if entry_chain not in ordered:
+            raise ValueError(f"entry chain {entry_chain} is not among the chains")
+        return cls(family=family, entry_chain=entry_chain, chains=ordered)
+
+    @property
+    def rule_count(self) -> int:
+        return sum(len(chain.rules) for chain in self.chains.values())
