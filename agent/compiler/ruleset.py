@@ -69,8 +69,11 @@ class Rule:
 
         The comment is the first match, which is where iptables-save prints it too.
         """
-        comment = _sanitize_comment(f"{HASH_PREFIX}{rule_hash} {self.comment}")[:MAX_COMMENT]
-        return " ".join(self._parts(comment=comment))
+        return " ".join(self._parts(comment=self.comment_text(rule_hash)))
+
+    def comment_text(self, rule_hash: str) -> str:
+        """The comment as programmed (unquoted): what a libiptc writer sets directly."""
+        return _sanitize_comment(f"{HASH_PREFIX}{rule_hash} {self.comment}")[:MAX_COMMENT]
 
     def _parts(self, comment: str | None) -> list[str]:
         parts: list[str] = []

@@ -1,0 +1,181 @@
+"""Typed, frozen views of the Kubernetes objects the agent needs, and nothing more.
+
+Each object keeps only the fields the policy layer reads, so a cluster of thousands of
+pods costs little memory. Parsing and validation live in :mod:`agent.model.parse`.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from agent.model.selectors import LabelSelector
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+
+class Protocol(enum.Enum):
+    TCP = "TCP"
+    UDP = "UDP"
+    SCTP = "SCTP"
+
+    @property
+    def iptables_name(self) -> str:
+        return self.value.lower()
+
+
+class Direction(enum.Enum):
+    INGRESS = "Ingress"
+    EGRESS = "Egress"
+
+    @property
+    def short(self) -> str:
+        return "ingress" if self is Direction.INGRESS else "egress"
+
+
+class PodPhase(enum.Enum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    UNKNOWN = "Unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Namespace:
+    name: str
+    labels: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerPort:
+    number: int
+    protocol: Protocol
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pod:
+    namespace: str
+    name: str
+    labels: Mapping[str, str]
+    node_name: str | None
+    host_network: bool
+    phase: PodPhase
+    ips: tuple[IPAddress, ...]
+    ports: tuple[ContainerPort, ...] = ()
+    uid: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def is_selectable(self) -> bool:
+        """Whether the pod counts for selection, as a target or as a peer.
+
+        A finished pod keeps its IP in status while the IP may already belong to a new
+        pod, so its labels must never apply to that address.
+        """
+        return (
+            not self.host_network
+            and bool(self.ips)
+            and self.phase not in (PodPhase.SUCCEEDED, PodPhase.FAILED)
+        )
+
+    def ips_of(self, version: int) -> tuple[IPAddress, ...]:
+        return tuple(ip for ip in self.ips if ip.version == version)
+
+    def resolve_named_port(self, name: str, protocol: Protocol) -> int | None:
+        """The number this pod serves under ``name`` for ``protocol``, if any."""
+        for port in self.ports:
+            if port.name == name and port.protocol is protocol:
+                return port.number
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    name: str
+    addresses: tuple[IPAddress, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class IPBlock:
+    cidr: IPNetwork
+    excepts: tuple[IPNetwork, ...] = ()
+
+    def contains(self, address: IPAddress) -> bool:
+        if address.version != self.cidr.version or address not in self.cidr:
+            return False
+        return not any(address in excluded for excluded in self.excepts)
+
+
+@dataclass(frozen=True, slots=True)
+class SelectorPeer:
+    """A peer given by selectors.
+
+    ``namespace_selector`` None means "the policy's own namespace"; ``pod_selector``
+    None means "every pod" of the selected namespaces.
+    """
+
+    namespace_selector: LabelSelector | None
+    pod_selector: LabelSelector | None
+
+
+Peer = SelectorPeer | IPBlock
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyPort:
+    """One entry of a rule's ``ports``.
+
+    ``port`` None means every port of ``protocol``; a str is a named port.
+    """
+
+    protocol: Protocol
+    port: int | str | None = None
+    end_port: int | None = None
+
+    @property
+    def is_named(self) -> bool:
+        return isinstance(self.port, str)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRule:
+    """One ingress or egress rule. ``peers``/``ports`` None means "all"."""
+
+    peers: tuple[Peer, ...] | None
+    ports: tuple[PolicyPort, ...] | None
+    index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkPolicy:
+    namespace: str
+    name: str
+    # None when the selector was invalid: the policy then isolates every pod of its
+    # namespace (fail closed) and allows nothing through its broken parts.
+    pod_selector: LabelSelector | None
+    policy_types: frozenset[Direction]
+    ingress: tuple[PolicyRule, ...] = ()
+    egress: tuple[PolicyRule, ...] = ()
+    problems: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def rules(self, direction: Direction) -> tuple[PolicyRule, ...]:
+        return self.ingress if direction is Direction.INGRESS else self.egress
+
+    def selects(self, pod: Pod) -> bool:
+        if pod.namespace != self.namespace:
+            return False
+        return self.pod_selector is None or self.pod_selector.matches(pod.labels)

@@ -1,0 +1,166 @@
+"""A consistent snapshot of the cluster as the policy layer sees it, with indexes."""
+
+from __future__ import annotations
+
+import functools
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from agent.model.objects import (
+    NAMESPACE_NAME_LABEL,
+    Direction,
+    IPAddress,
+    Namespace,
+    NetworkPolicy,
+    Node,
+    Pod,
+    SelectorPeer,
+)
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    namespaces: Mapping[str, Namespace] = field(default_factory=dict)
+    pods: Mapping[str, Pod] = field(default_factory=dict)  # by "ns/name"
+    policies: Mapping[str, NetworkPolicy] = field(default_factory=dict)  # by "ns/name"
+    nodes: Mapping[str, Node] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls,
+        namespaces: Iterable[Namespace] = (),
+        pods: Iterable[Pod] = (),
+        policies: Iterable[NetworkPolicy] = (),
+        nodes: Iterable[Node] = (),
+    ) -> ClusterState:
+        return cls(
+            namespaces={ns.name: ns for ns in namespaces},
+            pods={pod.key: pod for pod in pods},
+            policies={policy.key: policy for policy in policies},
+            nodes={node.name: node for node in nodes},
+        )
+
+    # --- indexes (computed once per snapshot) ------------------------------------
+
+    @functools.cached_property
+    def selectable_pods(self) -> tuple[Pod, ...]:
+        return tuple(pod for _, pod in sorted(self.pods.items()) if pod.is_selectable)
+
+    @functools.cached_property
+    def pods_by_namespace(self) -> Mapping[str, tuple[Pod, ...]]:
+        grouped: dict[str, list[Pod]] = defaultdict(list)
+        for pod in self.selectable_pods:
+            grouped[pod.namespace].append(pod)
+        return {ns: tuple(pods) for ns, pods in grouped.items()}
+
+    @functools.cached_property
+    def pod_by_ip(self) -> Mapping[IPAddress, Pod]:
+        """Selectable pods by address. Finished pods never claim an address."""
+        index: dict[IPAddress, Pod] = {}
+        for pod in self.selectable_pods:
+            for ip in pod.ips:
+                index.setdefault(ip, pod)
+        return index
+
+    @functools.cached_property
+    def policies_by_namespace(self) -> Mapping[str, tuple[NetworkPolicy, ...]]:
+        grouped: dict[str, list[NetworkPolicy]] = defaultdict(list)
+        for _, policy in sorted(self.policies.items()):
+            grouped[policy.namespace].append(policy)
+        return {ns: tuple(policies) for ns, policies in grouped.items()}
+
+    def namespace_labels(self, name: str) -> Mapping[str, str]:
+        namespace = self.namespaces.get(name)
+        if namespace is None:
+            # Not seen (yet): it still carries the label the API server always sets.
+            return {NAMESPACE_NAME_LABEL: name}
+        return namespace.labels
+
+    # --- selection -----------------------------------------------------------------
+
+    def local_pods(self, node_name: str) -> tuple[Pod, ...]:
+        return tuple(pod for pod in self.selectable_pods if pod.node_name == node_name)
+
+    def policies_selecting(self, pod: Pod, direction: Direction) -> tuple[NetworkPolicy, ...]:
+        """Policies that isolate ``pod`` in ``direction``, in a stable order."""
+        return tuple(
+            policy
+            for policy in self.policies_by_namespace.get(pod.namespace, ())
+            if direction in policy.policy_types and policy.selects(pod)
+        )
+
+    def selected_namespaces(self, peer: SelectorPeer, policy_namespace: str) -> tuple[str, ...]:
+        if peer.namespace_selector is None:
+            return (policy_namespace,)
+        selector = peer.namespace_selector
+        candidates = set(self.namespaces) | set(self.pods_by_namespace)
+        return tuple(sorted(ns for ns in candidates if selector.matches(self.namespace_labels(ns))))
+
+    def peer_pods(self, peer: SelectorPeer, policy_namespace: str) -> tuple[Pod, ...]:
+        """Selectable pods a selector peer stands for, in a stable order."""
+        members: list[Pod] = []
+        for namespace in self.selected_namespaces(peer, policy_namespace):
+            for pod in self.pods_by_namespace.get(namespace, ()):
+                if peer.pod_selector is None or peer.pod_selector.matches(pod.labels):
+                    members.append(pod)
+        return tuple(members)
+
+    def peer_matches_pod(self, peer: SelectorPeer, policy_namespace: str, pod: Pod) -> bool:
+        if not pod.is_selectable:
+            return False
+        if peer.namespace_selector is None:
+            if pod.namespace != policy_namespace:
+                return False
+        elif not peer.namespace_selector.matches(self.namespace_labels(pod.namespace)):
+            return False
+        return peer.pod_selector is None or peer.pod_selector.matches(pod.labels)
+
+    def node_addresses(self, node_name: str) -> tuple[IPAddress, ...]:
+        node = self.nodes.get(node_name)
+        return node.addresses if node else ()
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        return tuple(p for policy in self.policies.values() for p in policy.problems)
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltState:
+    state: ClusterState
+    problems: tuple[str, ...]
+
+
+def build_state(objects: Iterable[Mapping[str, object]]) -> BuiltState:
+    """Parse API objects of any supported kind into a snapshot.
+
+    Objects the agent cannot use are skipped and reported; the rest still apply.
+    """
+    from agent.model import parse  # the policy layer builds on the model layer
+
+    namespaces: list[Namespace] = []
+    pods: list[Pod] = []
+    policies: list[NetworkPolicy] = []
+    nodes: list[Node] = []
+    problems: list[str] = []
+    for raw in parse.flatten_lists(objects):
+        kind = str(raw.get("kind") or "")
+        try:
+            if kind == "Namespace":
+                namespaces.append(parse.parse_namespace(raw))
+            elif kind == "Pod":
+                pods.append(parse.parse_pod(raw))
+            elif kind == "NetworkPolicy":
+                policy = parse.parse_network_policy(raw)
+                policies.append(policy)
+                problems.extend(policy.problems)
+            elif kind == "Node":
+                nodes.append(parse.parse_node(raw))
+            else:
+                name = (raw.get("metadata") or {}).get("name", "?")
+                problems.append(
+                    f"{kind or 'object without kind'} {name}: not a kind the agent reads; skipped"
+                )
+        except parse.InvalidObject as error:
+            problems.append(f"{error}; skipped")
+    return BuiltState(ClusterState.of(namespaces, pods, policies, nodes), tuple(problems))
