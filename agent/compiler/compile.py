@@ -285,7 +285,9 @@ class _Builder:
             return name
         rules = [
             self._match_address(
-                direction, _host(ip), Rule(self.allow_chain, f"peer pod {pod.key}", goto=True)
+                direction,
+                _host(ip),
+                Rule(self.allow_chain, f"peer pod {pod.key}", goto=True, pod=pod.key),
             )
             for pod in pods
             for ip in pod.ips_of(self.version)
@@ -340,7 +342,12 @@ class _Builder:
             rules.extend(block)
             jumps_to_groups = any(not r.goto for r in block)
             if jumps_to_groups and i < len(blocks) - 1:
-                rules.append(self._if_allowed_return(f"{policy.key} {direction.short}: allowed"))
+                rules.append(
+                    dataclasses.replace(
+                        self._if_allowed_return(f"{policy.key} {direction.short}: allowed"),
+                        policy=policy.key,
+                    )
+                )
         if not rules:
             self.empty_policy_chains.add(name)
             return None
@@ -362,7 +369,14 @@ class _Builder:
 
         def emit(address: str | None, target: str, goto: bool) -> None:
             for protocol, matches, _ in port_fields:
-                base = Rule(target, comment, protocol=protocol, matches=matches, goto=goto)
+                base = Rule(
+                    target,
+                    comment,
+                    protocol=protocol,
+                    matches=matches,
+                    goto=goto,
+                    policy=policy.key,
+                )
                 out.append(
                     base if address is None else self._match_address(direction, address, base)
                 )
@@ -439,6 +453,7 @@ class _Builder:
                             matches=(
                                 Match(port.protocol.iptables_name, (("--dport", str(number)),)),
                             ),
+                            policy=policy.key,
                         )
                     )
         return out
@@ -452,15 +467,34 @@ class _Builder:
         for ip in pod.ips_of(self.version):
             # Hairpin through a Service back to itself: a pod is never cut off from itself.
             rules.append(
-                self._match_address(direction, _host(ip), Rule("RETURN", f"{pod.key}: itself"))
+                self._match_address(
+                    direction, _host(ip), Rule("RETURN", f"{pod.key}: itself", pod=pod.key)
+                )
             )
         for policy in policies:
             policy_chain = self.policy_chain(policy, direction, pod)
             if policy_chain is None:
                 continue  # it isolates the pod and allows nothing
-            rules.append(Rule(policy_chain, f"{pod.key}: policy {policy.key}"))
-            rules.append(self._if_allowed_return(f"{pod.key}: allowed by {policy.key}"))
-        rules.append(self._deny(f"{pod.key}: default deny {direction.short}"))
+            rules.append(
+                Rule(
+                    policy_chain,
+                    f"{pod.key}: policy {policy.key}",
+                    policy=policy.key,
+                    pod=pod.key,
+                )
+            )
+            rules.append(
+                dataclasses.replace(
+                    self._if_allowed_return(f"{pod.key}: allowed by {policy.key}"),
+                    policy=policy.key,
+                    pod=pod.key,
+                )
+            )
+        rules.append(
+            dataclasses.replace(
+                self._deny(f"{pod.key}: default deny {direction.short}"), pod=pod.key
+            )
+        )
         return self.add(name, rules)
 
     def build(self) -> Ruleset:
@@ -488,7 +522,7 @@ class _Builder:
                 # Dispatch looks at the local pod's own end: the opposite of peers.
                 other = Direction.EGRESS if direction is Direction.INGRESS else Direction.INGRESS
                 for ip in addresses:
-                    jump = Rule(chain, f"{direction.short} of {pod.key}", goto=True)
+                    jump = Rule(chain, f"{direction.short} of {pod.key}", goto=True, pod=pod.key)
                     dispatch[direction].append(self._match_address(other, _host(ip), jump))
         egress_chain = self.add(config.name("EGRESS"), dispatch[Direction.EGRESS])
         ingress_chain = self.add(config.name("INGRESS"), dispatch[Direction.INGRESS])

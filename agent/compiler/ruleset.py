@@ -59,6 +59,9 @@ class Rule:
     matches: tuple[Match, ...] = ()
     target_options: tuple[tuple[str, str], ...] = ()
     goto: bool = False
+    # Provenance for the rule-change log; not rendered, not hashed.
+    policy: str = field(default="", compare=False)
+    pod: str = field(default="", compare=False)
 
     def render_body(self) -> str:
         """The rule's text without its comment: what the hash covers."""

@@ -1,0 +1,50 @@
+# netpol-agent. `make demo` and `make test` work on a fresh Debian machine as root.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-unit test-lab test-cluster lint typecheck bench bench-smoke cluster-build clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/setup-host.sh
+	bash scripts/setup-host.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(PY) -m tests.lab.demo
+
+lint: setup
+	$(VENV)/bin/ruff check agent tests
+	$(VENV)/bin/ruff format --check agent
+
+typecheck: setup
+	$(VENV)/bin/mypy --strict agent
+
+cluster-build: setup
+	bash tests/cluster/build.sh
+
+# Everything: static checks, unit tests, the network-namespace lab (both iptables
+# backends) and the tests against a real kube-apiserver + etcd (built on first use).
+test: setup lint typecheck cluster-build
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests
+
+test-unit: setup
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/unit
+
+test-lab: setup
+	$(VENV)/bin/pytest -q -p no:cacheprovider -m lab tests
+
+test-cluster: setup cluster-build
+	$(VENV)/bin/pytest -q -p no:cacheprovider -m cluster tests
+
+bench: setup
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
