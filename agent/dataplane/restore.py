@@ -1,0 +1,37 @@
+"""Render a plan as one ``iptables-restore --noflush`` transaction: pure, no I/O.
+
+Order inside the transaction:
+1. ``:CHAIN - [0:0]`` for every chain we create, rewrite or delete. With --noflush,
+   declaring an existing chain flushes it, and every chain a later line refers to must be
+   declared before that line.
+2. ``-A`` lines of created and rewritten chains, callees before callers.
+3. FORWARD fixes: delete stray jumps first, then insert the one jump at position 1 (its
+   target is complete by now).
+4. ``-X`` for deleted chains, last: nothing refers to them any more (they were flushed
+   in step 1, and their jumps were removed in step 3).
+The kernel sees the whole transaction at COMMIT or not at all, so there is no moment
+where a flushed chain lets traffic through.
+"""
+
+from __future__ import annotations
+
+from agent.dataplane.plan import TablePlan
+from agent.dataplane.state import FORWARD, canonical_jump_spec
+
+
+def render_restore(plan: TablePlan) -> str:
+    """The restore payload, or "" when the plan changes nothing."""
+    if plan.is_noop:
+        return ""
+    lines = ["*filter"]
+    lines += [f":{change.name} - [0:0]" for change in plan.changes]
+    for chain in plan.chains_to_write:
+        lines.extend(chain.render_rules())
+    lines += [f"-D {FORWARD} {jump.spec}" for jump in plan.jump_removals]
+    if plan.jump_insert:
+        if plan.entry_chain is None:
+            raise ValueError("a plan that inserts the FORWARD jump needs an entry chain")
+        lines.append(f"-I {FORWARD} 1 {canonical_jump_spec(plan.entry_chain)}")
+    lines += [f"-X {name}" for name in plan.deleted]
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
