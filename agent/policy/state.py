@@ -17,6 +17,7 @@ from agent.model.objects import (
     Pod,
     SelectorPeer,
 )
+from agent.model.selectors import LabelSelector, Operator
 
 
 @dataclass(frozen=True)
@@ -97,13 +98,50 @@ class ClusterState:
         candidates = set(self.namespaces) | set(self.pods_by_namespace)
         return tuple(sorted(ns for ns in candidates if selector.matches(self.namespace_labels(ns))))
 
+    @functools.cached_property
+    def pods_by_label(self) -> Mapping[tuple[str, str], tuple[Pod, ...]]:
+        """Selectable pods by (label key, value), each list in key order."""
+        grouped: dict[tuple[str, str], list[Pod]] = defaultdict(list)
+        for pod in self.selectable_pods:
+            for item in pod.labels.items():
+                grouped[item].append(pod)
+        return {item: tuple(pods) for item, pods in grouped.items()}
+
+    def _candidates(self, selector: LabelSelector | None) -> Iterable[Pod] | None:
+        """A superset of the pods ``selector`` matches, from the label index; None if the
+        selector has no equality requirement to narrow with."""
+        if selector is None:
+            return None
+        best: list[Pod] | None = None
+        for requirement in selector.requirements:
+            if requirement.operator is not Operator.IN:
+                continue
+            found = [
+                pod
+                for value in requirement.values
+                for pod in self.pods_by_label.get((requirement.key, value), ())
+            ]
+            if best is None or len(found) < len(best):
+                best = found
+        if best is not None and len(best) > 1:
+            best.sort(key=lambda pod: pod.key)
+        return best
+
     def peer_pods(self, peer: SelectorPeer, policy_namespace: str) -> tuple[Pod, ...]:
-        """Selectable pods a selector peer stands for, in a stable order."""
-        members: list[Pod] = []
-        for namespace in self.selected_namespaces(peer, policy_namespace):
-            for pod in self.pods_by_namespace.get(namespace, ()):
-                if peer.pod_selector is None or peer.pod_selector.matches(pod.labels):
-                    members.append(pod)
+        """Selectable pods a selector peer stands for, in key order."""
+        namespaces = self.selected_namespaces(peer, policy_namespace)
+        candidates = self._candidates(peer.pod_selector)
+        if candidates is None:
+            candidates = (
+                pod for namespace in namespaces for pod in self.pods_by_namespace.get(namespace, ())
+            )
+            in_scope: Iterable[Pod] = candidates
+        else:
+            allowed = set(namespaces)
+            in_scope = (pod for pod in candidates if pod.namespace in allowed)
+        selector = peer.pod_selector
+        members = [pod for pod in in_scope if selector is None or selector.matches(pod.labels)]
+        members.sort(key=lambda pod: pod.key)
         return tuple(members)
 
     def peer_matches_pod(self, peer: SelectorPeer, policy_namespace: str, pod: Pod) -> bool:

@@ -1,0 +1,81 @@
+"""CIDR arithmetic on plain integers.
+
+The compiler collapses and splits address sets of thousands of pods on every group
+rebuild; the ipaddress module's objects are far too slow for that, so blocks here are
+``(network, prefix_length)`` integer pairs of one family.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+Block = tuple[int, int]  # (network address as int, prefix length)
+
+
+def width(version: int) -> int:
+    return 32 if version == 4 else 128
+
+
+def collapse(addresses: Iterable[int], version: int) -> list[Block]:
+    """The fewest blocks covering exactly the given host addresses, sorted."""
+    bits = width(version)
+    stack: list[Block] = []
+    for address in sorted(set(addresses)):
+        stack.append((address, bits))
+        # Merge while the two newest blocks are the two halves of one parent block.
+        while len(stack) >= 2:
+            (first, first_len), (second, second_len) = stack[-2], stack[-1]
+            if first_len != second_len or first_len == 0:
+                break
+            size = 1 << (bits - first_len)
+            if first % (size * 2) != 0 or second != first + size:
+                break
+            stack[-2:] = [(first, first_len - 1)]
+    return stack
+
+
+def last_address(block: Block, version: int) -> int:
+    network, length = block
+    return network + (1 << (width(version) - length)) - 1
+
+
+def common_block(blocks: Iterable[Block], version: int) -> Block:
+    """The smallest block containing all of ``blocks``."""
+    bits = width(version)
+    items = list(blocks)
+    low = min(network for network, _ in items)
+    high = max(last_address(block, version) for block in items)
+    length = bits - (low ^ high).bit_length()
+    return ((low >> (bits - length)) << (bits - length) if length < bits else low, length)
+
+
+def halves(block: Block, version: int) -> tuple[Block, Block]:
+    network, length = block
+    size = 1 << (width(version) - length - 1)
+    return (network, length + 1), (network + size, length + 1)
+
+
+def contains(outer: Block, inner: Block, version: int) -> bool:
+    return (
+        outer[1] <= inner[1]
+        and outer[0] <= inner[0]
+        and last_address(inner, version) <= last_address(outer, version)
+    )
+
+
+_TEXT: dict[tuple[int, int, int], str] = {}
+
+
+def text(block: Block, version: int) -> str:
+    """``a.b.c.d/len`` or ``x::y/len``, as iptables prints it."""
+    key = (block[0], block[1], version)
+    found = _TEXT.get(key)
+    if found is None:
+        address = (
+            ipaddress.IPv4Address(block[0]) if version == 4 else ipaddress.IPv6Address(block[0])
+        )
+        found = f"{address}/{block[1]}"
+        if len(_TEXT) < 1_000_000:  # addresses recur across syncs; bound the cache anyway
+            _TEXT[key] = found
+    return found
