@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.compiler.compile import CompilerConfig, NodeContext, compile_node, node_addresses
+from agent.compiler.builder import NodeCompiler
+from agent.compiler.compile import CompilerConfig, node_addresses
 from agent.compiler.ruleset import Family, Ruleset
 from agent.control.outcome import (
     Cause,
@@ -103,6 +104,11 @@ class Reconciler:
         self._retry_at: float | None = None
         self._retry_delay = config.retry_initial
         self.last_outcome: SyncOutcome | None = None
+        # One incremental compiler per family: each pass recompiles only what changed.
+        self._compilers = {
+            family: NodeCompiler(config.node_name, family, config.compiler)
+            for family in config.families
+        }
         self.heartbeat = time.monotonic()
 
     # --- input -------------------------------------------------------------------------
@@ -221,18 +227,16 @@ class Reconciler:
                 nodes={k: v for k, v in self._store[Kind.NODE].items() if isinstance(v, Node)},
             )
 
-    def node_context(self, state: ClusterState) -> NodeContext:
+    def node_addresses(self, state: ClusterState) -> tuple[IPAddress, ...]:
         kernel = self._kernel_addresses() if self._kernel_addresses is not None else ()
         extra = (*self.config.extra_node_addresses, *kernel)
-        return NodeContext(
-            self.config.node_name, node_addresses(state, self.config.node_name, extra)
-        )
+        return node_addresses(state, self.config.node_name, extra)
 
     def compile(self, state: ClusterState) -> dict[Family, Ruleset]:
-        node = self.node_context(state)
+        addresses = self.node_addresses(state)
         return {
-            family: compile_node(state, node, family, self.config.compiler)
-            for family in self.config.families
+            family: compiler.compile(state, addresses)
+            for family, compiler in self._compilers.items()
         }
 
     def run_pass(self, cause: Cause) -> SyncOutcome:
@@ -252,9 +256,11 @@ class Reconciler:
         error: str | None = None
         try:
             # The initial pass adopts what a previous instance programmed: it writes only
-            # chains whose hashes differ, so no window opens. Resync and retry passes
-            # rewrite everything to repair drift that hashes cannot see.
-            report = self.dataplane.sync(rulesets, full=cause in (Cause.RESYNC, Cause.RETRY))
+            # chains whose hashes differ, so no window opens. A resync reads the kernel
+            # back and rewrites what drifted; after a failure everything is rewritten.
+            report = self.dataplane.sync(
+                rulesets, full=cause is Cause.RETRY, verify=cause is Cause.RESYNC
+            )
         except DataplaneSyncError as failure:
             report = failure.report
             error = str(failure)

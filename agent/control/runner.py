@@ -95,7 +95,9 @@ def run_agent(args: argparse.Namespace, compiler: CompilerConfig) -> int:
     )
     source = _make_source(args)
     observers, server = ([], None) if args.once else _observers(args, source)
-    dataplane = Dataplane(backend, compiler.chain_prefix + "-")
+    # Partial syncs trust what we last wrote (reading 20k rules back costs more than the
+    # write); full resyncs read the kernel and repair any drift.
+    dataplane = Dataplane(backend, compiler.chain_prefix + "-", read_on_partial=False)
     watcher: AddressWatcher | None = None
     if not args.no_kernel_addresses:
         # The callback runs only after start(), when `reconciler` exists.

@@ -119,8 +119,14 @@ class Dataplane:
         self._needs_full: set[Family] = set()
         self._read_on_partial = read_on_partial
 
-    def sync(self, rulesets: Mapping[Family, Ruleset], *, full: bool) -> SyncReport:
-        """Program the given families; families not given are left as they are."""
+    def sync(
+        self, rulesets: Mapping[Family, Ruleset], *, full: bool, verify: bool = False
+    ) -> SyncReport:
+        """Program the given families; families not given are left as they are.
+
+        ``verify`` reads the table back even on a partial sync, so chains someone else
+        changed (drift) are found and rewritten; ``full`` rewrites every chain.
+        """
         started = time.monotonic()
         done: dict[Family, FamilySync] = {}
         errors: dict[Family, BackendError] = {}
@@ -129,7 +135,7 @@ class Dataplane:
                 if ruleset.family is not family:
                     raise ValueError(f"ruleset for {ruleset.family} given as {family}")
                 try:
-                    done[family] = self._sync_family(ruleset, full=full)
+                    done[family] = self._sync_family(ruleset, full=full, verify=verify)
                 except BackendError as error:
                     # The table may not be what we think: compare and rewrite all next time.
                     self._needs_full.add(family)
@@ -150,12 +156,12 @@ class Dataplane:
             self._expected.clear()
             return results
 
-    def _sync_family(self, ruleset: Ruleset, *, full: bool) -> FamilySync:
+    def _sync_family(self, ruleset: Ruleset, *, full: bool, verify: bool) -> FamilySync:
         family = ruleset.family
         force_full = full or family in self._needs_full
         expected = self._expected.get(family)
         read_started = time.monotonic()
-        if force_full or self._read_on_partial or expected is None:
+        if force_full or verify or self._read_on_partial or expected is None:
             programmed = self.backend.read(family, self.prefix)
             drift = find_drift(expected, programmed) if expected is not None else None
         else:
