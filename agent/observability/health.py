@@ -1,0 +1,345 @@
+"""Liveness, readiness and /metrics over one small HTTP server, plus the log format.
+
+``/healthz``  200 while every registered loop has ticked its heartbeat recently; 500 with
+              the stale loop's name otherwise (the kubelet restarts the container).
+``/readyz``   200 once the initial sync succeeded and a sync succeeded within
+              ``ready_window`` seconds; 503 with a plain-text reason otherwise.
+``/metrics``  the Prometheus exposition of the agent's registry.
+
+The server is stdlib ``http.server`` (``ThreadingHTTPServer``) in a daemon thread: a hung
+request cannot block the reconciler, and the process exits without waiting for it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar, Final
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from agent.control.outcome import SyncOutcome
+
+log = logging.getLogger("netpol-agent.health")
+
+RECONCILER: Final = "reconciler"
+DEFAULT_HEARTBEAT_TIMEOUT: Final = 60.0
+# Must exceed the resync period (default 60 s): an idle agent still syncs once a period.
+DEFAULT_READY_WINDOW: Final = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    ok: bool
+    reason: str
+
+
+class HealthState:
+    """What /healthz and /readyz answer from; a ``SyncObserver``.
+
+    ``HealthState(heartbeat_timeout=60, ready_window=300, loops=("reconciler",))``. Each
+    loop in ``loops`` must call ``heartbeat(loop)`` at least every ``heartbeat_timeout``
+    seconds (the reconciler on every iteration of its wait loop, including idle ones); a
+    loop that never ticked counts from construction time. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        *,
+        heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
+        ready_window: float = DEFAULT_READY_WINDOW,
+        loops: Iterable[str] = (RECONCILER,),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if heartbeat_timeout <= 0 or ready_window <= 0:
+            raise ValueError("heartbeat_timeout and ready_window must be positive")
+        self.heartbeat_timeout = heartbeat_timeout
+        self.ready_window = ready_window
+        self._clock = clock
+        self._lock = threading.Lock()
+        now = clock()
+        self._started = now
+        self._beats: dict[str, float | None] = {loop: None for loop in loops}
+        self._initial_done = False
+        self._last_success: float | None = None
+        self._last_error: str | None = None
+        self._failures_in_a_row = 0
+
+    def heartbeat(self, loop: str = RECONCILER) -> None:
+        now = self._clock()
+        with self._lock:
+            self._beats[loop] = now
+
+    def changes_queued(self, at: float) -> None:
+        pass
+
+    def sync_finished(self, outcome: SyncOutcome) -> None:
+        now = self._clock()
+        with self._lock:
+            self._beats[RECONCILER] = now  # finishing a pass proves the loop is alive
+            if outcome.succeeded:
+                self._initial_done = True
+                self._last_success = now
+                self._last_error = None
+                self._failures_in_a_row = 0
+            else:
+                self._last_error = outcome.error
+                self._failures_in_a_row += 1
+
+    def liveness(self) -> Check:
+        now = self._clock()
+        with self._lock:
+            stale = []
+            for loop, beat in self._beats.items():
+                since = now - (beat if beat is not None else self._started)
+                if since > self.heartbeat_timeout:
+                    what = "last heartbeat" if beat is not None else "no heartbeat since start"
+                    stale.append(f"{loop} loop stalled: {what} {since:.0f}s ago")
+        if stale:
+            return Check(False, "; ".join(stale))
+        return Check(True, "ok")
+
+    def readiness(self) -> Check:
+        alive = self.liveness()
+        if not alive.ok:
+            return Check(False, alive.reason)
+        now = self._clock()
+        with self._lock:
+            error = f": {self._last_error}" if self._last_error else ""
+            if not self._initial_done:
+                if self._failures_in_a_row:
+                    return Check(
+                        False,
+                        f"initial sync not done ({self._failures_in_a_row} failed attempts){error}",
+                    )
+                return Check(False, "initial sync not done yet")
+            assert self._last_success is not None
+            age = now - self._last_success
+            if age > self.ready_window:
+                return Check(
+                    False,
+                    f"no successful sync for {age:.0f}s (window {self.ready_window:.0f}s); "
+                    f"{self._failures_in_a_row} failed since{error}",
+                )
+            if self._failures_in_a_row:
+                return Check(
+                    True,
+                    f"ok (last sync failed, last success {age:.0f}s ago){error}",
+                )
+            return Check(True, "ok")
+
+
+# ---------------------------------------------------------------------------------------
+# HTTP
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """``host:port``, ``:port`` (all IPv4 addresses) or ``[v6]:port``."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep:
+        raise ValueError(f"metrics address {address!r} is not host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(
+            f"metrics address {address!r}: port {port_text!r} is not a number"
+        ) from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"metrics address {address!r}: port {port} is out of range")
+    return host or "0.0.0.0", port
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    registry: CollectorRegistry
+    state: HealthState
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    server_version = "netpol-agent"
+    protocol_version = "HTTP/1.1"
+    routes: ClassVar[dict[str, str]] = {
+        "/metrics": "_metrics",
+        "/healthz": "_healthz",
+        "/livez": "_healthz",
+        "/readyz": "_readyz",
+    }
+
+    def do_GET(self) -> None:
+        self._dispatch(body=True)
+
+    def do_HEAD(self) -> None:
+        self._dispatch(body=False)
+
+    def _dispatch(self, *, body: bool) -> None:
+        path = self.path.split("?", 1)[0]
+        method = self.routes.get(path)
+        try:
+            if method is None:
+                status, content_type, payload = 404, "text/plain; charset=utf-8", b"not found\n"
+            else:
+                status, content_type, payload = getattr(self, method)()
+        except Exception as error:  # never let a scrape kill the thread silently
+            log.exception("error serving %s", path)
+            status, content_type = 500, "text/plain; charset=utf-8"
+            payload = f"internal error: {error}\n".encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if body:
+            self.wfile.write(payload)
+
+    def _metrics(self) -> tuple[int, str, bytes]:
+        encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+        return 200, content_type, encoder(self.server.registry)
+
+    def _healthz(self) -> tuple[int, str, bytes]:
+        check = self.server.state.liveness()
+        return (200 if check.ok else 500), "text/plain; charset=utf-8", f"{check.reason}\n".encode()
+
+    def _readyz(self) -> tuple[int, str, bytes]:
+        check = self.server.state.readiness()
+        return (200 if check.ok else 503), "text/plain; charset=utf-8", f"{check.reason}\n".encode()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # Probes and scrapes arrive every few seconds: keep them out of the normal log.
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+class HealthServer:
+    """``HealthServer(address, registry, state)``: serves /metrics, /healthz, /readyz.
+
+    ``start()`` binds (raises OSError if the port is taken) and serves from a daemon
+    thread; ``stop()`` shuts it down. ``port`` is the bound port (useful with port 0).
+    """
+
+    def __init__(self, address: str, registry: CollectorRegistry, state: HealthState) -> None:
+        self.host, self._requested_port = parse_address(address)
+        self.registry = registry
+        self.state = state
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the health server is not started")
+        port: int = self._server.server_address[1]
+        return port
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def start(self) -> HealthServer:
+        server_class = _Server6 if ":" in self.host else _Server
+        server = server_class((self.host, self._requested_port), _Handler)
+        server.registry = self.registry
+        server.state = self.state
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.5},
+            name="netpol-agent-http",
+            daemon=True,
+        )
+        self._thread.start()
+        log.info("serving /metrics, /healthz and /readyz on %s", self.url)
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> HealthServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# ---------------------------------------------------------------------------------------
+# Logging
+
+_QUIET_LIBRARIES: Final = ("urllib3", "kubernetes", "pyroute2", "asyncio")
+_HANDLER_MARK: Final = "_netpol_agent_handler"
+
+
+def _logfmt_value(value: str) -> str:
+    if value and not any(c in value for c in ' "=\\\n\r\t'):
+        return value
+    escaped = (
+        value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    )
+    return f'"{escaped}"'
+
+
+class LogfmtFormatter(logging.Formatter):
+    """``ts=… level=info logger=netpol-agent.x msg="…" [key=value…] [exc="…"]``, one line.
+
+    Extra fields: ``log.info("synced", extra={"kv": {"rules": 12, "seconds": 0.03}})``.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        moment = datetime.datetime.fromtimestamp(record.created, tz=datetime.UTC)
+        ts = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+        parts = [
+            f"ts={ts}",
+            f"level={record.levelname.lower()}",
+            f"logger={_logfmt_value(record.name)}",
+            f"msg={_logfmt_value(record.getMessage())}",
+        ]
+        fields = getattr(record, "kv", None)
+        if isinstance(fields, dict):
+            parts.extend(f"{key}={_logfmt_value(str(value))}" for key, value in fields.items())
+        if record.exc_info:
+            parts.append(f"exc={_logfmt_value(self.formatException(record.exc_info))}")
+        elif record.exc_text:
+            parts.append(f"exc={_logfmt_value(record.exc_text)}")
+        return " ".join(parts)
+
+
+def configure_logging(verbose: bool = False, stream: Any = None) -> logging.Handler:
+    """Structured single-line logs on stdout (the container log), INFO or DEBUG.
+
+    Idempotent: a second call replaces the handler the first one installed. Chatty
+    libraries (urllib3, kubernetes client) stay at WARNING even with ``verbose``.
+    Returns the installed handler.
+    """
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, _HANDLER_MARK, False):
+            root.removeHandler(handler)
+    handler = logging.StreamHandler(stream if stream is not None else sys.stdout)
+    handler.setFormatter(LogfmtFormatter())
+    setattr(handler, _HANDLER_MARK, True)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for name in _QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return handler

@@ -1,0 +1,330 @@
+"""Helpers for the lab scenarios: apply a cluster state, probe, and judge the result twice.
+
+A :class:`Scenario` writes the topology objects (optionally with overridden or extra
+pods/namespaces) plus the scenario's NetworkPolicies to a state file, runs
+``netpol-agent run --once`` on every node, probes real traffic and checks it
+
+* against the EXPECTED table written by hand from the semantics (the cells that matter), and
+* against ``agent.policy.explain`` (the oracle) for EVERY probed cell.
+
+A third check compares the hand-written table with the oracle, so a disagreement there is
+reported as what it is: a bug in explain (or in the expectation), not in the dataplane.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import subprocess
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agent.model.objects import Protocol
+from agent.policy.explain import explain, resolve_endpoint
+from agent.policy.state import ClusterState, build_state
+from tests.lab.nsutil import LabCommandError
+from tests.lab.prober import Matrix, Probe, Prober, Verdict
+from tests.lab.topology import Backend, Endpoint, Lab
+
+PODS: tuple[str, ...] = tuple(f"{ns}/{pod}" for ns in "xyz" for pod in "abc")
+NODES: tuple[str, ...] = ("node-1", "node-2")
+EXT = "ext"
+PROBE_TIMEOUT = 0.75  # a denied cell costs this once per probe run (all probes fly at once)
+
+PortProtocol = tuple[int, str]
+Hand = Mapping[Probe, bool] | Callable[[Probe], bool | None]
+
+_counter = itertools.count()
+
+
+# ------------------------------------------------------------------------------ objects
+def netpol(namespace: str, name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"namespace": namespace, "name": name},
+        "spec": copy.deepcopy(dict(spec)),
+    }
+
+
+def labels(**kv: str) -> dict[str, Any]:
+    """``{"matchLabels": {...}}``."""
+    return {"matchLabels": dict(kv)}
+
+
+def pod_sel(pod: str) -> dict[str, Any]:
+    return {"matchLabels": {"pod": pod}}
+
+
+def ns_sel(ns: str) -> dict[str, Any]:
+    return {"matchLabels": {"ns": ns}}
+
+
+def expr(key: str, operator: str, *values: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"key": key, "operator": operator}
+    if values:
+        out["values"] = list(values)
+    return out
+
+
+def ns_of(name: str) -> str:
+    return name.split("/", 1)[0] if "/" in name else ""
+
+
+def cells(
+    sources: Iterable[str],
+    destinations: Iterable[str],
+    port_protocols: Sequence[PortProtocol] = ((80, "TCP"),),
+    families: Sequence[int] = (4,),
+) -> list[Probe]:
+    dsts = list(destinations)
+    return [
+        Probe(s, d, port, proto, fam)
+        for s in sources
+        for d in dsts
+        for port, proto in port_protocols
+        for fam in families
+    ]
+
+
+# ------------------------------------------------------------------------------ scenario
+@dataclass(frozen=True)
+class Service:
+    """A ClusterIP (DNAT on the client's node) in front of one backend pod."""
+
+    name: str
+    backend: str
+    cluster_v4: str
+    cluster_v6: str
+    port_map: Mapping[tuple[int, str], int]  # (service port, protocol) -> targetPort
+
+
+@dataclass
+class Scenario:
+    lab: Lab
+    backend: Backend
+    timeout: float = PROBE_TIMEOUT
+    objects: list[dict[str, Any]] = field(default_factory=list)
+    state: ClusterState | None = None
+    services: dict[str, Service] = field(default_factory=dict)
+    applies: int = 0
+
+    def __post_init__(self) -> None:
+        self.prober = Prober(self.lab.endpoints(external=True, nodes=True), timeout=self.timeout)
+
+    # -------------------------------------------------------------------------- topology
+    def pod_object(self, key: str) -> dict[str, Any]:
+        """A deep copy of the topology's Pod object for ``key`` (to override it)."""
+        ns, name = key.split("/", 1)
+        for obj in self.lab.objects():
+            meta = obj["metadata"]
+            if obj["kind"] == "Pod" and meta["namespace"] == ns and meta["name"] == name:
+                return copy.deepcopy(obj)
+        raise KeyError(key)
+
+    def namespace_object(self, name: str) -> dict[str, Any]:
+        for obj in self.lab.objects():
+            if obj["kind"] == "Namespace" and obj["metadata"]["name"] == name:
+                return copy.deepcopy(obj)
+        raise KeyError(name)
+
+    def extra_pod(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        node: str,
+        ips: Sequence[str],
+        pod_labels: Mapping[str, str],
+        phase: str = "Running",
+        host_network: bool = False,
+    ) -> dict[str, Any]:
+        """A Pod object that is not part of the lab's netns topology (finished pods,
+        hostNetwork pods, pods whose IP is reused …)."""
+        node_info = self.lab.node(node)
+        spec: dict[str, Any] = {
+            "nodeName": node,
+            "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.9"}],
+        }
+        if host_network:
+            spec["hostNetwork"] = True
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "namespace": namespace,
+                "name": name,
+                "uid": f"lab-extra-{namespace}-{name}",
+                "labels": dict(pod_labels),
+            },
+            "spec": spec,
+            "status": {
+                "phase": phase,
+                "hostIP": node_info.wan_v4,
+                "podIP": ips[0],
+                "podIPs": [{"ip": ip} for ip in ips],
+            },
+        }
+
+    @staticmethod
+    def with_named_port(pod: dict[str, Any], name: str, port: int, protocol: str) -> None:
+        pod["spec"]["containers"].append(
+            {
+                "name": f"extra-{name}",
+                "image": "registry.k8s.io/e2e-test-images/agnhost:2.47",
+                "ports": [{"name": name, "containerPort": port, "protocol": protocol}],
+            }
+        )
+
+    # -------------------------------------------------------------------------- apply
+    def apply(
+        self,
+        policies: Sequence[Mapping[str, Any]],
+        *,
+        overrides: Sequence[Mapping[str, Any]] = (),
+        extra: Sequence[Mapping[str, Any]] = (),
+    ) -> None:
+        """State = topology objects (each replaced by an override of the same kind and
+        name) + extra objects + policies; run the agent once on every node."""
+
+        def ident(o: Mapping[str, Any]) -> tuple[str, str, str]:
+            meta = o.get("metadata") or {}
+            return (str(o["kind"]), str(meta.get("namespace", "")), str(meta["name"]))
+
+        replaced = {ident(o): o for o in overrides}
+        objects = [dict(replaced.pop(ident(o), o)) for o in self.lab.objects()]
+        assert not replaced, f"overrides for objects not in the topology: {list(replaced)}"
+        objects += [copy.deepcopy(dict(o)) for o in (*extra, *policies)]
+        built = build_state(objects)
+        assert not built.problems, f"scenario objects are invalid: {built.problems}"
+        self.objects, self.state = objects, built.state
+
+        assert self.lab.workdir is not None, "lab not started"
+        path = Path(self.lab.workdir) / f"scenario-{next(_counter)}.yaml"
+        path.write_text(yaml.safe_dump_all(objects, sort_keys=False))
+        argvs = [self.lab.agent_argv(n, path, backend=self.backend) for n in self.lab.nodes]
+        procs = [
+            subprocess.Popen(a, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for a in argvs
+        ]
+        failures = []
+        for argv, proc in zip(argvs, procs, strict=True):
+            try:
+                out, err = proc.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()  # our own child, by PID
+                out, err = proc.communicate()
+            if proc.returncode != 0:
+                failures.append(LabCommandError(argv, proc.returncode, out, err))
+        self.applies += 1
+        if failures:
+            raise failures[0]
+
+    # -------------------------------------------------------------------------- services
+    def add_service(self, service: Service) -> None:
+        """Install kube-proxy-like DNAT rules on every node (tagged with the lab comment,
+        so the clean_lab reset removes them) and make the ClusterIP probeable."""
+        backend = self.lab.pod(service.backend)
+        flavor = "nft" if self.backend == "nft" else "legacy"
+        for node in self.lab.nodes:
+            for (port, proto), target in service.port_map.items():
+                for fam, vip in ((4, service.cluster_v4), (6, service.cluster_v6)):
+                    ip = backend.ip(fam)
+                    dest = f"{ip}:{target}" if fam == 4 else f"[{ip}]:{target}"
+                    self.lab.iptables(
+                        node, "-t", "nat", "-I", "PREROUTING", "-d", vip, "-p", proto.lower(),
+                        "--dport", str(port), "-j", "DNAT", "--to-destination", dest,
+                        *self.lab.lab_comment(), family=fam, flavor=flavor,
+                    )  # fmt: skip
+        self.services[service.name] = service
+        self.prober.add(
+            Endpoint(service.name, backend.netns, service.cluster_v4, service.cluster_v6,
+                     "service")  # fmt: skip
+        )
+
+    # -------------------------------------------------------------------------- judging
+    def oracle(self, probe: Probe) -> bool:
+        """explain's verdict for one probe (a Service probe is judged at its backend)."""
+        assert self.state is not None, "apply() first"
+        dst, port = probe.dst, probe.port
+        if dst in self.services:
+            svc = self.services[dst]
+            dst, port = svc.backend, svc.port_map[(probe.port, probe.protocol)]
+        source = resolve_endpoint(self.state, self._address(probe.src, probe.family),
+                                  probe.family)  # fmt: skip
+        destination = resolve_endpoint(self.state, self._address(dst, probe.family),
+                                       probe.family)  # fmt: skip
+        return explain(self.state, source, destination, Protocol(probe.protocol), port).allowed
+
+    def _address(self, name: str, family: int) -> str:
+        assert self.state is not None
+        if name in self.state.pods and name in self.lab.pods:
+            return name
+        return self.lab.endpoint(name).ip(family)
+
+    def run(self, probes: Iterable[Probe]) -> Matrix:
+        return self.prober.run(list(dict.fromkeys(probes)))
+
+    def verify(self, probes: Iterable[Probe], expected: Hand, title: str = "") -> Matrix:
+        """Probe, then check lab == hand-written table (where it says something), lab ==
+        explain everywhere, and hand-written table == explain."""
+        m = self.run(probes)
+        hand: dict[Probe, Verdict] = {}
+        for p in m:
+            want = expected.get(p) if isinstance(expected, Mapping) else expected(p)
+            if want is not None:
+                hand[p] = Verdict.ALLOWED if want else Verdict.DENIED
+        oracle = {p: Verdict.ALLOWED if self.oracle(p) else Verdict.DENIED for p in m}
+        assert hand, "a scenario must state what it expects"
+        sections: list[str] = []
+        lab_vs_hand = m.diff(hand)
+        if lab_vs_hand:
+            sections.append(
+                f"DATAPLANE differs from the hand-written table in {len(lab_vs_hand)} cells:\n"
+                + "\n".join(f"  {x}" for x in lab_vs_hand[:40])
+                + "\n" + m.render_diff(hand)
+            )
+        lab_vs_oracle = m.diff(oracle)
+        if lab_vs_oracle:
+            sections.append(
+                f"DATAPLANE differs from explain in {len(lab_vs_oracle)} cells:\n"
+                + "\n".join(f"  {x}" for x in lab_vs_oracle[:40])
+            )
+        oracle_vs_hand = sorted(p for p in hand if hand[p] is not oracle[p])
+        if oracle_vs_hand:
+            sections.append(
+                f"EXPLAIN (oracle) differs from the hand-written table in "
+                f"{len(oracle_vs_hand)} cells:\n"
+                + "\n".join(f"  {p}: hand {hand[p].name}, explain {oracle[p].name}"
+                            for p in oracle_vs_hand[:40])  # fmt: skip
+            )
+        print(f"\n--- {title or 'matrix'} [{self.backend}] {len(m)} probes, "
+              f"{len(hand)} hand-checked, {m.elapsed:.2f}s\n{m.render()}")  # fmt: skip
+        if sections:
+            dumps = "\n".join(
+                f"===== ruleset {node}\n{self.lab.ruleset_dump(node)}" for node in self.lab.nodes
+            )
+            print(dumps)
+            raise AssertionError(f"{title} [{self.backend}]\n" + "\n\n".join(sections))
+        return m
+
+
+__all__ = [
+    "EXT",
+    "NODES",
+    "PODS",
+    "PROBE_TIMEOUT",
+    "Scenario",
+    "Service",
+    "cells",
+    "expr",
+    "labels",
+    "netpol",
+    "ns_of",
+    "ns_sel",
+    "pod_sel",
+]

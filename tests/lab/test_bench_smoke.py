@@ -1,0 +1,51 @@
+"""The dataplane benchmark still runs: its smoke mode (tiny cluster, 1 round of 1 s).
+
+The numbers of a 1-second run on a shared machine mean little; this only proves the
+topology, the loadgen build, the policy checks and the measuring loop work end to end,
+and that nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import dataplane
+
+pytestmark = pytest.mark.lab
+
+if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("go") is None:
+    pytest.skip("needs root, iproute2 and Go", allow_module_level=True)
+
+
+def _our_netns() -> set[str]:
+    root = Path("/run/netns")
+    prefix = f"bd{os.getpid() % 10000:04d}"
+    return {p.name for p in root.iterdir() if p.name.startswith(prefix)} if root.is_dir() else set()
+
+
+def test_dataplane_bench_smoke(tmp_path: Path) -> None:
+    before = _our_netns()
+    result: dict[str, Any] = dataplane.run("tiny", 1, 1.0, ("nft", "legacy"), verbose=False)
+    text = dataplane.render(result)
+    dataplane.write_results(result, tmp_path / "dataplane.json")
+
+    assert result["rules_in_ruleset"] > 0
+    assert [entry["backend"] for entry in result["backends"]] == ["nft", "legacy"]
+    for entry in result["backends"]:
+        assert entry["baseline_conn_per_s"]["median"] > 0, text
+        assert entry["rules_conn_per_s"]["median"] > 0, text
+        assert 0 < entry["ratio"] < 2, text
+        checks = entry["checks"]
+        assert checks["allowed_with_rules"] > 0
+        assert checks["denied_with_rules_completed"] == 0
+        assert checks["denied_without_jump_completed"] > 0
+        counters = entry["counters"]
+        assert counters["new_connections"] > 0
+        assert counters["rules_matched_per_new_connection"] > 0
+    assert (tmp_path / "dataplane.json").stat().st_size > 0
+    assert _our_netns() == before  # every namespace of the run is gone
