@@ -8,12 +8,11 @@ Layout (``P`` is the chain prefix)::
     P-EGRESS / P-INGRESS  dispatch by the local pod's address  -> -g P-E-/P-I-<pod>
     P-E-/P-I-<pod>        self RETURN; per selecting policy: -j P-PE-/P-PI-<policy>,
                           mark? RETURN; then DROP (or REJECT)
-    P-PE-/P-PI-<policy>   per rule: [port match] -j P-G-<peer> | [port] [-s cidr] -g P-ALLOW;
+    P-PE-/P-PI-<policy>   per rule: [port match] -j P-G-<peer> | [port] [-s cidr] set mark;
                           mark? RETURN between rules
-    P-G-<group>           the addresses of a selector peer  -> -g P-ALLOW
-    P-B-<block>           ipBlock with except: RETURN per except, then the cidr -> -g P-ALLOW
+    P-G-<group>           the addresses of a selector peer  -> set mark
+    P-B-<block>           ipBlock with except: RETURN per except, then the cidr -> set mark
     P-T-<…>               subtrees of a long dispatch or group chain
-    P-ALLOW               sets the allow mark bit
 
 Allow decisions travel as one mark bit (masked, configurable) because a peer group is a
 shared chain that cannot RETURN through two levels. Policy chains are shared by every
@@ -21,9 +20,11 @@ pod a policy selects and peer groups by every rule naming the peer, so the rule 
 grows with pods plus policies, not their product.
 
 Long address lists (dispatch, peer groups) are collapsed into minimal CIDRs and split
-into a binary tree on address bits: each level costs a new connection at most two rules,
-so lookups are O(log n) without ipsets. Trees split on bits, never on list positions, so
-sibling subtrees cover disjoint ranges and a ``-g`` into the wrong one cannot happen.
+into a tree on address bits, four ways per level: a lookup costs O(log n) rules without
+ipsets. Trees split on bits, never on list positions, so sibling subtrees cover disjoint
+ranges and a ``-g`` into the wrong one cannot happen; for the same reason a leaf's
+addresses are disjoint and its rules may set the mark and carry on. nf_tables refuses
+chain graphs deeper than 16 jumps (EMLINK), so tree depth is capped: leaves grow instead.
 
 ``NodeCompiler`` keeps every chain it built, keyed by what it was built from, and on the
 next ``compile`` diffs the new snapshot against the previous one (objects are shared
@@ -34,11 +35,12 @@ a compile from scratch; the tests check exactly that.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple, TypeVar
 
 from agent.compiler import cidr
 from agent.compiler.compile import (
@@ -63,9 +65,13 @@ from agent.policy.state import ClusterState
 
 T = TypeVar("T")
 
-# A tree node holds at most this many entries before it splits; a lookup walks at most
-# two rules per level plus one leaf.
+# A tree node holds at most this many entries before it splits four ways on the next two
+# address bits; a lookup walks at most four rules per level plus one leaf.
 LEAF_SIZE = 16
+# Depth budget under nf_tables' 16-level jump limit: FORWARD -> entry -> dispatch root
+# (+ DISPATCH_DEPTH) -> pod -> policy -> group root (+ GROUP_DEPTH) stays at level 15 or less.
+DISPATCH_DEPTH = 3
+GROUP_DEPTH = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,13 +125,48 @@ class _Unit:
         return self.chains[0].name
 
 
+class _Subtree(NamedTuple):
+    block: cidr.Block
+    size: int
+    chains: list[Chain]  # bottom-up: the subtree's own chain last
+
+
+TreeMemo = dict[str, _Subtree]
+
+
+@dataclass(slots=True)
+class _GroupEntry:
+    """A peer group: its members by address (kept up to date pod by pod) and its chains.
+
+    ``subtrees`` remembers each tree chain with the entries it was built from, so a
+    membership change rebuilds only the chains on the changed address's path.
+    """
+
+    spec: GroupSpec
+    members: dict[int, set[str]]
+    addresses: list[int] = field(default_factory=list)  # sorted keys of members
+    unit: _Unit | None = None
+    subtrees: TreeMemo = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _NamedScope:
+    """Egress to a named port within one peer: how many destination pods serve the name
+    on each number. Only a number appearing or vanishing changes the policy chain."""
+
+    spec: GroupSpec
+    port_name: str
+    protocol: Protocol
+    holders: dict[int, int]
+
+
 @dataclass(frozen=True, slots=True)
 class _PolicyEntry:
     policy: NetworkPolicy
     unit: _Unit | None  # None: the policy allows nothing for this target
     # Egress named ports: (destinations in scope, port name). Their numbers come from the
     # destination pods, so a pod change inside a scope can change this chain.
-    named_scopes: tuple[tuple[GroupSpec, str], ...]
+    named_scopes: tuple[_NamedScope, ...]
     target: Pod
 
 
@@ -173,7 +214,7 @@ class NodeCompiler:
         self._owned = self.config.chain_prefix + "-"
         self._names: dict[str, str] = {}
         self._previous: ClusterState | None = None
-        self._groups: dict[str, tuple[GroupSpec, _Unit]] = {}
+        self._groups: dict[str, _GroupEntry] = {}
         self._blocks: dict[str, _Unit] = {}
         self._policies: dict[str, _PolicyEntry] = {}
         self._pods: dict[tuple[str, Direction], _PodEntry] = {}
@@ -181,7 +222,9 @@ class NodeCompiler:
         self._namespace_epoch: dict[str, int] = defaultdict(int)
         self._dispatch: dict[Direction, tuple[tuple[tuple[str, str], ...], _Unit]] = {}
         self._index: dict[str, _Unit] = {}  # every cached unit by its root chain
+        self._local: dict[str, Pod] = {}  # selectable pods on this node, kept by deltas
         self.rebuilt: dict[str, int] = defaultdict(int)  # what the last compile rebuilt
+        self.isolated: dict[Direction, int] = {}  # local pods isolated, by direction
 
     # --- public ---------------------------------------------------------------------
 
@@ -189,8 +232,9 @@ class NodeCompiler:
         self.rebuilt = defaultdict(int)
         if self._previous is not None:
             self._invalidate(self._previous, state)
+        else:
+            self._local = {pod.key: pod for pod in state.local_pods(self.node_name)}
         self._previous = state
-        self._register(self._allow_unit())
         for direction in Direction:
             self._register(self._dispatch_unit(state, direction))
         entry = self._entry_unit(node_addresses)
@@ -207,18 +251,46 @@ class NodeCompiler:
         chains = [chain for unit in units.values() for chain in unit.chains]
         return Ruleset.of(self.family, self.config.entry_chain, chains)
 
+    @property
+    def local_pod_count(self) -> int:
+        return len(self._local)
+
     # --- invalidation ---------------------------------------------------------------
 
     def _invalidate(self, previous: ClusterState, state: ClusterState) -> None:
         """Rebuild, against ``state``, every cached chain whose inputs changed.
 
         Chain names never depend on content, so a cached unit that jumps to a rebuilt
-        chain stays valid; rebuilt chains replace the old ones in the index.
+        chain stays valid; rebuilt chains replace the old ones in the index. Pod changes
+        are applied as deltas first; namespace relabels then rebuild what they touch from
+        scratch (a delta on top of a fresh rebuild would count twice).
         """
         for old_policy, new_policy in _diff(previous.policies, state.policies):
             changed = new_policy or old_policy
             assert changed is not None
             self._namespace_epoch[changed.namespace] += 1  # selection there may change
+        pod_changes = _diff(previous.pods, state.pods)
+        if pod_changes:
+            self._track_local_pods(pod_changes)
+            self._update_groups(previous, state, pod_changes)
+
+            def numbers_move(scope: _NamedScope) -> bool:
+                """Count pod changes into the scope; True if a number appears or vanishes."""
+                moved = False
+                for old, new in pod_changes:
+                    for pod, view, step in ((old, previous, -1), (new, state, +1)):
+                        if pod is None or not scope.spec.matches(view, pod, self.version):
+                            continue
+                        number = pod.resolve_named_port(scope.port_name, scope.protocol)
+                        if number is None:
+                            continue
+                        before = scope.holders.get(number, 0)
+                        scope.holders[number] = before + step
+                        if (before == 0) != (before + step == 0):
+                            moved = True
+                return moved
+
+            self._rebuild_named_egress(state, numbers_move)
         relabelled = [
             (previous.namespace_labels(name), state.namespace_labels(name))
             for name in {
@@ -235,42 +307,56 @@ class NodeCompiler:
                     selector.matches(old) or selector.matches(new) for old, new in relabelled
                 )
 
-            self._rebuild_groups(state, scoped)
-            self._rebuild_named_egress(state, lambda spec, _: scoped(spec))
-        pod_changes = _diff(previous.pods, state.pods)
-        if not pod_changes:
-            return
+            for name, group in list(self._groups.items()):
+                if scoped(group.spec):
+                    self._build_group(state, group.spec, name)  # membership from scratch
+            self._rebuild_named_egress(state, lambda scope: scoped(scope.spec))
 
-        def touched(spec: GroupSpec) -> bool:
-            return any(
-                (old is not None and spec.matches(previous, old, self.version))
-                or (new is not None and spec.matches(state, new, self.version))
-                for old, new in pod_changes
-            )
+    def _track_local_pods(self, pod_changes: Sequence[tuple[Pod | None, Pod | None]]) -> None:
+        for old, new in pod_changes:
+            if old is not None:
+                self._local.pop(old.key, None)
+            if new is not None and new.node_name == self.node_name and new.is_selectable:
+                self._local[new.key] = new
 
-        def serves(pod: Pod | None, port_name: str) -> bool:
-            return pod is not None and any(port.name == port_name for port in pod.ports)
-
-        self._rebuild_groups(state, touched)
-        self._rebuild_named_egress(
-            state,
-            lambda spec, port_name: (
-                any(serves(old, port_name) or serves(new, port_name) for old, new in pod_changes)
-                and touched(spec)
-            ),
-        )
-
-    def _rebuild_groups(self, state: ClusterState, affected: Callable[[GroupSpec], bool]) -> None:
-        for name, (spec, _) in list(self._groups.items()):
-            if affected(spec):
-                del self._groups[name]
-                self._build_group(state, spec, name)
+    def _update_groups(
+        self,
+        previous: ClusterState,
+        state: ClusterState,
+        pod_changes: Sequence[tuple[Pod | None, Pod | None]],
+    ) -> None:
+        """Move changed pods in or out of every group, then re-render the groups that
+        moved, along the changed addresses' paths only."""
+        for name, group in self._groups.items():
+            dirty: set[int] = set()
+            for old, new in pod_changes:
+                if old is not None and group.spec.matches(previous, old, self.version):
+                    for ip in old.ips_of(self.version):
+                        address = int(ip)
+                        holders = group.members.get(address)
+                        if holders is not None:
+                            holders.discard(old.key)
+                            if not holders:
+                                del group.members[address]
+                                del group.addresses[bisect.bisect_left(group.addresses, address)]
+                        dirty.add(address)
+                if new is not None and group.spec.matches(state, new, self.version):
+                    for ip in new.ips_of(self.version):
+                        address = int(ip)
+                        if address not in group.members:
+                            group.members[address] = set()
+                            bisect.insort(group.addresses, address)
+                        group.members[address].add(new.key)
+                        dirty.add(address)
+            if dirty:
+                self._render_group(name, group, dirty)
 
     def _rebuild_named_egress(
-        self, state: ClusterState, affected: Callable[[GroupSpec, str], bool]
+        self, state: ClusterState, affected: Callable[[_NamedScope], bool]
     ) -> None:
         for name, entry in list(self._policies.items()):
-            if any(affected(spec, port_name) for spec, port_name in entry.named_scopes):
+            # Every scope must see the changes (they keep counts), so no short circuit.
+            if [affected(scope) for scope in entry.named_scopes].count(True):
                 del self._policies[name]
                 self._index.pop(name, None)
                 self._policy(state, entry.policy, Direction.EGRESS, entry.target)
@@ -297,9 +383,15 @@ class NodeCompiler:
             self._names[cache_key] = name
         return name
 
-    @property
-    def _allow_chain(self) -> str:
-        return self.config.name("ALLOW")
+    def _allow(self, comment: str, *, policy: str = "", pod: str = "") -> Rule:
+        """Set the allow mark; the caller's next ``mark? RETURN`` acts on it."""
+        return Rule(
+            "MARK",
+            comment,
+            target_options=(("--set-xmark", self.config.mark_text),),
+            policy=policy,
+            pod=pod,
+        )
 
     def _unit(self, chains: Sequence[Chain]) -> _Unit:
         own = {chain.name for chain in chains}
@@ -361,45 +453,87 @@ class NodeCompiler:
     def _tree(
         self,
         root: str,
-        entries: list[tuple[cidr.Block, Rule]],
+        addresses: Sequence[int],
+        leaf_rules: Callable[[Sequence[int]], list[Rule]],
         direction: Direction,
         comment: str,
+        max_depth: int,
+        memo: TreeMemo,
+        dirty: Iterable[int] | None = None,
     ) -> list[Chain]:
-        """The root chain (named ``root``) and subtree chains matching ``entries``.
+        """The chains matching ``addresses`` (sorted host addresses), root first.
 
-        ``entries`` are sorted by address; each entry's rule gets its block at the peer
-        end (``direction``).
+        The tree is a pure function of the address set: a node with more than LEAF_SIZE
+        addresses splits four ways on the two address bits after its members' common
+        prefix. ``memo`` holds the last build's subtrees; with ``dirty`` (the addresses
+        added or removed since), only subtrees containing a dirty address are rebuilt,
+        so one membership change costs O(log n) chains, not O(n).
         """
-        chains: list[Chain] = []
         version = self.version
+        chains: list[Chain] = []
+        fresh: TreeMemo = {}
+        dirty_sorted = sorted(dirty) if dirty is not None else None
 
-        def build(name: str, members: list[tuple[cidr.Block, Rule]]) -> None:
+        def is_dirty(block: cidr.Block) -> bool:
+            if dirty_sorted is None:
+                return True
+            position = bisect.bisect_left(dirty_sorted, block[0])
+            return position < len(dirty_sorted) and dirty_sorted[position] <= cidr.last_address(
+                block, version
+            )
+
+        def build(name: str, block: cidr.Block, low: int, high: int, depth: int) -> None:
+            start = len(chains)
             rules: list[Rule] = []
-            if len(members) <= LEAF_SIZE:
-                rules = [self._at(direction, self._text(block), rule) for block, rule in members]
+            if high - low <= LEAF_SIZE or depth >= max_depth:
+                rules = leaf_rules(addresses[low:high])
             else:
-                common = cidr.common_block((block for block, _ in members), version)
-                low, high = cidr.halves(common, version)
-                # Sorted members: those in the low half come first.
-                split = next(
-                    (i for i, (block, _) in enumerate(members) if block[0] >= high[0]),
-                    len(members),
+                common = cidr.common_block(
+                    (
+                        (addresses[low], cidr.width(version)),
+                        (addresses[high - 1], cidr.width(version)),
+                    ),
+                    version,
                 )
-                for half, inside in ((low, members[:split]), (high, members[split:])):
-                    if len(inside) == 1:
-                        block, rule = inside[0]
-                        rules.append(self._at(direction, self._text(block), rule))
-                    elif inside:
-                        half_text = self._text(half)
-                        sub = self._name("T", f"{root}|{half_text}")
-                        jump = Rule(sub, f"{comment} {half_text}", goto=True)
-                        rules.append(self._at(direction, half_text, jump))
-                        build(sub, inside)
+                for half in cidr.halves(common, version):
+                    for quarter in cidr.halves(half, version):
+                        end = bisect.bisect_right(
+                            addresses, cidr.last_address(quarter, version), low, high
+                        )
+                        count = end - low
+                        if count == 1:
+                            rules.extend(leaf_rules(addresses[low:end]))
+                        elif count > 1:
+                            quarter_text = self._text(quarter)
+                            sub = self._name("T", f"{root}|{quarter_text}")
+                            known = memo.get(sub)
+                            if (
+                                known is not None
+                                and known.block == quarter
+                                and known.size == count
+                                and not is_dirty(quarter)
+                            ):
+                                fresh[sub] = known
+                                chains.extend(known.chains)
+                            else:
+                                build(sub, quarter, low, end, depth + 1)
+                            jump = Rule(sub, f"{comment} {quarter_text}", goto=True)
+                            rules.append(self._at(direction, quarter_text, jump))
+                        low = end
             chains.append(Chain(name, tuple(rules)))
+            fresh[name] = _Subtree(block, high - low, chains[start:])
 
-        build(root, entries)
-        chains.reverse()  # built bottom-up: the root was appended last
-        return chains
+        bits = cidr.width(version)
+        root_block = (
+            cidr.common_block(((addresses[0], bits), (addresses[-1], bits)), version)
+            if addresses
+            else (0, 0)
+        )
+        build(root, root_block, 0, len(addresses), 0)
+        memo.clear()
+        memo.update(fresh)
+        root_chain = chains.pop()  # built bottom-up: the root came last
+        return [root_chain, *chains]
 
     # --- peer groups ----------------------------------------------------------------
 
@@ -410,28 +544,51 @@ class NodeCompiler:
         return name
 
     def _build_group(self, state: ClusterState, spec: GroupSpec, name: str) -> None:
-        self.rebuilt["groups"] += 1
-        members = sorted(
-            (_host(ip), pod.key)
-            for pod in spec.members(state, self.version)
-            for ip in pod.ips_of(self.version)
+        members: dict[int, set[str]] = {}
+        for pod in spec.members(state, self.version):
+            for ip in pod.ips_of(self.version):
+                members.setdefault(int(ip), set()).add(pod.key)
+        previous = self._groups.get(name)
+        group = _GroupEntry(
+            spec, members, sorted(members), subtrees=previous.subtrees if previous else {}
         )
-        entries: list[tuple[cidr.Block, Rule]] = []
-        position = 0
-        # Both lists are sorted by address: one sweep assigns members to their block.
-        for block in cidr.collapse((address for (address, _), _ in members), self.version):
-            last = cidr.last_address(block, self.version)
-            inside: list[str] = []
-            while position < len(members) and members[position][0][0] <= last:
-                inside.append(members[position][1])
-                position += 1
-            if len(inside) == 1:
-                label, pod_key = f"peer pod {inside[0]}", inside[0]
-            else:
-                label, pod_key = f"peer pods {inside[0]} +{len(inside) - 1}", ""
-            entries.append((block, Rule(self._allow_chain, label, goto=True, pod=pod_key)))
-        unit = self._unit(self._tree(name, entries, spec.direction, "peers"))
-        self._groups[name] = (spec, self._register(unit))
+        self._groups[name] = group
+        self._render_group(name, group)
+
+    def _render_group(
+        self, name: str, group: _GroupEntry, dirty: Iterable[int] | None = None
+    ) -> None:
+        self.rebuilt["groups"] += 1
+        members = group.members
+        version = self.version
+
+        def leaf_rules(addresses: Sequence[int]) -> list[Rule]:
+            rules: list[Rule] = []
+            position = 0
+            for block in cidr.collapse(addresses, version):
+                last = cidr.last_address(block, version)
+                inside: list[str] = []
+                while position < len(addresses) and addresses[position] <= last:
+                    inside.extend(sorted(members[addresses[position]]))
+                    position += 1
+                if len(inside) == 1:
+                    allow = self._allow(f"peer pod {inside[0]}", pod=inside[0])
+                else:
+                    allow = self._allow(f"peer pods {inside[0]} +{len(inside) - 1}")
+                rules.append(self._at(group.spec.direction, self._text(block), allow))
+            return rules
+
+        chains = self._tree(
+            name,
+            group.addresses,
+            leaf_rules,
+            group.spec.direction,
+            "peers",
+            GROUP_DEPTH,
+            group.subtrees,
+            dirty,
+        )
+        group.unit = self._register(self._unit(chains))
 
     def _block(self, direction: Direction, block: IPBlock) -> str:
         key = f"{block.cidr}-{','.join(map(str, block.excepts))}"
@@ -443,9 +600,7 @@ class NodeCompiler:
             self._at(direction, str(excluded), Rule("RETURN", description))
             for excluded in block.excepts
         ]
-        rules.append(
-            self._at(direction, str(block.cidr), Rule(self._allow_chain, description, goto=True))
-        )
+        rules.append(self._at(direction, str(block.cidr), self._allow(description)))
         self._blocks[name] = self._register(self._unit([Chain(name, tuple(rules))]))
         return name
 
@@ -472,7 +627,7 @@ class NodeCompiler:
             return entry.unit.root if entry.unit is not None else None
         self.rebuilt["policies"] += 1
         blocks: list[list[Rule]] = []
-        named_egress: list[tuple[GroupSpec, str]] = []
+        named_egress: list[_NamedScope] = []
         for rule in policy.rules(direction):
             comment = f"{policy.key} {direction.short}[{rule.index}]"
             named_target = target if direction is Direction.INGRESS else None
@@ -484,7 +639,7 @@ class NodeCompiler:
         rules: list[Rule] = []
         for i, block in enumerate(blocks):
             rules.extend(block)
-            if any(not r.goto for r in block) and i < len(blocks) - 1:
+            if i < len(blocks) - 1:
                 rules.append(
                     self._if_allowed_return(
                         f"{policy.key} {direction.short}: allowed", policy=policy.key
@@ -502,7 +657,7 @@ class NodeCompiler:
         rule: PolicyRule,
         named_target: Pod | None,
         comment: str,
-        named_egress: list[tuple[GroupSpec, str]],
+        named_egress: list[_NamedScope],
     ) -> list[Rule]:
         ports = resolve_rule_ports(rule.ports, named_target)
         if ports.is_empty:
@@ -510,34 +665,40 @@ class NodeCompiler:
         port_fields = [f for match in ports.matches for f in match.rule_fields()]
         out: list[Rule] = []
 
-        def emit(address: str | None, target: str, goto: bool) -> None:
+        def emit(address: str | None, group: str | None) -> None:
+            """Jump to ``group`` (it sets the mark), or set the mark here."""
             for protocol, matches, _ in port_fields:
+                action = (
+                    self._allow(comment, policy=policy.key)
+                    if group is None
+                    else Rule(group, comment, policy=policy.key)
+                )
                 base = Rule(
-                    target,
+                    action.target,
                     comment,
                     protocol=protocol,
                     matches=matches,
-                    goto=goto,
+                    target_options=action.target_options,
                     policy=policy.key,
                 )
                 out.append(base if address is None else self._at(direction, address, base))
 
         if port_fields:
             if rule.peers is None:
-                emit(None, self._allow_chain, goto=True)
+                emit(None, None)
             else:
                 for peer in rule.peers:
                     if isinstance(peer, IPBlock):
                         if peer.cidr.version != self.version:
                             continue
                         if peer.excepts:
-                            emit(None, self._block(direction, peer), goto=False)
+                            emit(None, self._block(direction, peer))
                         else:
-                            emit(str(peer.cidr), self._allow_chain, goto=True)
+                            emit(str(peer.cidr), None)
                     else:
                         spec = GroupSpec(direction, policy.namespace, peer)
                         group = self._group(state, spec, self._selector_key(peer, policy.namespace))
-                        emit(None, group, goto=False)
+                        emit(None, group)
         for port in ports.named:
             out.extend(
                 self._named_egress(
@@ -554,7 +715,7 @@ class NodeCompiler:
         protocol: Protocol,
         port_name: str,
         comment: str,
-        scopes_used: list[tuple[GroupSpec, str]],
+        scopes_used: list[_NamedScope],
     ) -> list[Rule]:
         """Egress to a named port: every destination pod resolves the name itself, so
         destinations are grouped by the number they serve it on."""
@@ -574,15 +735,13 @@ class NodeCompiler:
         out: list[Rule] = []
         for key, scope_peer, block in scopes:
             unfiltered = GroupSpec(Direction.EGRESS, policy.namespace, scope_peer, block)
-            scopes_used.append((unfiltered, port_name))
-            numbers = sorted(
-                {
-                    number
-                    for pod in unfiltered.members(state, self.version)
-                    if (number := pod.resolve_named_port(port_name, protocol)) is not None
-                }
-            )
-            for number in numbers:
+            holders: dict[int, int] = defaultdict(int)
+            for pod in unfiltered.members(state, self.version):
+                number = pod.resolve_named_port(port_name, protocol)
+                if number is not None:
+                    holders[number] += 1
+            scopes_used.append(_NamedScope(unfiltered, port_name, protocol, dict(holders)))
+            for number in sorted(holders):
                 spec = dataclasses.replace(unfiltered, named=(protocol, port_name, number))
                 group = self._group(
                     state, spec, f"{key} port={protocol.value}:{port_name}={number}"
@@ -647,9 +806,8 @@ class NodeCompiler:
 
     def _dispatch_unit(self, state: ClusterState, direction: Direction) -> _Unit:
         targets: dict[IPAddress, tuple[str, str]] = {}
-        local = state.local_pods(self.node_name)
         live = set()
-        for pod in local:
+        for _, pod in sorted(self._local.items()):
             addresses = pod.ips_of(self.version)
             if not addresses:
                 continue
@@ -660,6 +818,7 @@ class NodeCompiler:
             unit = self._pod_unit(state, pod, direction, policies)
             for ip in addresses:
                 targets.setdefault(ip, (unit.root, pod.key))
+        self.isolated[direction] = len(live)
         for key in [k for k in self._pods if k[1] is direction and k not in live]:
             del self._pods[key]
         signature = tuple((str(ip), chain) for ip, (chain, _) in sorted(targets.items()))
@@ -670,18 +829,35 @@ class NodeCompiler:
         name = self.config.name(direction.name)
         # Dispatch looks at the local pod's own end: the opposite of where peers are.
         own_end = Direction.EGRESS if direction is Direction.INGRESS else Direction.INGRESS
-        entries = [
-            (_host(ip), Rule(chain, f"{direction.short} of {pod_key}", goto=True, pod=pod_key))
-            for ip, (chain, pod_key) in sorted(targets.items())
-        ]
-        unit = self._unit(self._tree(name, entries, own_end, f"{direction.short} dispatch"))
+        by_address = {int(ip): target for ip, target in targets.items()}
+
+        def leaf_rules(addresses: Sequence[int]) -> list[Rule]:
+            return [
+                self._at(
+                    own_end,
+                    self._text((address, cidr.width(self.version))),
+                    Rule(
+                        by_address[address][0],
+                        f"{direction.short} of {by_address[address][1]}",
+                        goto=True,
+                        pod=by_address[address][1],
+                    ),
+                )
+                for address in addresses
+            ]
+
+        chains = self._tree(
+            name,
+            sorted(by_address),
+            leaf_rules,
+            own_end,
+            f"{direction.short} dispatch",
+            DISPATCH_DEPTH,
+            {},  # a full rebuild: dispatch has a node's pods at most
+        )
+        unit = self._unit(chains)
         self._dispatch[direction] = (signature, unit)
         return unit
-
-    def _allow_unit(self) -> _Unit:
-        return _Unit(
-            (Chain(self._allow_chain, (self._mark_rule(False, "netpol-agent: allowed"),)),), ()
-        )
 
     def _entry_unit(self, node_addresses: Sequence[IPAddress]) -> _Unit:
         rules: list[Rule] = [

@@ -312,17 +312,19 @@ class Reconciler:
         return outcome
 
     def _counts(self, state: ClusterState) -> StateCounts:
-        local = state.local_pods(self.config.node_name)
+        # The compilers already know the local pods; walking 110 pods and their policies
+        # again here would cost more than an incremental compile.
+        compiler = next(iter(self._compilers.values()), None)
         return StateCounts(
             pods=len(state.pods),
             namespaces=len(state.namespaces),
             policies=len(state.policies),
-            local_pods=len(local),
-            local_pods_ingress_isolated=sum(
-                1 for pod in local if state.policies_selecting(pod, Direction.INGRESS)
-            ),
-            local_pods_egress_isolated=sum(
-                1 for pod in local if state.policies_selecting(pod, Direction.EGRESS)
-            ),
+            local_pods=compiler.local_pod_count if compiler else 0,
+            local_pods_ingress_isolated=compiler.isolated.get(Direction.INGRESS, 0)
+            if compiler
+            else 0,
+            local_pods_egress_isolated=compiler.isolated.get(Direction.EGRESS, 0)
+            if compiler
+            else 0,
             invalid_policies=sum(1 for policy in state.policies.values() if policy.problems),
         )
