@@ -1,0 +1,3 @@
+module netpol-agent/loadgen
+
+go 1.21
