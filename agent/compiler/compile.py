@@ -64,8 +64,12 @@ class CompilerConfig:
             raise ValueError(f"chain prefix must be 1-{MAX_PREFIX} characters")
         if not self.chain_prefix.replace("-", "").replace("_", "").isalnum():
             raise ValueError("chain prefix may hold letters, digits, '-' and '_' only")
-        if self.allow_mark <= 0 or self.allow_mark & (self.allow_mark - 1):
-            raise ValueError("allow mark must be a single bit")
+        if (
+            self.allow_mark <= 0
+            or self.allow_mark > 0xFFFFFFFF  # packet marks are 32 bits
+            or self.allow_mark & (self.allow_mark - 1)
+        ):
+            raise ValueError("allow mark must be a single bit of the 32-bit packet mark")
         if self.allow_mark & 0xC000:
             raise ValueError("allow mark clashes with kube-proxy's 0x4000/0x8000")
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 import ipaddress
 import re
 import sys
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 from agent.model.objects import (
     NAMESPACE_NAME_LABEL,
@@ -66,6 +66,24 @@ def as_dict(obj: Any) -> Mapping[str, Any]:
     raise InvalidObject(f"not a Kubernetes object: {type(obj).__name__}")
 
 
+_T = TypeVar("_T")
+
+
+def _shape_checked(kind: str, parse: Callable[[Mapping[str, Any]], _T], obj: Any) -> _T:
+    """Run ``parse``; a field of the wrong shape makes the object invalid, not a crash."""
+    raw = as_dict(obj)
+    try:
+        return parse(raw)
+    except (AttributeError, TypeError) as error:
+        metadata = raw.get("metadata")
+        name = "?"
+        if isinstance(metadata, Mapping):
+            name = "/".join(
+                str(part) for part in (metadata.get("namespace"), metadata.get("name")) if part
+            )
+        raise InvalidObject(f"{kind} {name}: malformed object ({error})") from None
+
+
 def _metadata(raw: Mapping[str, Any], kind: str, namespaced: bool) -> tuple[str, str, str]:
     metadata = raw.get("metadata") or {}
     name = metadata.get("name")
@@ -92,7 +110,10 @@ def _ip(text: Any) -> IPAddress:
 
 
 def parse_namespace(obj: Any) -> Namespace:
-    raw = as_dict(obj)
+    return _shape_checked("Namespace", _parse_namespace, obj)
+
+
+def _parse_namespace(raw: Mapping[str, Any]) -> Namespace:
     _, name, _ = _metadata(raw, "Namespace", namespaced=False)
     labels = _labels((raw.get("metadata") or {}).get("labels"), f"Namespace {name}")
     # The API server sets this immutable label; file input may lack it.
@@ -128,7 +149,10 @@ def _container_ports(spec: Mapping[str, Any]) -> tuple[ContainerPort, ...]:
 
 
 def parse_pod(obj: Any) -> Pod:
-    raw = as_dict(obj)
+    return _shape_checked("Pod", _parse_pod, obj)
+
+
+def _parse_pod(raw: Mapping[str, Any]) -> Pod:
     namespace, name, uid = _metadata(raw, "Pod", namespaced=True)
     spec = raw.get("spec") or {}
     status = raw.get("status") or {}
@@ -163,7 +187,10 @@ def parse_pod(obj: Any) -> Pod:
 
 
 def parse_node(obj: Any) -> Node:
-    raw = as_dict(obj)
+    return _shape_checked("Node", _parse_node, obj)
+
+
+def _parse_node(raw: Mapping[str, Any]) -> Node:
     _, name, _ = _metadata(raw, "Node", namespaced=False)
     addresses: list[IPAddress] = []
     for entry in (raw.get("status") or {}).get("addresses") or ():
@@ -354,6 +381,9 @@ def _rules(
 
 def _policy_types(spec: Mapping[str, Any], problems: list[str]) -> frozenset[Direction]:
     raw = spec.get("policyTypes")
+    if raw and not isinstance(raw, list):
+        problems.append("spec.policyTypes: must be a list; isolating both directions")
+        return frozenset(Direction)
     if not raw:
         types = {Direction.INGRESS}
         if spec.get("egress"):
@@ -407,13 +437,25 @@ def kind_of(obj: Any) -> str:
     return str(raw.get("kind") or "")
 
 
-def flatten_lists(objects: Iterable[Any]) -> Iterable[Mapping[str, Any]]:
-    """Expand ``kind: List`` / ``*List`` documents into their items."""
+def flatten_lists(
+    objects: Iterable[Any], problems: list[str] | None = None
+) -> Iterable[Mapping[str, Any]]:
+    """Expand ``kind: List`` / ``*List`` documents into their items.
+
+    With ``problems`` given, what is not an object is reported there and skipped;
+    without, it raises ``InvalidObject``.
+    """
     for obj in objects:
         if obj is None:
             continue
-        raw = as_dict(obj)
+        try:
+            raw = as_dict(obj)
+        except InvalidObject as error:
+            if problems is None:
+                raise
+            problems.append(f"{error}; skipped")
+            continue
         if str(raw.get("kind", "")).endswith("List") and isinstance(raw.get("items"), list):
-            yield from flatten_lists(raw["items"])
+            yield from flatten_lists(raw["items"], problems)
         else:
             yield raw

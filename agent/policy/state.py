@@ -181,7 +181,7 @@ def build_state(objects: Iterable[Mapping[str, object]]) -> BuiltState:
     policies: list[NetworkPolicy] = []
     nodes: list[Node] = []
     problems: list[str] = []
-    for raw in parse.flatten_lists(objects):
+    for raw in parse.flatten_lists(objects, problems):
         kind = str(raw.get("kind") or "")
         try:
             if kind == "Namespace":

@@ -1,0 +1,241 @@
+"""The command line: ``render`` and ``explain`` on a state file, exit codes and messages."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from agent.cli import main
+from tests.unit import builders as b
+from tests.unit.builders import labels
+
+OBJECTS = [
+    b.namespace("x", ns="x"),
+    b.namespace("y", ns="y"),
+    b.node("node1", "172.18.0.2", "fc00::2"),
+    b.pod(
+        "x/a",
+        "10.244.1.2",
+        "fd00:10:244:1::2",
+        labels={"pod": "a"},
+        ports=[{"name": "http", "containerPort": 80}],
+    ),
+    b.pod("y/b", "10.244.2.2", "fd00:10:244:2::2", labels={"pod": "b"}, node_name="node2"),
+    b.policy(
+        "x/allow-y",
+        podSelector=labels(pod="a"),
+        ingress=[{"from": [{"namespaceSelector": labels(ns="y")}], "ports": [{"port": "http"}]}],
+    ),
+]
+
+
+def write_state(tmp_path: Path, objects: list[Any] = OBJECTS) -> str:
+    path = tmp_path / "state.yaml"
+    path.write_text(yaml.safe_dump_all(objects))
+    return str(path)
+
+
+def render(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(["render", "--node", "node1", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_render_prints_a_restore_payload_per_family(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = render(capsys, "-f", write_state(tmp_path))
+    assert code == 0
+    assert out.count("*filter") == 2
+    assert out.count("COMMIT") == 2
+    assert "# ipv4: iptables-restore" in out
+    assert "# ipv6: ip6tables-restore" in out
+    ipv4, ipv6 = out.split("# ipv6:")
+    assert "-d 10.244.1.2/32" in ipv4 and "fd00:10:244:1::2" not in ipv4
+    assert "-d fd00:10:244:1::2/128" in ipv6 and "10.244.1.2" not in ipv6
+
+
+@pytest.mark.parametrize(("family", "absent"), [("ipv4", "ip6tables"), ("ipv6", "# ipv4")])
+def test_render_one_family(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], family: str, absent: str
+) -> None:
+    code, out, _ = render(capsys, "-f", write_state(tmp_path), "--family", family)
+    assert code == 0
+    assert out.count("*filter") == 1 and out.count("COMMIT") == 1
+    assert absent not in out
+
+
+def test_render_honours_compiler_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = render(
+        capsys,
+        "-f",
+        write_state(tmp_path),
+        "--chain-prefix",
+        "TEST",
+        "--allow-mark",
+        "0x20000",
+        "--reject",
+    )
+    assert code == 0
+    assert ":TEST-FORWARD" in out and "NPA-" not in out
+    assert "--set-xmark 0x20000/0x20000" in out
+    assert "-j REJECT --reject-with icmp-port-unreachable" in out
+
+
+def test_render_rejects_a_kube_proxy_mark(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = render(capsys, "-f", write_state(tmp_path), "--allow-mark", "0x4000")
+    assert code == 2
+    assert "0x4000" in err
+
+
+def test_render_warns_about_a_bad_policy_and_renders_the_rest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = b.policy(
+        "x/broken", podSelector=labels(pod="a"), ingress=[{"ports": [{"port": 70000}]}]
+    )
+    with caplog.at_level(logging.WARNING):
+        code, out, _ = render(
+            capsys, "-f", write_state(tmp_path, [*OBJECTS, broken]), "--family", "ipv4"
+        )
+    assert code == 0
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "NetworkPolicy x/broken" in warning and "spec.ingress[0].ports[0].port" in warning
+    assert "x/allow-y ingress[0]" in out  # the good policy still renders
+    assert "COMMIT" in out
+
+
+def test_missing_state_file_exits_2_with_a_clear_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = render(capsys, "-f", str(tmp_path / "nope.yaml"))
+    assert code == 2
+    assert out == ""
+    assert "netpol-agent render: cannot read" in err and "nope.yaml" in err
+
+
+def test_invalid_yaml_exits_2_with_a_clear_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("kind: Pod\nmetadata: {name: [unclosed\n")
+    code = main(["explain", "-f", str(path), "--from", "x/a", "--to", "y/b", "--port", "80"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "netpol-agent explain:" in err and "not valid YAML" in err
+
+
+def explain(capsys: pytest.CaptureFixture[str], path: str, *args: str) -> tuple[int, str, str]:
+    code = main(["explain", "-f", path, *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_explain_allowed_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = explain(
+        capsys, write_state(tmp_path), "--from", "y/b", "--to", "x/a", "--port", "80/TCP"
+    )
+    assert code == 0
+    assert out.startswith("ALLOWED: y/b (10.244.2.2) -> x/a (10.244.1.2) 80/TCP")
+    assert "x/allow-y ingress[0]" in out
+
+
+def test_explain_denied_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = explain(
+        capsys, write_state(tmp_path), "--from", "y/b", "--to", "x/a", "--port", "8080"
+    )
+    assert code == 1
+    assert out.startswith("DENIED:")
+    assert "isolated and no rule allows it" in out
+
+
+def test_explain_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_state(tmp_path)
+    code, out, _ = explain(capsys, path, "--from", "y/b", "--to", "x/a", "--port", "80", "--json")
+    assert code == 0
+    verdict = json.loads(out)
+    assert verdict["allowed"] is True
+    assert verdict["port"] == "80/TCP"
+    assert verdict["egress"]["isolated"] is False
+    assert verdict["ingress"] == {
+        "pod": "x/a",
+        "isolated": True,
+        "allowed": True,
+        "reason": "allowed by a rule",
+        "selecting_policies": ["x/allow-y"],
+        "allowed_by": ["x/allow-y ingress[0]"],
+    }
+    code, out, _ = explain(
+        capsys, path, "--from", "x/a", "--to", "y/b", "--port", "53/UDP", "--json"
+    )
+    assert code == 0 and json.loads(out)["ingress"]["isolated"] is False
+    code, out, _ = explain(capsys, path, "--from", "y/b", "--to", "x/a", "--port", "81", "--json")
+    assert code == 1 and json.loads(out)["allowed"] is False
+
+
+def test_explain_ipv6_and_bare_addresses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_state(tmp_path)
+    code, out, _ = explain(
+        capsys, path, "--from", "y/b", "--to", "x/a", "--port", "80", "--family", "ipv6"
+    )
+    assert code == 0 and "fd00:10:244:1::2" in out
+    code, out, _ = explain(capsys, path, "--from", "192.168.1.1", "--to", "x/a", "--port", "80")
+    assert code == 1 and "not a pod" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--from", "x/nope", "--to", "x/a", "--port", "80"], "no pod x/nope"),
+        (["--from", "bogus", "--to", "x/a", "--port", "80"], "neither ns/pod nor an IP"),
+        (["--from", "y/b", "--to", "x/a", "--port", "80/ICMP"], "--port takes"),
+        (["--from", "y/b", "--to", "x/a", "--port", "0"], "out of range"),
+    ],
+)
+def test_explain_usage_errors_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    code, _, err = explain(capsys, write_state(tmp_path), *args)
+    assert code == 2
+    assert message in err
+
+
+def test_installed_command_exit_codes(tmp_path: Path) -> None:
+    path = write_state(tmp_path)
+    command = [sys.executable, "-m", "agent.cli", "explain", "-f", path, "--to", "x/a"]
+    allowed = subprocess.run(
+        [*command, "--from", "y/b", "--port", "80"], capture_output=True, text=True
+    )
+    denied = subprocess.run(
+        [*command, "--from", "y/b", "--port", "81"], capture_output=True, text=True
+    )
+    broken = subprocess.run(
+        [
+            *command[:4],
+            "-f",
+            str(tmp_path / "missing.yaml"),
+            "--from",
+            "y/b",
+            "--to",
+            "x/a",
+            "--port",
+            "80",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert (allowed.returncode, denied.returncode, broken.returncode) == (0, 1, 2)
+    assert "cannot read" in broken.stderr

@@ -1,0 +1,578 @@
+"""Parsing API objects: the API server's defaulting, its validation, and failing closed.
+
+NETPOL-SEMANTICS 5, 6, 11, 13, 14, 16: a file-read object must behave exactly like the
+defaulted object the API would return; an invalid field is reported (naming the policy
+and the field path) and never widens what the policy allows.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import pytest
+from kubernetes import client as k8s
+
+from agent.model.objects import (
+    NAMESPACE_NAME_LABEL,
+    ContainerPort,
+    Direction,
+    IPBlock,
+    PodPhase,
+    PolicyPort,
+    Protocol,
+    SelectorPeer,
+)
+from agent.model.parse import (
+    InvalidObject,
+    parse_namespace,
+    parse_network_policy,
+    parse_pod,
+)
+from agent.model.selectors import LabelSelector
+from agent.policy.state import build_state
+from tests.unit import builders as b
+
+BOTH = frozenset(Direction)
+INGRESS_ONLY = frozenset({Direction.INGRESS})
+
+
+def parse(**spec: Any) -> Any:
+    return parse_network_policy(b.policy("prod/np", **spec))
+
+
+# --- policyTypes defaulting (5) ---------------------------------------------------------
+
+
+def test_policy_types_absent_means_ingress_only() -> None:
+    policy = parse(ingress=[{}])
+    assert policy.policy_types == INGRESS_ONLY
+
+
+def test_policy_types_absent_with_egress_rules_adds_egress() -> None:
+    assert parse(egress=[{}]).policy_types == BOTH
+
+
+def test_policy_types_absent_with_empty_egress_list_stays_ingress_only() -> None:
+    assert parse(egress=[]).policy_types == INGRESS_ONLY
+
+
+def test_empty_policy_types_is_the_same_as_absent() -> None:
+    assert parse(policyTypes=[], egress=[{}]).policy_types == BOTH
+    assert parse(policyTypes=[]).policy_types == INGRESS_ONLY
+
+
+def test_section_not_in_policy_types_is_ignored() -> None:
+    policy = parse(policyTypes=["Egress"], ingress=[{}], egress=[{}])
+    assert policy.policy_types == frozenset({Direction.EGRESS})
+    assert policy.ingress == ()
+    assert len(policy.egress) == 1
+
+
+def test_explicit_egress_type_with_no_rules_isolates_egress_allowing_nothing() -> None:
+    policy = parse(policyTypes=["Egress"])
+    assert policy.policy_types == frozenset({Direction.EGRESS})
+    assert policy.egress == ()
+
+
+# --- other defaults (6, 11, 14) -----------------------------------------------------------
+
+
+def test_missing_pod_selector_selects_every_pod_of_the_namespace() -> None:
+    raw = b.policy("prod/np")
+    del raw["spec"]["podSelector"]
+    policy = parse_network_policy(raw)
+    assert policy.pod_selector == LabelSelector()
+    assert policy.problems == ()
+
+
+def test_protocol_defaults_to_tcp() -> None:
+    (rule,) = parse(ingress=[{"ports": [{"port": 80}, {}]}]).ingress
+    assert rule.ports == (PolicyPort(Protocol.TCP, 80), PolicyPort(Protocol.TCP))
+
+
+def test_namespace_gets_its_name_label() -> None:
+    namespace = parse_namespace(b.namespace("prod", team="a"))
+    assert namespace.labels == {"team": "a", NAMESPACE_NAME_LABEL: "prod"}
+
+
+def test_namespace_name_label_is_not_overwritten_when_present() -> None:
+    raw = b.namespace("prod")
+    raw["metadata"]["labels"] = {NAMESPACE_NAME_LABEL: "prod"}
+    assert parse_namespace(raw).labels == {NAMESPACE_NAME_LABEL: "prod"}
+
+
+@pytest.mark.parametrize("section", ["ingress", "egress"])
+@pytest.mark.parametrize("shape", ["missing", "empty"])
+def test_missing_and_empty_rule_lists_both_allow_nothing(section: str, shape: str) -> None:
+    spec: dict[str, Any] = {"policyTypes": ["Ingress", "Egress"]}
+    if shape == "empty":
+        spec[section] = []
+    policy = parse(**spec)
+    assert policy.rules(Direction(section.capitalize())) == ()
+    assert policy.policy_types == BOTH
+
+
+@pytest.mark.parametrize("field", ["from", "ports"])
+def test_missing_and_empty_peers_or_ports_both_mean_all(field: str) -> None:
+    (missing,) = parse(ingress=[{}]).ingress
+    (empty,) = parse(ingress=[{field: []}]).ingress
+    assert missing == empty
+    assert empty.peers is None and empty.ports is None
+
+
+def test_missing_and_empty_to_both_mean_all_destinations() -> None:
+    (missing,) = parse(egress=[{}]).egress
+    (empty,) = parse(egress=[{"to": []}]).egress
+    assert missing.peers is None and empty.peers is None
+
+
+def test_peers_parse_to_selectors_and_blocks() -> None:
+    (rule,) = parse(
+        ingress=[
+            {
+                "from": [
+                    {"podSelector": {}},
+                    {"namespaceSelector": {}},
+                    {"podSelector": b.labels(app="web"), "namespaceSelector": b.labels(team="a")},
+                    {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}},
+                ]
+            }
+        ]
+    ).ingress
+    assert rule.peers == (
+        SelectorPeer(namespace_selector=None, pod_selector=LabelSelector()),
+        SelectorPeer(namespace_selector=LabelSelector(), pod_selector=None),
+        SelectorPeer(
+            namespace_selector=LabelSelector.from_labels({"team": "a"}),
+            pod_selector=LabelSelector.from_labels({"app": "web"}),
+        ),
+        IPBlock(ipaddress.ip_network("10.0.0.0/8"), (ipaddress.ip_network("10.1.0.0/16"),)),
+    )
+
+
+def test_port_ranges_and_named_ports_parse() -> None:
+    (rule,) = parse(
+        ingress=[
+            {
+                "ports": [
+                    {"port": 1000, "endPort": 2000},
+                    {"port": "http"},
+                    {"protocol": "SCTP"},
+                    {"protocol": "UDP", "port": 53, "endPort": 53},
+                ]
+            }
+        ]
+    ).ingress
+    assert rule.ports == (
+        PolicyPort(Protocol.TCP, 1000, 2000),
+        PolicyPort(Protocol.TCP, "http"),
+        PolicyPort(Protocol.SCTP),
+        PolicyPort(Protocol.UDP, 53, 53),
+    )
+
+
+# --- validation: each error names the policy and the field, the rest is kept -------------
+
+INVALID_PEERS = {
+    "bad cidr": ({"ipBlock": {"cidr": "10.0.0.0/33"}}, "from[0].ipBlock.cidr"),
+    "cidr not a string": ({"ipBlock": {"cidr": 10}}, "from[0].ipBlock.cidr"),
+    "except outside cidr": (
+        {"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.1.0.0/24"]}},
+        "from[0].ipBlock.except[0]",
+    ),
+    "except equal to cidr": (
+        {"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.0.0.0/16"]}},
+        "from[0].ipBlock.except[0]",
+    ),
+    "except of the other family": (
+        {"ipBlock": {"cidr": "10.0.0.0/16", "except": ["fd00::/64"]}},
+        "from[0].ipBlock.except[0]",
+    ),
+    "bad except": (
+        {"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.0.0.0/99"]}},
+        "from[0].ipBlock.except[0]",
+    ),
+    "ipBlock with a podSelector": (
+        {"ipBlock": {"cidr": "10.0.0.0/16"}, "podSelector": {}},
+        "from[0]",
+    ),
+    "ipBlock with a namespaceSelector": (
+        {"ipBlock": {"cidr": "10.0.0.0/16"}, "namespaceSelector": {}},
+        "from[0]",
+    ),
+    "a peer with nothing": ({}, "from[0]"),
+    "unknown operator": (
+        {
+            "podSelector": {
+                "matchExpressions": [{"key": "a", "operator": "Equals", "values": ["x"]}]
+            }
+        },
+        "from[0].podSelector.matchExpressions[0].operator",
+    ),
+    "In with no values": (
+        {"podSelector": {"matchExpressions": [{"key": "a", "operator": "In", "values": []}]}},
+        "from[0].podSelector.matchExpressions[0].values",
+    ),
+    "NotIn with no values": (
+        {"namespaceSelector": {"matchExpressions": [{"key": "a", "operator": "NotIn"}]}},
+        "from[0].namespaceSelector.matchExpressions[0].values",
+    ),
+    "Exists with values": (
+        {
+            "podSelector": {
+                "matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]
+            }
+        },
+        "from[0].podSelector.matchExpressions[0].values",
+    ),
+    "DoesNotExist with values": (
+        {
+            "podSelector": {
+                "matchExpressions": [{"key": "a", "operator": "DoesNotExist", "values": ["x"]}]
+            }
+        },
+        "from[0].podSelector.matchExpressions[0].values",
+    ),
+}
+
+INVALID_PORTS = {
+    "endPort below port": ({"port": 2000, "endPort": 1000}, "ports[0].endPort"),
+    "endPort with a named port": ({"port": "http", "endPort": 90}, "ports[0].endPort"),
+    "endPort without port": ({"endPort": 90}, "ports[0].endPort"),
+    "unknown protocol": ({"protocol": "ICMP", "port": 80}, "ports[0].protocol"),
+    "lower-case protocol": ({"protocol": "tcp"}, "ports[0].protocol"),
+    "port 0": ({"port": 0}, "ports[0].port"),
+    "port 65536": ({"port": 65536}, "ports[0].port"),
+    "endPort 65536": ({"port": 80, "endPort": 65536}, "ports[0].endPort"),
+    "port name with upper case": ({"port": "HTTP"}, "ports[0].port"),
+    "port name too long": ({"port": "a-very-long-port-name"}, "ports[0].port"),
+    "port name of digits only": ({"port": "8080"}, "ports[0].port"),
+    "port name with a double dash": ({"port": "my--port"}, "ports[0].port"),
+    "port name ending in a dash": ({"port": "http-"}, "ports[0].port"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INVALID_PEERS))
+def test_invalid_peer_is_reported_with_policy_and_field_path(case: str) -> None:
+    peer, field = INVALID_PEERS[case]
+    policy = parse(ingress=[{"from": [peer], "ports": [{"port": 80}]}, {"ports": [{"port": 443}]}])
+    (problem,) = policy.problems
+    assert problem.startswith("NetworkPolicy prod/np: ")
+    assert f"spec.ingress[0].{field}" in problem
+    # The broken rule is gone; the good rule after it is kept.
+    assert [rule.index for rule in policy.ingress] == [1]
+
+
+@pytest.mark.parametrize("case", sorted(INVALID_PORTS))
+def test_invalid_port_is_reported_with_policy_and_field_path(case: str) -> None:
+    port, field = INVALID_PORTS[case]
+    policy = parse(egress=[{"ports": [{"port": 443}, port]}, {"to": [{"podSelector": {}}]}])
+    (problem,) = policy.problems
+    assert problem.startswith("NetworkPolicy prod/np: ")
+    assert f"spec.egress[0].{field.replace('[0]', '[1]', 1)}" in problem
+    assert [rule.index for rule in policy.egress] == [1]
+
+
+def test_broken_rule_is_dropped_whole_not_narrowed_into_all_ports() -> None:
+    # Dropping just the bad port would leave "ports: [80]"; dropping all of them would
+    # leave "all ports". Neither: the rule allows nothing.
+    policy = parse(ingress=[{"ports": [{"port": 80}, {"port": 0}]}])
+    assert policy.ingress == ()
+    assert policy.policy_types == INGRESS_ONLY  # still isolating
+
+
+def test_broken_peer_does_not_turn_into_all_peers() -> None:
+    policy = parse(ingress=[{"from": [{"ipBlock": {"cidr": "bogus"}}]}])
+    assert policy.ingress == ()
+
+
+def test_broken_pod_selector_selects_the_whole_namespace() -> None:
+    policy = parse(
+        podSelector={"matchExpressions": [{"key": "app", "operator": "In"}]}, ingress=[{}]
+    )
+    assert policy.pod_selector is None
+    (problem,) = policy.problems
+    assert "NetworkPolicy prod/np" in problem and "spec.podSelector" in problem
+    assert "fail closed" in problem
+    pod = parse_pod(b.pod("prod/any", "10.0.0.1", labels={"x": "y"}))
+    assert policy.selects(pod)
+    assert not policy.selects(parse_pod(b.pod("other/any", "10.0.0.2")))
+
+
+@pytest.mark.parametrize("types", [["Ingress", "Sideways"], "Ingress"])
+def test_broken_policy_types_isolates_both_directions(types: Any) -> None:
+    policy = parse(policyTypes=types, ingress=[{"ports": [{"port": 80}]}])
+    assert policy.policy_types == BOTH
+    (problem,) = policy.problems
+    assert "NetworkPolicy prod/np" in problem and "spec.policyTypes" in problem
+    assert len(policy.ingress) == 1 and policy.egress == ()
+
+
+def test_rules_that_are_not_a_list_allow_nothing() -> None:
+    policy = parse(policyTypes=["Ingress"], ingress={"from": []})
+    assert policy.ingress == ()
+    (problem,) = policy.problems
+    assert "spec.ingress" in problem
+
+
+def test_several_problems_are_all_reported() -> None:
+    policy = parse(
+        ingress=[{"ports": [{"port": 0}]}, {"from": [{}]}, {}],
+        egress=[{"ports": [{"protocol": "ICMP"}]}],
+    )
+    assert len(policy.problems) == 3
+    assert [rule.index for rule in policy.ingress] == [2]
+
+
+# --- kubernetes client objects -------------------------------------------------------------
+
+
+def test_client_network_policy_parses_like_the_dict() -> None:
+    raw = b.policy(
+        "prod/np",
+        podSelector={"matchLabels": {"app": "web"}},
+        policyTypes=["Ingress", "Egress"],
+        ingress=[
+            {
+                "from": [
+                    {"podSelector": {"matchExpressions": [{"key": "a", "operator": "Exists"}]}},
+                    {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}},
+                ],
+                "ports": [{"port": "http"}, {"port": 1000, "endPort": 2000, "protocol": "UDP"}],
+            }
+        ],
+        egress=[{"to": [{"namespaceSelector": {}}]}],
+    )
+    model = k8s.V1NetworkPolicy(
+        api_version="networking.k8s.io/v1",
+        kind="NetworkPolicy",
+        metadata=k8s.V1ObjectMeta(name="np", namespace="prod"),
+        spec=k8s.V1NetworkPolicySpec(
+            pod_selector=k8s.V1LabelSelector(match_labels={"app": "web"}),
+            policy_types=["Ingress", "Egress"],
+            ingress=[
+                k8s.V1NetworkPolicyIngressRule(
+                    _from=[
+                        k8s.V1NetworkPolicyPeer(
+                            pod_selector=k8s.V1LabelSelector(
+                                match_expressions=[
+                                    k8s.V1LabelSelectorRequirement(key="a", operator="Exists")
+                                ]
+                            )
+                        ),
+                        k8s.V1NetworkPolicyPeer(
+                            ip_block=k8s.V1IPBlock(cidr="10.0.0.0/8", _except=["10.1.0.0/16"])
+                        ),
+                    ],
+                    ports=[
+                        k8s.V1NetworkPolicyPort(port="http"),
+                        k8s.V1NetworkPolicyPort(port=1000, end_port=2000, protocol="UDP"),
+                    ],
+                )
+            ],
+            egress=[
+                k8s.V1NetworkPolicyEgressRule(
+                    to=[k8s.V1NetworkPolicyPeer(namespace_selector=k8s.V1LabelSelector())]
+                )
+            ],
+        ),
+    )
+    assert parse_network_policy(model) == parse_network_policy(raw)
+
+
+def test_client_policy_without_types_gets_the_same_defaults() -> None:
+    model = k8s.V1NetworkPolicy(
+        metadata=k8s.V1ObjectMeta(name="np", namespace="prod"),
+        spec=k8s.V1NetworkPolicySpec(
+            pod_selector=k8s.V1LabelSelector(),
+            egress=[k8s.V1NetworkPolicyEgressRule()],
+        ),
+    )
+    assert parse_network_policy(model).policy_types == BOTH
+
+
+def test_client_pod_parses_like_the_dict() -> None:
+    raw = b.pod(
+        "prod/web",
+        "10.0.0.5",
+        "fd00::5",
+        labels={"app": "web"},
+        ports=[{"name": "http", "containerPort": 8080}],
+    )
+    model = k8s.V1Pod(
+        metadata=k8s.V1ObjectMeta(name="web", namespace="prod", labels={"app": "web"}),
+        spec=k8s.V1PodSpec(
+            node_name="node1",
+            containers=[
+                k8s.V1Container(
+                    name="c", ports=[k8s.V1ContainerPort(name="http", container_port=8080)]
+                )
+            ],
+        ),
+        status=k8s.V1PodStatus(
+            phase="Running",
+            pod_ips=[k8s.V1PodIP(ip="10.0.0.5"), k8s.V1PodIP(ip="fd00::5")],
+        ),
+    )
+    assert parse_pod(model) == parse_pod(raw)
+
+
+def test_client_namespace_parses_like_the_dict() -> None:
+    model = k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name="prod", labels={"team": "a"}))
+    assert parse_namespace(model) == parse_namespace(b.namespace("prod", team="a"))
+
+
+# --- pods (13) -------------------------------------------------------------------------------
+
+
+def test_pod_uses_every_pod_ip_dual_stack() -> None:
+    pod = parse_pod(b.pod("prod/web", "10.0.0.5", "fd00::5"))
+    assert pod.ips == (ipaddress.ip_address("10.0.0.5"), ipaddress.ip_address("fd00::5"))
+    assert pod.ips_of(4) == (ipaddress.ip_address("10.0.0.5"),)
+    assert pod.ips_of(6) == (ipaddress.ip_address("fd00::5"),)
+
+
+def test_pod_falls_back_to_pod_ip_without_pod_ips() -> None:
+    raw = b.pod("prod/web")
+    raw["status"] = {"phase": "Running", "podIP": "10.0.0.5"}
+    assert parse_pod(raw).ips == (ipaddress.ip_address("10.0.0.5"),)
+
+
+def test_pod_without_an_ip_is_not_selectable() -> None:
+    pod = parse_pod(b.pod("prod/pending", phase="Pending"))
+    assert pod.ips == ()
+    assert not pod.is_selectable
+
+
+def test_host_network_pod_is_not_selectable() -> None:
+    pod = parse_pod(b.pod("prod/host", "172.18.0.2", host_network=True))
+    assert pod.host_network
+    assert not pod.is_selectable
+
+
+@pytest.mark.parametrize(
+    ("phase", "selectable"),
+    [
+        ("Pending", True),
+        ("Running", True),
+        ("Unknown", True),
+        ("Succeeded", False),
+        ("Failed", False),
+    ],
+)
+def test_finished_pods_are_not_selectable(phase: str, selectable: bool) -> None:
+    pod = parse_pod(b.pod("prod/p", "10.0.0.5", phase=phase))
+    assert pod.phase is PodPhase(phase)
+    assert pod.is_selectable is selectable
+
+
+def test_unknown_phase_text_is_kept_as_unknown() -> None:
+    assert parse_pod(b.pod("prod/p", "10.0.0.5", phase="Exploded")).phase is PodPhase.UNKNOWN
+
+
+def test_named_container_ports_include_init_containers() -> None:
+    raw = b.pod(
+        "prod/web",
+        "10.0.0.5",
+        ports=[{"name": "http", "containerPort": 8080}, {"containerPort": 9090}],
+    )
+    raw["spec"]["initContainers"] = [
+        {"name": "sidecar", "ports": [{"name": "dns", "containerPort": 53, "protocol": "UDP"}]}
+    ]
+    pod = parse_pod(raw)
+    assert pod.ports == (
+        ContainerPort(8080, Protocol.TCP, "http"),
+        ContainerPort(9090, Protocol.TCP, None),
+        ContainerPort(53, Protocol.UDP, "dns"),
+    )
+    assert pod.resolve_named_port("dns", Protocol.UDP) == 53
+    assert pod.resolve_named_port("dns", Protocol.TCP) is None  # protocol must match too
+    assert pod.resolve_named_port("http", Protocol.TCP) == 8080
+    assert pod.resolve_named_port("metrics", Protocol.TCP) is None
+
+
+def test_pod_with_a_bad_ip_is_invalid() -> None:
+    with pytest.raises(InvalidObject, match=r"Pod prod/web.*podIPs.*not-an-ip"):
+        parse_pod(b.pod("prod/web", "not-an-ip"))
+
+
+def test_pod_without_a_name_is_invalid() -> None:
+    raw = b.pod("prod/web", "10.0.0.5")
+    del raw["metadata"]["name"]
+    with pytest.raises(InvalidObject, match=r"metadata\.name"):
+        parse_pod(raw)
+
+
+def test_pod_with_a_field_of_the_wrong_shape_is_invalid_not_a_crash() -> None:
+    raw = b.pod("prod/web")
+    raw["status"]["podIPs"] = ["10.0.0.5"]  # strings, not {"ip": ...}
+    with pytest.raises(InvalidObject, match="Pod prod/web"):
+        parse_pod(raw)
+
+
+def test_object_without_a_namespace_defaults_to_default() -> None:
+    raw = b.policy("x/np")
+    del raw["metadata"]["namespace"]
+    assert parse_network_policy(raw).namespace == "default"
+
+
+# --- build_state ----------------------------------------------------------------------------
+
+
+def test_build_state_skips_unknown_kinds_and_keeps_the_rest() -> None:
+    built = build_state(
+        [
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "svc"}},
+            b.namespace("prod"),
+            b.pod("prod/web", "10.0.0.5"),
+        ]
+    )
+    assert list(built.state.pods) == ["prod/web"]
+    assert list(built.state.namespaces) == ["prod"]
+    (problem,) = built.problems
+    assert "Service svc" in problem and "skipped" in problem
+
+
+def test_build_state_skips_invalid_objects_with_a_clear_problem() -> None:
+    bad_ip = b.pod("prod/bad", "300.0.0.1")
+    wrong_shape = b.pod("prod/shape")
+    wrong_shape["spec"]["containers"] = [{"name": "c", "ports": ["http"]}]
+    built = build_state(
+        [bad_ip, wrong_shape, "just a string", b.pod("prod/good", "10.0.0.5"), b.node("n1")]
+    )
+    assert list(built.state.pods) == ["prod/good"]
+    assert list(built.state.nodes) == ["n1"]
+    assert len(built.problems) == 3
+    assert any("Pod prod/bad" in p and "300.0.0.1" in p for p in built.problems)
+    assert any("Pod prod/shape" in p for p in built.problems)
+    assert any("not a Kubernetes object" in p for p in built.problems)
+
+
+def test_build_state_keeps_a_policy_with_problems_and_reports_them() -> None:
+    built = build_state([b.policy("prod/np", ingress=[{"ports": [{"port": 0}]}])])
+    assert "prod/np" in built.state.policies
+    (problem,) = built.problems
+    assert problem.startswith("NetworkPolicy prod/np: spec.ingress[0].ports[0].port")
+    assert built.state.problems == built.problems
+
+
+def test_build_state_flattens_list_documents() -> None:
+    built = build_state(
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "List",
+                "items": [
+                    b.namespace("prod"),
+                    {"kind": "PodList", "items": [b.pod("prod/a", "10.0.0.1")]},
+                ],
+            },
+            {"kind": "NetworkPolicyList", "items": [b.policy("prod/np")]},
+            None,
+        ]
+    )
+    assert built.problems == ()
+    assert list(built.state.namespaces) == ["prod"]
+    assert list(built.state.pods) == ["prod/a"]
+    assert list(built.state.policies) == ["prod/np"]
