@@ -11,12 +11,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from agent.compiler.compile import (
+from agent.compiler.compile import compile_node
+from agent.compiler.config import (
     DEFAULT_CHAIN_PREFIX,
     DEFAULT_MARK,
     CompilerConfig,
     NodeContext,
-    compile_node,
     node_addresses,
 )
 from agent.compiler.ruleset import Family

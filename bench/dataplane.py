@@ -57,8 +57,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from agent.compiler.builder import NodeCompiler
-from agent.compiler.compile import CompilerConfig
+from agent.compiler.compile import NodeCompiler
+from agent.compiler.config import CompilerConfig
 from agent.compiler.ruleset import Family, Ruleset
 from agent.dataplane.detect import make_backend
 from agent.dataplane.state import canonical_jump_spec

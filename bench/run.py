@@ -133,8 +133,8 @@ def _incremental_cases(objects: list[dict[str, Any]]) -> dict[str, tuple[list[An
 
 def measure_inside(size_name: str, backend_name: str, prefix: str, runs: int) -> dict[str, Any]:
     """Run in the benchmark's network namespace; returns the figures as a dict."""
-    from agent.compiler.builder import NodeCompiler
-    from agent.compiler.compile import CompilerConfig, node_addresses
+    from agent.compiler.compile import NodeCompiler
+    from agent.compiler.config import CompilerConfig, node_addresses
     from agent.compiler.ruleset import Family
     from agent.control.outcome import Cause
     from agent.control.reconciler import Reconciler, ReconcilerConfig

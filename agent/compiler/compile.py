@@ -1,35 +1,52 @@
-"""Compile cluster state into the filter-table chains for one node and one IP family.
+"""The node compiler: cluster state → chains, recomputing only what a change touches.
 
-Layout (``P`` is the configurable chain prefix)::
+Layout (``P`` is the chain prefix)::
 
-    FORWARD -> P-FORWARD   established/related RETURN, IPv6 ND RETURN, node exemptions,
-                           clear mark, -j P-EGRESS, clear mark, -j P-INGRESS, clear mark
-    P-EGRESS   dispatch by source address      -> -g P-E-<pod>   (egress-isolated local pods)
-    P-INGRESS  dispatch by destination address -> -g P-I-<pod>   (ingress-isolated local pods)
-    P-E-/P-I-<pod>   self RETURN; per selecting policy: -j P-PE/PI-<policy>, mark? RETURN;
-                     DROP
-    P-PI/PE-<policy> one block of rules per policy rule: [port match] -j <peer group> or
-                     [port match] [-s cidr] -g P-ALLOW; mark? RETURN between rules
-    P-G-<group>  pod addresses of a selector peer   -> -g P-ALLOW
-    P-B-<block>  ipBlock with except: RETURN per except, then the cidr -> -g P-ALLOW
-    P-ALLOW      sets the allow mark bit
+    FORWARD -> P-FORWARD  established/related RETURN, [IPv6: neighbour discovery RETURN],
+                          node exemptions, clear mark, -j P-EGRESS, clear mark,
+                          -j P-INGRESS, clear mark
+    P-EGRESS / P-INGRESS  dispatch by the local pod's address  -> -g P-E-/P-I-<pod>
+    P-E-/P-I-<pod>        self RETURN, then -g P-SE-/P-SI-<set of policies selecting it>
+    P-SE-/P-SI-<set>      per policy: -j P-PE-/P-PI-<policy>,
+                          mark? RETURN; then DROP (or REJECT)
+    P-PE-/P-PI-<policy>   per rule: [port match] -j P-G-<peer> | [port] [-s cidr] set mark;
+                          mark? RETURN between rules
+    P-G-<group>           the addresses of a selector peer  -> set mark
+    P-B-<block>           ipBlock with except: RETURN per except, then the cidr -> set mark
+    P-T-<…>               subtrees of a long dispatch or group chain
 
 Allow decisions travel as one mark bit (masked, configurable) because a peer group is a
-shared chain that cannot RETURN through two levels. Policy chains are shared by every pod
-the policy selects and peer groups by every rule naming the same peer, so the rule count
-grows with pods plus policies, not with their product. Everything is sorted: the same
-state always gives the same chains, byte for byte.
+shared chain that cannot RETURN through two levels. Policy chains are shared by every
+pod a policy selects, verdict (set) chains by every pod the same policies select, and
+peer groups by every rule naming the peer, so the rule count grows with pods plus
+policies, not their product.
+
+Long address lists (dispatch, peer groups) are split into a tree on address bits, four
+ways per level, and each leaf's addresses are collapsed into CIDRs: a lookup costs
+O(log n) rules without ipsets. Trees split on bits, never on list positions, so sibling subtrees cover disjoint
+ranges and a ``-g`` into the wrong one cannot happen; for the same reason a leaf's
+addresses are disjoint and its rules may set the mark and carry on. nf_tables refuses
+chain graphs deeper than 16 jumps (EMLINK), so tree depth is capped: leaves grow instead.
+
+``NodeCompiler`` keeps every chain it built, keyed by what it was built from, and on the
+next ``compile`` diffs the new snapshot against the previous one (objects are shared
+between snapshots, so an identity check finds what changed) and rebuilds only the peer
+groups, policy chains and pod chains a change can affect. The result is always equal to
+a compile from scratch; the tests check exactly that.
 """
 
 from __future__ import annotations
 
-import base64
+import bisect
 import dataclasses
-import hashlib
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple, TypeVar
 
+from agent.compiler import cidr
+from agent.compiler.config import NEIGHBOUR_DISCOVERY_TYPES, CompilerConfig, NodeContext
+from agent.compiler.ports import named_port_signature, resolve_rule_ports
 from agent.compiler.ruleset import Chain, Family, Match, Rule, Ruleset
 from agent.model.objects import (
     Direction,
@@ -37,285 +54,555 @@ from agent.model.objects import (
     IPBlock,
     NetworkPolicy,
     Pod,
-    PolicyPort,
     PolicyRule,
     Protocol,
     SelectorPeer,
 )
 from agent.policy.state import ClusterState
 
-DEFAULT_CHAIN_PREFIX = "NPA"
-DEFAULT_MARK = 0x1000
-MAX_PREFIX = 8
-MULTIPORT_LIMIT = 15
-# Neighbour discovery: router solicitation/advertisement, neighbour solicitation/
-# advertisement, redirect. Bridged with br_netfilter, these cross FORWARD.
-NEIGHBOUR_DISCOVERY_TYPES = (133, 134, 135, 136, 137)
+T = TypeVar("T")
+
+# A tree node holds at most this many entries before it splits four ways on the next two
+# address bits; a lookup walks at most four rules per level plus one leaf.
+LEAF_SIZE = 16
+# Depth budget under nf_tables' 16-level jump limit: FORWARD -> entry -> dispatch root
+# (+ DISPATCH_DEPTH) -> pod -> policy -> group root (+ GROUP_DEPTH) stays at level 15 or less.
+DISPATCH_DEPTH = 3
+GROUP_DEPTH = 6
 
 
 @dataclass(frozen=True, slots=True)
-class CompilerConfig:
-    chain_prefix: str = DEFAULT_CHAIN_PREFIX
-    allow_mark: int = DEFAULT_MARK
-    reject: bool = False
+class GroupSpec:
+    """What decides a peer group's members. All None: every pod."""
 
-    def __post_init__(self) -> None:
-        if not self.chain_prefix or len(self.chain_prefix) > MAX_PREFIX:
-            raise ValueError(f"chain prefix must be 1-{MAX_PREFIX} characters")
-        if not self.chain_prefix.replace("-", "").replace("_", "").isalnum():
-            raise ValueError("chain prefix may hold letters, digits, '-' and '_' only")
-        if (
-            self.allow_mark <= 0
-            or self.allow_mark > 0xFFFFFFFF  # packet marks are 32 bits
-            or self.allow_mark & (self.allow_mark - 1)
+    direction: Direction
+    policy_namespace: str
+    peer: SelectorPeer | None
+    block: IPBlock | None = None
+    named: tuple[Protocol, str, int] | None = None
+
+    def matches(self, state: ClusterState, pod: Pod, version: int) -> bool:
+        if not pod.is_selectable or not pod.ips_of(version):
+            return False
+        if self.peer is not None and not state.peer_matches_pod(
+            self.peer, self.policy_namespace, pod
         ):
-            raise ValueError("allow mark must be a single bit of the 32-bit packet mark")
-        if self.allow_mark & 0xC000:
-            raise ValueError("allow mark clashes with kube-proxy's 0x4000/0x8000")
+            return False
+        if self.block is not None and not any(
+            self.block.contains(ip) for ip in pod.ips_of(version)
+        ):
+            return False
+        if self.named is not None:
+            protocol, name, number = self.named
+            if pod.resolve_named_port(name, protocol) != number:
+                return False
+        return True
 
-    def name(self, suffix: str) -> str:
-        return f"{self.chain_prefix}-{suffix}"
+    def members(self, state: ClusterState, version: int) -> list[Pod]:
+        if self.peer is None:
+            return [pod for pod in state.selectable_pods if self.matches(state, pod, version)]
+        # peer_pods already applied the selectors; only the narrower filters are left.
+        narrowed = GroupSpec(self.direction, self.policy_namespace, None, self.block, self.named)
+        return [
+            pod
+            for pod in state.peer_pods(self.peer, self.policy_namespace)
+            if narrowed.matches(state, pod, version)
+        ]
 
-    def hashed_name(self, kind: str, key: str) -> str:
-        length = min(16, 28 - len(self.chain_prefix) - len(kind) - 2)
-        digest = base64.b32encode(hashlib.sha256(key.encode()).digest()).decode()
-        return f"{self.chain_prefix}-{kind}-{digest[:length]}"
+
+@dataclass(frozen=True, slots=True)
+class _Unit:
+    """The chains built for one thing (a group, a policy, a pod…): root first."""
+
+    chains: tuple[Chain, ...]
+    children: tuple[str, ...]  # root names of other units this one jumps to
 
     @property
-    def entry_chain(self) -> str:
-        return self.name("FORWARD")
-
-    @property
-    def mark_text(self) -> str:
-        return f"{self.allow_mark:#x}/{self.allow_mark:#x}"
+    def root(self) -> str:
+        return self.chains[0].name
 
 
-@dataclass(frozen=True, slots=True)
-class NodeContext:
-    name: str
-    addresses: tuple[IPAddress, ...] = ()
+class _Subtree(NamedTuple):
+    block: cidr.Block
+    size: int
+    chains: list[Chain]  # bottom-up: the subtree's own chain last
 
 
-@dataclass(frozen=True, slots=True)
-class PortMatch:
-    """``protocol`` None: any protocol. ``ranges`` None: every port of the protocol."""
-
-    protocol: Protocol | None
-    ranges: tuple[tuple[int, int], ...] | None = None
-
-    def rule_fields(self) -> list[tuple[str | None, tuple[Match, ...], str]]:
-        """(protocol, matches, description) per rule this match needs (multiport chunks)."""
-        if self.protocol is None:
-            return [(None, (), "all ports")]
-        name = self.protocol.iptables_name
-        if self.ranges is None:
-            return [(name, (), f"all {self.protocol.value}")]
-        result: list[tuple[str | None, tuple[Match, ...], str]] = []
-        for chunk in _multiport_chunks(self.ranges):
-            text = ",".join(_range_text(r) for r in chunk)
-            if len(chunk) == 1:
-                match = Match(name, (("--dport", text),))
-            else:
-                match = Match("multiport", (("--dports", text),))
-            result.append((name, (match,), f"{text}/{self.protocol.value}"))
-        return result
+TreeMemo = dict[str, _Subtree]
 
 
-def _range_text(port_range: tuple[int, int]) -> str:
-    first, last = port_range
-    return str(first) if first == last else f"{first}:{last}"
+@dataclass(slots=True)
+class _GroupEntry:
+    """A peer group: its members by address (kept up to date pod by pod) and its chains.
 
+    ``subtrees`` remembers each tree chain with the entries it was built from, so a
+    membership change rebuilds only the chains on the changed address's path.
+    """
 
-def _multiport_chunks(
-    ranges: Sequence[tuple[int, int]],
-) -> list[list[tuple[int, int]]]:
-    chunks: list[list[tuple[int, int]]] = []
-    current: list[tuple[int, int]] = []
-    weight = 0
-    for port_range in ranges:
-        cost = 1 if port_range[0] == port_range[1] else 2
-        if weight + cost > MULTIPORT_LIMIT:
-            chunks.append(current)
-            current, weight = [], 0
-        current.append(port_range)
-        weight += cost
-    if current:
-        chunks.append(current)
-    return chunks
-
-
-def merge_ranges(ranges: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
-    merged: list[tuple[int, int]] = []
-    for first, last in sorted(ranges):
-        if merged and first <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
-        else:
-            merged.append((first, last))
-    return tuple(merged)
+    spec: GroupSpec
+    members: dict[int, set[str]]
+    addresses: list[int] = field(default_factory=list)  # sorted keys of members
+    unit: _Unit | None = None
+    subtrees: TreeMemo = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
-class NamedPort:
+class _NamedScope:
+    """Egress to a named port within one peer: how many destination pods serve the name
+    on each number. Only a number appearing or vanishing changes the policy chain."""
+
+    spec: GroupSpec
+    port_name: str
     protocol: Protocol
-    name: str
+    holders: dict[int, int]
 
 
 @dataclass(frozen=True, slots=True)
-class RulePorts:
-    """A rule's ports split into what renders directly and egress named ports."""
-
-    matches: tuple[PortMatch, ...]
-    named: tuple[NamedPort, ...] = ()
-
-    @property
-    def is_empty(self) -> bool:
-        return not self.matches and not self.named
+class _PolicyEntry:
+    policy: NetworkPolicy
+    unit: _Unit | None  # None: the policy allows nothing for this target
+    # Egress named ports: (destinations in scope, port name). Their numbers come from the
+    # destination pods, so a pod change inside a scope can change this chain.
+    named_scopes: tuple[_NamedScope, ...]
+    target: Pod
 
 
-def resolve_rule_ports(ports: tuple[PolicyPort, ...] | None, named_target: Pod | None) -> RulePorts:
-    """Turn a rule's ``ports`` into port matches.
+@dataclass(frozen=True, slots=True)
+class _PodEntry:
+    pod: Pod
+    inputs: tuple[str | None, ...]
+    unit: _Unit
 
-    Named ports resolve against ``named_target`` (the destination pod, for ingress);
-    with ``named_target`` None (egress) they are returned unresolved, since each
-    destination pod may map the name to a different number.
-    """
-    if ports is None:
-        return RulePorts((PortMatch(None),))
-    whole: set[Protocol] = set()
-    ranges: dict[Protocol, list[tuple[int, int]]] = defaultdict(list)
-    named: list[NamedPort] = []
-    for entry in ports:
-        if entry.port is None:
-            whole.add(entry.protocol)
-        elif isinstance(entry.port, str):
-            if named_target is None:
-                named.append(NamedPort(entry.protocol, entry.port))
-                continue
-            number = named_target.resolve_named_port(entry.port, entry.protocol)
-            if number is not None:
-                ranges[entry.protocol].append((number, number))
+
+@dataclass(frozen=True, slots=True)
+class _SelectingEntry:
+    pod: Pod
+    epoch: int
+    policies: tuple[NetworkPolicy, ...]
+
+
+def _host(address: IPAddress) -> cidr.Block:
+    return (int(address), cidr.width(address.version))
+
+
+def _diff(previous: Mapping[str, T], current: Mapping[str, T]) -> list[tuple[T | None, T | None]]:
+    """(old, new) for every key whose object is not the very same one in both."""
+    if previous is current:
+        return []
+    changed: list[tuple[T | None, T | None]] = [
+        (previous.get(key), value)
+        for key, value in current.items()
+        if previous.get(key) is not value
+    ]
+    changed.extend((value, None) for key, value in previous.items() if key not in current)
+    return changed
+
+
+class NodeCompiler:
+    """Compiles one node's chains for one family, incrementally across calls."""
+
+    def __init__(
+        self, node_name: str, family: Family, config: CompilerConfig | None = None
+    ) -> None:
+        self.node_name = node_name
+        self.family = family
+        self.config = config or CompilerConfig()
+        self.version = family.version
+        self._owned = self.config.chain_prefix + "-"
+        self._names: dict[str, str] = {}
+        self._previous: ClusterState | None = None
+        self._groups: dict[str, _GroupEntry] = {}
+        self._blocks: dict[str, _Unit] = {}
+        self._policies: dict[str, _PolicyEntry] = {}
+        self._pods: dict[tuple[str, Direction], _PodEntry] = {}
+        self._selecting: dict[tuple[str, Direction], _SelectingEntry] = {}
+        self._namespace_epoch: dict[str, int] = defaultdict(int)
+        self._dispatch: dict[Direction, tuple[tuple[tuple[str, str], ...], _Unit]] = {}
+        self._index: dict[str, _Unit] = {}  # every cached unit by its root chain
+        self._local: dict[str, Pod] = {}  # selectable pods on this node, kept by deltas
+        self.rebuilt: dict[str, int] = defaultdict(int)  # what the last compile rebuilt
+        self.isolated: dict[Direction, int] = {}  # local pods isolated, by direction
+
+    # --- public ---------------------------------------------------------------------
+
+    def compile(self, state: ClusterState, node_addresses: Sequence[IPAddress] = ()) -> Ruleset:
+        self.rebuilt = defaultdict(int)
+        if self._previous is not None:
+            self._invalidate(self._previous, state)
         else:
-            last = entry.end_port if entry.end_port is not None else entry.port
-            ranges[entry.protocol].append((entry.port, last))
-    matches: list[PortMatch] = []
-    for protocol in Protocol:
-        if protocol in whole:
-            matches.append(PortMatch(protocol))
-        elif ranges[protocol]:
-            matches.append(PortMatch(protocol, merge_ranges(ranges[protocol])))
-    # A named port adds nothing to a protocol that is already open on every port.
-    remaining = tuple(
-        sorted(
-            {n for n in named if n.protocol not in whole},
-            key=lambda n: (n.protocol.value, n.name),
-        )
-    )
-    return RulePorts(tuple(matches), remaining)
-
-
-def named_port_signature(policy: NetworkPolicy, pod: Pod) -> str:
-    """What a policy's ingress named ports resolve to on ``pod``.
-
-    Pods with the same signature can share the policy's ingress chain.
-    """
-    parts = []
-    for rule in policy.ingress:
-        for entry in rule.ports or ():
-            if isinstance(entry.port, str):
-                number = pod.resolve_named_port(entry.port, entry.protocol)
-                parts.append(f"{entry.protocol.value}:{entry.port}={number}")
-    return ",".join(sorted(set(parts)))
-
-
-def _host(address: IPAddress) -> str:
-    return f"{address}/{32 if address.version == 4 else 128}"
-
-
-@dataclass
-class _Builder:
-    """Accumulates chains for one node and family; memoizes shared chains."""
-
-    state: ClusterState
-    node: NodeContext
-    family: Family
-    config: CompilerConfig
-    chains: dict[str, Chain] = field(default_factory=dict)
-    empty_policy_chains: set[str] = field(default_factory=set)
+            self._local = {pod.key: pod for pod in state.local_pods(self.node_name)}
+        self._previous = state
+        for direction in Direction:
+            self._register(self._dispatch_unit(state, direction))
+        entry = self._entry_unit(node_addresses)
+        # Everything reachable from the entry chain, and nothing else.
+        units: dict[str, _Unit] = {}
+        pending = [entry]
+        while pending:
+            unit = pending.pop()
+            if unit.root in units:
+                continue
+            units[unit.root] = unit
+            pending.extend(self._index[name] for name in unit.children if name not in units)
+        self._evict(set(units))
+        chains = [chain for unit in units.values() for chain in unit.chains]
+        return Ruleset.of(self.family, self.config.entry_chain, chains)
 
     @property
-    def version(self) -> int:
-        return self.family.version
+    def local_pod_count(self) -> int:
+        return len(self._local)
 
-    def add(self, name: str, rules: Iterable[Rule]) -> str:
-        if name not in self.chains:
-            self.chains[name] = Chain(name, tuple(rules))
+    # --- invalidation ---------------------------------------------------------------
+
+    def _invalidate(self, previous: ClusterState, state: ClusterState) -> None:
+        """Rebuild, against ``state``, every cached chain whose inputs changed.
+
+        Chain names never depend on content, so a cached unit that jumps to a rebuilt
+        chain stays valid; rebuilt chains replace the old ones in the index. Pod changes
+        are applied as deltas first; namespace relabels then rebuild what they touch from
+        scratch (a delta on top of a fresh rebuild would count twice).
+        """
+        for old_policy, new_policy in _diff(previous.policies, state.policies):
+            changed = new_policy or old_policy
+            assert changed is not None
+            self._namespace_epoch[changed.namespace] += 1  # selection there may change
+        pod_changes = _diff(previous.pods, state.pods)
+        if pod_changes:
+            self._track_local_pods(pod_changes)
+            self._update_groups(previous, state, pod_changes)
+
+            def numbers_move(scope: _NamedScope) -> bool:
+                """Count pod changes into the scope; True if a number appears or vanishes."""
+                moved = False
+                for old, new in pod_changes:
+                    for pod, view, step in ((old, previous, -1), (new, state, +1)):
+                        if pod is None or not scope.spec.matches(view, pod, self.version):
+                            continue
+                        number = pod.resolve_named_port(scope.port_name, scope.protocol)
+                        if number is None:
+                            continue
+                        before = scope.holders.get(number, 0)
+                        scope.holders[number] = before + step
+                        if (before == 0) != (before + step == 0):
+                            moved = True
+                return moved
+
+            self._rebuild_named_egress(state, numbers_move)
+        relabelled = [
+            (previous.namespace_labels(name), state.namespace_labels(name))
+            for name in {
+                (new or old).name  # type: ignore[union-attr]
+                for old, new in _diff(previous.namespaces, state.namespaces)
+            }
+        ]
+        relabelled = [(old, new) for old, new in relabelled if old != new]
+        if relabelled:
+
+            def scoped(spec: GroupSpec) -> bool:
+                selector = spec.peer.namespace_selector if spec.peer is not None else None
+                return selector is not None and any(
+                    selector.matches(old) or selector.matches(new) for old, new in relabelled
+                )
+
+            for name, group in list(self._groups.items()):
+                if scoped(group.spec):
+                    self._build_group(state, group.spec, name)  # membership from scratch
+            self._rebuild_named_egress(state, lambda scope: scoped(scope.spec))
+
+    def _track_local_pods(self, pod_changes: Sequence[tuple[Pod | None, Pod | None]]) -> None:
+        for old, new in pod_changes:
+            if old is not None:
+                self._local.pop(old.key, None)
+            if new is not None and new.node_name == self.node_name and new.is_selectable:
+                self._local[new.key] = new
+
+    def _update_groups(
+        self,
+        previous: ClusterState,
+        state: ClusterState,
+        pod_changes: Sequence[tuple[Pod | None, Pod | None]],
+    ) -> None:
+        """Move changed pods in or out of every group, then re-render the groups that
+        moved, along the changed addresses' paths only."""
+        for name, group in self._groups.items():
+            dirty: set[int] = set()
+            for old, new in pod_changes:
+                if old is not None and group.spec.matches(previous, old, self.version):
+                    for ip in old.ips_of(self.version):
+                        address = int(ip)
+                        holders = group.members.get(address)
+                        if holders is not None:
+                            holders.discard(old.key)
+                            if not holders:
+                                del group.members[address]
+                                del group.addresses[bisect.bisect_left(group.addresses, address)]
+                        dirty.add(address)
+                if new is not None and group.spec.matches(state, new, self.version):
+                    for ip in new.ips_of(self.version):
+                        address = int(ip)
+                        if address not in group.members:
+                            group.members[address] = set()
+                            bisect.insort(group.addresses, address)
+                        group.members[address].add(new.key)
+                        dirty.add(address)
+            if dirty:
+                self._render_group(name, group, dirty)
+
+    def _rebuild_named_egress(
+        self, state: ClusterState, affected: Callable[[_NamedScope], bool]
+    ) -> None:
+        for name, entry in list(self._policies.items()):
+            # Every scope must see the changes (they keep counts), so no short circuit.
+            if [affected(scope) for scope in entry.named_scopes].count(True):
+                del self._policies[name]
+                self._index.pop(name, None)
+                self._policy(state, entry.policy, Direction.EGRESS, entry.target)
+
+    def _evict(self, reachable: set[str]) -> None:
+        self._groups = {k: v for k, v in self._groups.items() if k in reachable}
+        self._blocks = {k: v for k, v in self._blocks.items() if k in reachable}
+        self._policies = {
+            k: v for k, v in self._policies.items() if v.unit is None or k in reachable
+        }
+        self._index = {k: v for k, v in self._index.items() if k in reachable}
+
+    def _register(self, unit: _Unit) -> _Unit:
+        self._index[unit.root] = unit
+        return unit
+
+    # --- naming and small rules -----------------------------------------------------
+
+    def _name(self, kind: str, key: str) -> str:
+        cache_key = f"{kind}|{key}"
+        name = self._names.get(cache_key)
+        if name is None:
+            name = self.config.hashed_name(kind, f"{self.family.value}|{key}")
+            self._names[cache_key] = name
         return name
 
-    # --- verdict helpers ---------------------------------------------------------
-
-    @property
-    def allow_chain(self) -> str:
-        return self.config.name("ALLOW")
-
-    def _clear_mark(self, comment: str) -> Rule:
+    def _allow(self, comment: str, *, policy: str = "", pod: str = "") -> Rule:
+        """Set the allow mark; the caller's next ``mark? RETURN`` acts on it."""
         return Rule(
             "MARK",
             comment,
-            target_options=(("--set-xmark", f"0x0/{self.config.allow_mark:#x}"),),
+            target_options=(("--set-xmark", self.config.mark_text),),
+            policy=policy,
+            pod=pod,
         )
 
-    def _if_allowed_return(self, comment: str) -> Rule:
+    def _unit(self, chains: Sequence[Chain]) -> _Unit:
+        own = {chain.name for chain in chains}
+        children = sorted(
+            {
+                rule.target
+                for chain in chains
+                for rule in chain.rules
+                if rule.target.startswith(self._owned) and rule.target not in own
+            }
+        )
+        return _Unit(tuple(chains), tuple(children))
+
+    def _mark_rule(self, clear: bool, comment: str) -> Rule:
+        value = "0x0" if clear else f"{self.config.allow_mark:#x}"
         return Rule(
-            "RETURN", comment, matches=(Match("mark", (("--mark", self.config.mark_text),)),)
+            "MARK",
+            comment,
+            target_options=(("--set-xmark", f"{value}/{self.config.allow_mark:#x}"),),
         )
 
-    def _deny(self, comment: str) -> Rule:
+    def _if_allowed_return(self, comment: str, policy: str = "", pod: str = "") -> Rule:
+        return Rule(
+            "RETURN",
+            comment,
+            matches=(Match("mark", (("--mark", self.config.mark_text),)),),
+            policy=policy,
+            pod=pod,
+        )
+
+    def _deny(self, comment: str, pod: str) -> Rule:
         if not self.config.reject:
-            return Rule("DROP", comment)
+            return Rule("DROP", comment, pod=pod)
         reject_with = "icmp-port-unreachable" if self.version == 4 else "icmp6-port-unreachable"
-        return Rule("REJECT", comment, target_options=(("--reject-with", reject_with),))
+        return Rule("REJECT", comment, target_options=(("--reject-with", reject_with),), pod=pod)
 
-    # --- peer groups -----------------------------------------------------------------
+    @staticmethod
+    def _at(direction: Direction, address: str, rule: Rule) -> Rule:
+        """``rule`` matching ``address`` at the peer's end: source for ingress."""
+        source, destination = (address, None) if direction is Direction.INGRESS else (None, address)
+        return Rule(
+            rule.target,
+            rule.comment,
+            source=source,
+            destination=destination,
+            protocol=rule.protocol,
+            matches=rule.matches,
+            target_options=rule.target_options,
+            goto=rule.goto,
+            policy=rule.policy,
+            pod=rule.pod,
+        )
 
-    def _match_address(self, direction: Direction, address: str, rule: Rule) -> Rule:
-        # Peers are judged by where a packet comes from (ingress) or goes to (egress).
-        if direction is Direction.INGRESS:
-            return dataclasses.replace(rule, source=address)
-        return dataclasses.replace(rule, destination=address)
+    def _text(self, block: cidr.Block) -> str:
+        return cidr.text(block, self.version)
 
-    def pod_group(self, direction: Direction, key: str, pods: Iterable[Pod]) -> str:
-        name = self.config.hashed_name("G", f"{self.family.value}|{direction.value}|{key}")
-        if name in self.chains:
-            return name
-        rules = [
-            self._match_address(
-                direction,
-                _host(ip),
-                Rule(self.allow_chain, f"peer pod {pod.key}", goto=True, pod=pod.key),
+    # --- address trees --------------------------------------------------------------
+
+    def _tree(
+        self,
+        root: str,
+        addresses: Sequence[int],
+        leaf_rules: Callable[[Sequence[int]], list[Rule]],
+        direction: Direction,
+        comment: str,
+        max_depth: int,
+        memo: TreeMemo,
+        dirty: Iterable[int] | None = None,
+    ) -> list[Chain]:
+        """The chains matching ``addresses`` (sorted host addresses), root first.
+
+        The tree is a pure function of the address set: a node with more than LEAF_SIZE
+        addresses splits four ways on the two address bits after its members' common
+        prefix. ``memo`` holds the last build's subtrees; with ``dirty`` (the addresses
+        added or removed since), only subtrees containing a dirty address are rebuilt,
+        so one membership change costs O(log n) chains, not O(n).
+        """
+        version = self.version
+        chains: list[Chain] = []
+        fresh: TreeMemo = {}
+        dirty_sorted = sorted(dirty) if dirty is not None else None
+
+        def is_dirty(block: cidr.Block) -> bool:
+            if dirty_sorted is None:
+                return True
+            position = bisect.bisect_left(dirty_sorted, block[0])
+            return position < len(dirty_sorted) and dirty_sorted[position] <= cidr.last_address(
+                block, version
             )
-            for pod in pods
-            for ip in pod.ips_of(self.version)
-        ]
-        return self.add(name, rules)
 
-    def block_group(self, direction: Direction, block: IPBlock) -> str:
+        def build(name: str, block: cidr.Block, low: int, high: int, depth: int) -> None:
+            start = len(chains)
+            rules: list[Rule] = []
+            if high - low <= LEAF_SIZE or depth >= max_depth:
+                rules = leaf_rules(addresses[low:high])
+            else:
+                common = cidr.common_block(
+                    (
+                        (addresses[low], cidr.width(version)),
+                        (addresses[high - 1], cidr.width(version)),
+                    ),
+                    version,
+                )
+                for half in cidr.halves(common, version):
+                    for quarter in cidr.halves(half, version):
+                        end = bisect.bisect_right(
+                            addresses, cidr.last_address(quarter, version), low, high
+                        )
+                        count = end - low
+                        if count == 1:
+                            rules.extend(leaf_rules(addresses[low:end]))
+                        elif count > 1:
+                            quarter_text = self._text(quarter)
+                            sub = self._name("T", f"{root}|{quarter_text}")
+                            known = memo.get(sub)
+                            if (
+                                known is not None
+                                and known.block == quarter
+                                and known.size == count
+                                and not is_dirty(quarter)
+                            ):
+                                fresh[sub] = known
+                                chains.extend(known.chains)
+                            else:
+                                build(sub, quarter, low, end, depth + 1)
+                            jump = Rule(sub, f"{comment} {quarter_text}", goto=True)
+                            rules.append(self._at(direction, quarter_text, jump))
+                        low = end
+            chains.append(Chain(name, tuple(rules)))
+            fresh[name] = _Subtree(block, high - low, chains[start:])
+
+        bits = cidr.width(version)
+        root_block = (
+            cidr.common_block(((addresses[0], bits), (addresses[-1], bits)), version)
+            if addresses
+            else (0, 0)
+        )
+        build(root, root_block, 0, len(addresses), 0)
+        memo.clear()
+        memo.update(fresh)
+        root_chain = chains.pop()  # built bottom-up: the root came last
+        return [root_chain, *chains]
+
+    # --- peer groups ----------------------------------------------------------------
+
+    def _group(self, state: ClusterState, spec: GroupSpec, key: str) -> str:
+        name = self._name("G", f"{spec.direction.value}|{key}")
+        if name not in self._groups:
+            self._build_group(state, spec, name)
+        return name
+
+    def _build_group(self, state: ClusterState, spec: GroupSpec, name: str) -> None:
+        members: dict[int, set[str]] = {}
+        for pod in spec.members(state, self.version):
+            for ip in pod.ips_of(self.version):
+                members.setdefault(int(ip), set()).add(pod.key)
+        previous = self._groups.get(name)
+        group = _GroupEntry(
+            spec, members, sorted(members), subtrees=previous.subtrees if previous else {}
+        )
+        self._groups[name] = group
+        self._render_group(name, group)
+
+    def _render_group(
+        self, name: str, group: _GroupEntry, dirty: Iterable[int] | None = None
+    ) -> None:
+        self.rebuilt["groups"] += 1
+        members = group.members
+        version = self.version
+
+        def leaf_rules(addresses: Sequence[int]) -> list[Rule]:
+            rules: list[Rule] = []
+            position = 0
+            for block in cidr.collapse(addresses, version):
+                last = cidr.last_address(block, version)
+                inside: list[str] = []
+                while position < len(addresses) and addresses[position] <= last:
+                    inside.extend(sorted(members[addresses[position]]))
+                    position += 1
+                if len(inside) == 1:
+                    allow = self._allow(f"peer pod {inside[0]}", pod=inside[0])
+                else:
+                    allow = self._allow(f"peer pods {inside[0]} +{len(inside) - 1}")
+                rules.append(self._at(group.spec.direction, self._text(block), allow))
+            return rules
+
+        chains = self._tree(
+            name,
+            group.addresses,
+            leaf_rules,
+            group.spec.direction,
+            "peers",
+            GROUP_DEPTH,
+            group.subtrees,
+            dirty,
+        )
+        group.unit = self._register(self._unit(chains))
+
+    def _block(self, direction: Direction, block: IPBlock) -> str:
         key = f"{block.cidr}-{','.join(map(str, block.excepts))}"
-        name = self.config.hashed_name("B", f"{self.family.value}|{direction.value}|{key}")
-        if name in self.chains:
+        name = self._name("B", f"{direction.value}|{key}")
+        if name in self._blocks:
             return name
         description = f"ipBlock {block.cidr} except {','.join(map(str, block.excepts))}"
         rules = [
-            self._match_address(direction, str(excluded), Rule("RETURN", description))
+            self._at(direction, str(excluded), Rule("RETURN", description))
             for excluded in block.excepts
         ]
-        rules.append(
-            self._match_address(
-                direction, str(block.cidr), Rule(self.allow_chain, description, goto=True)
-            )
-        )
-        return self.add(name, rules)
+        rules.append(self._at(direction, str(block.cidr), self._allow(description)))
+        self._blocks[name] = self._register(self._unit([Chain(name, tuple(rules))]))
+        return name
 
-    def selector_key(self, peer: SelectorPeer, policy_namespace: str) -> str:
+    @staticmethod
+    def _selector_key(peer: SelectorPeer, policy_namespace: str) -> str:
         scope = (
             f"ns={policy_namespace}"
             if peer.namespace_selector is None
@@ -324,46 +611,50 @@ class _Builder:
         pods = "*" if peer.pod_selector is None else peer.pod_selector.canonical()
         return f"{scope} pods={pods}"
 
-    # --- policies --------------------------------------------------------------------
+    # --- policies -------------------------------------------------------------------
 
-    def policy_chain(self, policy: NetworkPolicy, direction: Direction, target: Pod) -> str | None:
-        """The policy's chain for ``target``, or None when it allows nothing there."""
+    def _policy(
+        self, state: ClusterState, policy: NetworkPolicy, direction: Direction, target: Pod
+    ) -> str | None:
         signature = named_port_signature(policy, target) if direction is Direction.INGRESS else ""
         kind = "PI" if direction is Direction.INGRESS else "PE"
-        name = self.config.hashed_name(kind, f"{self.family.value}|{policy.key}|{signature}")
-        if name in self.chains:
-            return name
-        if name in self.empty_policy_chains:
-            return None
+        name = self._name(kind, f"{policy.key}|{signature}")
+        entry = self._policies.get(name)
+        if entry is not None and entry.policy is policy:
+            return entry.unit.root if entry.unit is not None else None
+        self.rebuilt["policies"] += 1
         blocks: list[list[Rule]] = []
+        named_egress: list[_NamedScope] = []
         for rule in policy.rules(direction):
             comment = f"{policy.key} {direction.short}[{rule.index}]"
             named_target = target if direction is Direction.INGRESS else None
-            blocks.append(self._rule_block(policy, direction, rule, named_target, comment))
-        blocks = [block for block in blocks if block]
+            block = self._rule_block(
+                state, policy, direction, rule, named_target, comment, named_egress
+            )
+            if block:
+                blocks.append(block)
         rules: list[Rule] = []
         for i, block in enumerate(blocks):
             rules.extend(block)
-            jumps_to_groups = any(not r.goto for r in block)
-            if jumps_to_groups and i < len(blocks) - 1:
+            if i < len(blocks) - 1:
                 rules.append(
-                    dataclasses.replace(
-                        self._if_allowed_return(f"{policy.key} {direction.short}: allowed"),
-                        policy=policy.key,
+                    self._if_allowed_return(
+                        f"{policy.key} {direction.short}: allowed", policy=policy.key
                     )
                 )
-        if not rules:
-            self.empty_policy_chains.add(name)
-            return None
-        return self.add(name, rules)
+        unit = self._register(self._unit([Chain(name, tuple(rules))])) if rules else None
+        self._policies[name] = _PolicyEntry(policy, unit, tuple(named_egress), target)
+        return name if unit is not None else None
 
     def _rule_block(
         self,
+        state: ClusterState,
         policy: NetworkPolicy,
         direction: Direction,
         rule: PolicyRule,
         named_target: Pod | None,
         comment: str,
+        named_egress: list[_NamedScope],
     ) -> list[Rule]:
         ports = resolve_rule_ports(rule.ports, named_target)
         if ports.is_empty:
@@ -371,167 +662,220 @@ class _Builder:
         port_fields = [f for match in ports.matches for f in match.rule_fields()]
         out: list[Rule] = []
 
-        def emit(address: str | None, target: str, goto: bool) -> None:
+        def emit(address: str | None, group: str | None) -> None:
+            """Jump to ``group`` (it sets the mark), or set the mark here."""
             for protocol, matches, _ in port_fields:
+                action = (
+                    self._allow(comment, policy=policy.key)
+                    if group is None
+                    else Rule(group, comment, policy=policy.key)
+                )
                 base = Rule(
-                    target,
+                    action.target,
                     comment,
                     protocol=protocol,
                     matches=matches,
-                    goto=goto,
+                    target_options=action.target_options,
                     policy=policy.key,
                 )
-                out.append(
-                    base if address is None else self._match_address(direction, address, base)
-                )
+                out.append(base if address is None else self._at(direction, address, base))
 
-        if not port_fields:
-            pass  # only egress named ports: handled per destination pod below
-        elif rule.peers is None:
-            emit(None, self.allow_chain, goto=True)
-        else:
-            for peer in rule.peers:
-                if isinstance(peer, IPBlock):
-                    if peer.cidr.version != self.version:
-                        continue
-                    if peer.excepts:
-                        emit(None, self.block_group(direction, peer), goto=False)
+        if port_fields:
+            if rule.peers is None:
+                emit(None, None)
+            else:
+                for peer in rule.peers:
+                    if isinstance(peer, IPBlock):
+                        if peer.cidr.version != self.version:
+                            continue
+                        if peer.excepts:
+                            emit(None, self._block(direction, peer))
+                        else:
+                            emit(str(peer.cidr), None)
                     else:
-                        emit(str(peer.cidr), self.allow_chain, goto=True)
-                else:
-                    key = self.selector_key(peer, policy.namespace)
-                    members = self.state.peer_pods(peer, policy.namespace)
-                    emit(None, self.pod_group(direction, key, members), goto=False)
-        out.extend(self._named_egress(policy, rule, ports.named, comment))
+                        spec = GroupSpec(direction, policy.namespace, peer)
+                        group = self._group(state, spec, self._selector_key(peer, policy.namespace))
+                        emit(None, group)
+        for port in ports.named:
+            out.extend(
+                self._named_egress(
+                    state, policy, rule, port.protocol, port.name, comment, named_egress
+                )
+            )
         return out
 
     def _named_egress(
         self,
+        state: ClusterState,
         policy: NetworkPolicy,
         rule: PolicyRule,
-        named: tuple[NamedPort, ...],
+        protocol: Protocol,
+        port_name: str,
         comment: str,
+        scopes_used: list[_NamedScope],
     ) -> list[Rule]:
-        """Egress to named ports: each destination pod resolves the name itself."""
-        if not named:
-            return []
-        candidates: list[tuple[str, tuple[Pod, ...]]] = []
+        """Egress to a named port: every destination pod resolves the name itself, so
+        destinations are grouped by the number they serve it on."""
+        scopes: list[tuple[str, SelectorPeer | None, IPBlock | None]] = []
         if rule.peers is None:
-            candidates.append(("all-pods", self.state.selectable_pods))
+            scopes.append(("all-pods", None, None))
         else:
             for peer in rule.peers:
                 if isinstance(peer, IPBlock):
-                    if peer.cidr.version != self.version:
-                        continue
-                    # Only pods inside the block have named ports; other addresses
-                    # never match one.
-                    inside = tuple(
-                        pod
-                        for pod in self.state.selectable_pods
-                        if any(peer.contains(ip) for ip in pod.ips_of(self.version))
-                    )
-                    key = f"block={peer.cidr}-{','.join(map(str, peer.excepts))}"
-                    candidates.append((key, inside))
-                else:
-                    key = self.selector_key(peer, policy.namespace)
-                    candidates.append((key, self.state.peer_pods(peer, policy.namespace)))
-        out: list[Rule] = []
-        for port in named:
-            for key, pods in candidates:
-                by_number: dict[int, list[Pod]] = defaultdict(list)
-                for pod in pods:
-                    number = pod.resolve_named_port(port.name, port.protocol)
-                    if number is not None and pod.ips_of(self.version):
-                        by_number[number].append(pod)
-                for number in sorted(by_number):
-                    group = self.pod_group(
-                        Direction.EGRESS,
-                        f"{key} port={port.protocol.value}:{port.name}={number}",
-                        by_number[number],
-                    )
-                    out.append(
-                        Rule(
-                            group,
-                            f"{comment} port {port.name}={number}/{port.protocol.value}",
-                            protocol=port.protocol.iptables_name,
-                            matches=(
-                                Match(port.protocol.iptables_name, (("--dport", str(number)),)),
-                            ),
-                            policy=policy.key,
+                    if peer.cidr.version == self.version:
+                        # Only pods inside the block serve named ports; bare addresses never do.
+                        scopes.append(
+                            (f"block={peer.cidr}-{','.join(map(str, peer.excepts))}", None, peer)
                         )
+                else:
+                    scopes.append((self._selector_key(peer, policy.namespace), peer, None))
+        out: list[Rule] = []
+        for key, scope_peer, block in scopes:
+            unfiltered = GroupSpec(Direction.EGRESS, policy.namespace, scope_peer, block)
+            holders: dict[int, int] = defaultdict(int)
+            for pod in unfiltered.members(state, self.version):
+                number = pod.resolve_named_port(port_name, protocol)
+                if number is not None:
+                    holders[number] += 1
+            scopes_used.append(_NamedScope(unfiltered, port_name, protocol, dict(holders)))
+            for number in sorted(holders):
+                spec = dataclasses.replace(unfiltered, named=(protocol, port_name, number))
+                group = self._group(
+                    state, spec, f"{key} port={protocol.value}:{port_name}={number}"
+                )
+                out.append(
+                    Rule(
+                        group,
+                        f"{comment} port {port_name}={number}/{protocol.value}",
+                        protocol=protocol.iptables_name,
+                        matches=(Match(protocol.iptables_name, (("--dport", str(number)),)),),
+                        policy=policy.key,
                     )
+                )
         return out
 
-    # --- pods and dispatch -------------------------------------------------------------
+    # --- pods, dispatch, entry --------------------------------------------------------
 
-    def pod_chain(self, pod: Pod, direction: Direction, policies: Sequence[NetworkPolicy]) -> str:
+    def _policies_selecting(
+        self, state: ClusterState, pod: Pod, direction: Direction
+    ) -> tuple[NetworkPolicy, ...]:
+        key = (pod.key, direction)
+        epoch = self._namespace_epoch[pod.namespace]
+        entry = self._selecting.get(key)
+        if entry is not None and entry.pod is pod and entry.epoch == epoch:
+            return entry.policies
+        policies = state.policies_selecting(pod, direction)
+        self._selecting[key] = _SelectingEntry(pod, epoch, policies)
+        return policies
+
+    def _pod_unit(
+        self, state: ClusterState, pod: Pod, direction: Direction, policies: Sequence[NetworkPolicy]
+    ) -> _Unit:
+        chain_names = tuple(self._policy(state, policy, direction, pod) for policy in policies)
+        inputs = (*(p.key for p in policies), *chain_names)
+        key = (pod.key, direction)
+        entry = self._pods.get(key)
+        if entry is not None and entry.pod is pod and entry.inputs == inputs:
+            self._set_unit(policies, chain_names, direction)  # re-registers it if evicted
+            return self._register(entry.unit)
+        self.rebuilt["pods"] += 1
         kind = "I" if direction is Direction.INGRESS else "E"
-        name = self.config.hashed_name(kind, f"{self.family.value}|{pod.key}")
-        rules: list[Rule] = []
-        for ip in pod.ips_of(self.version):
+        name = self._name(kind, pod.key)
+        rules: list[Rule] = [
             # Hairpin through a Service back to itself: a pod is never cut off from itself.
-            rules.append(
-                self._match_address(
-                    direction, _host(ip), Rule("RETURN", f"{pod.key}: itself", pod=pod.key)
-                )
+            self._at(
+                direction, self._text(_host(ip)), Rule("RETURN", f"{pod.key}: itself", pod=pod.key)
             )
-        for policy in policies:
-            policy_chain = self.policy_chain(policy, direction, pod)
-            if policy_chain is None:
-                continue  # it isolates the pod and allows nothing
-            rules.append(
-                Rule(
-                    policy_chain,
-                    f"{pod.key}: policy {policy.key}",
-                    policy=policy.key,
-                    pod=pod.key,
-                )
-            )
-            rules.append(
-                dataclasses.replace(
-                    self._if_allowed_return(f"{pod.key}: allowed by {policy.key}"),
-                    policy=policy.key,
-                    pod=pod.key,
-                )
-            )
-        rules.append(
-            dataclasses.replace(
-                self._deny(f"{pod.key}: default deny {direction.short}"), pod=pod.key
-            )
-        )
-        return self.add(name, rules)
+            for ip in pod.ips_of(self.version)
+        ]
+        policy_set = self._set_unit(policies, chain_names, direction)
+        rules.append(Rule(policy_set.root, f"{pod.key}: its policies", goto=True, pod=pod.key))
+        unit = self._register(self._unit([Chain(name, tuple(rules))]))
+        self._pods[key] = _PodEntry(pod, inputs, unit)
+        return unit
 
-    def build(self) -> Ruleset:
-        config = self.config
-        self.add(
-            self.allow_chain,
-            [
-                Rule(
-                    "MARK",
-                    "netpol-agent: allowed",
-                    target_options=(("--set-xmark", config.mark_text),),
-                )
-            ],
+    def _set_unit(
+        self,
+        policies: Sequence[NetworkPolicy],
+        chain_names: Sequence[str | None],
+        direction: Direction,
+    ) -> _Unit:
+        """The verdict chain shared by every local pod that the same policies select
+        (with the same named-port resolution): rules grow with pods plus policies."""
+        live = [(p, c) for p, c in zip(policies, chain_names, strict=True) if c is not None]
+        kind = "SI" if direction is Direction.INGRESS else "SE"
+        keys = ",".join(p.key for p in policies)
+        name = self._name(kind, f"{keys}|{','.join(c for _, c in live)}")
+        known = self._index.get(name)
+        if known is not None:
+            return known
+        rules: list[Rule] = []
+        for policy, chain in live:
+            rules.append(Rule(chain, f"policy {policy.key}", policy=policy.key))
+            rules.append(self._if_allowed_return(f"allowed by {policy.key}", policy.key))
+        isolating = ", ".join(p.key for p in policies)
+        rules.append(
+            self._deny(f"default deny {direction.short} (isolated by {isolating})"[:200], "")
         )
-        dispatch: dict[Direction, list[Rule]] = {Direction.INGRESS: [], Direction.EGRESS: []}
-        for pod in self.state.local_pods(self.node.name):
+        return self._register(self._unit([Chain(name, tuple(rules))]))
+
+    def _dispatch_unit(self, state: ClusterState, direction: Direction) -> _Unit:
+        targets: dict[IPAddress, tuple[str, str]] = {}
+        live = set()
+        for _, pod in sorted(self._local.items()):
             addresses = pod.ips_of(self.version)
             if not addresses:
                 continue
-            for direction in (Direction.EGRESS, Direction.INGRESS):
-                policies = self.state.policies_selecting(pod, direction)
-                if not policies:
-                    continue
-                chain = self.pod_chain(pod, direction, policies)
-                # Dispatch looks at the local pod's own end: the opposite of peers.
-                other = Direction.EGRESS if direction is Direction.INGRESS else Direction.INGRESS
-                for ip in addresses:
-                    jump = Rule(chain, f"{direction.short} of {pod.key}", goto=True, pod=pod.key)
-                    dispatch[direction].append(self._match_address(other, _host(ip), jump))
-        egress_chain = self.add(config.name("EGRESS"), dispatch[Direction.EGRESS])
-        ingress_chain = self.add(config.name("INGRESS"), dispatch[Direction.INGRESS])
+            policies = self._policies_selecting(state, pod, direction)
+            if not policies:
+                continue
+            live.add((pod.key, direction))
+            unit = self._pod_unit(state, pod, direction, policies)
+            for ip in addresses:
+                targets.setdefault(ip, (unit.root, pod.key))
+        self.isolated[direction] = len(live)
+        for key in [k for k in self._pods if k[1] is direction and k not in live]:
+            del self._pods[key]
+        signature = tuple((str(ip), chain) for ip, (chain, _) in sorted(targets.items()))
+        cached = self._dispatch.get(direction)
+        if cached is not None and cached[0] == signature:
+            return cached[1]
+        self.rebuilt["dispatch"] += 1
+        name = self.config.name(direction.name)
+        # Dispatch looks at the local pod's own end: the opposite of where peers are.
+        own_end = Direction.EGRESS if direction is Direction.INGRESS else Direction.INGRESS
+        by_address = {int(ip): target for ip, target in targets.items()}
 
-        entry: list[Rule] = [
+        def leaf_rules(addresses: Sequence[int]) -> list[Rule]:
+            return [
+                self._at(
+                    own_end,
+                    self._text((address, cidr.width(self.version))),
+                    Rule(
+                        by_address[address][0],
+                        f"{direction.short} of {by_address[address][1]}",
+                        goto=True,
+                        pod=by_address[address][1],
+                    ),
+                )
+                for address in addresses
+            ]
+
+        chains = self._tree(
+            name,
+            sorted(by_address),
+            leaf_rules,
+            own_end,
+            f"{direction.short} dispatch",
+            DISPATCH_DEPTH,
+            {},  # a full rebuild: dispatch has a node's pods at most
+        )
+        unit = self._unit(chains)
+        self._dispatch[direction] = (signature, unit)
+        return unit
+
+    def _entry_unit(self, node_addresses: Sequence[IPAddress]) -> _Unit:
+        rules: list[Rule] = [
             Rule(
                 "RETURN",
                 "netpol-agent: replies and established flows",
@@ -539,7 +883,7 @@ class _Builder:
             )
         ]
         if self.version == 6:
-            entry.extend(
+            rules.extend(
                 Rule(
                     "RETURN",
                     "netpol-agent: IPv6 neighbour discovery",
@@ -548,23 +892,25 @@ class _Builder:
                 )
                 for t in NEIGHBOUR_DISCOVERY_TYPES
             )
-        entry.append(
+        rules.append(
             Rule(
                 "RETURN",
                 "netpol-agent: from this node",
                 matches=(Match("addrtype", (("--src-type", "LOCAL"),)),),
             )
         )
-        for address in sorted({a for a in self.node.addresses if a.version == self.version}):
-            entry.append(Rule("RETURN", "netpol-agent: from this node", source=_host(address)))
-            entry.append(Rule("RETURN", "netpol-agent: to this node", destination=_host(address)))
-        entry.append(self._clear_mark("netpol-agent: start with a clear allow mark"))
-        entry.append(Rule(egress_chain, "netpol-agent: egress of local pods"))
-        entry.append(self._clear_mark("netpol-agent: egress allowed, clear for ingress"))
-        entry.append(Rule(ingress_chain, "netpol-agent: ingress of local pods"))
-        entry.append(self._clear_mark("netpol-agent: allowed, leave no mark behind"))
-        self.add(config.entry_chain, entry)
-        return Ruleset.of(self.family, config.entry_chain, self.chains.values())
+        for address in sorted({a for a in node_addresses if a.version == self.version}, key=int):
+            rules.append(
+                Rule("RETURN", "netpol-agent: from this node", source=self._text(_host(address)))
+            )
+        rules += [
+            self._mark_rule(True, "netpol-agent: start with a clear allow mark"),
+            Rule(self.config.name(Direction.EGRESS.name), "netpol-agent: egress of local pods"),
+            self._mark_rule(True, "netpol-agent: egress allowed, clear for ingress"),
+            Rule(self.config.name(Direction.INGRESS.name), "netpol-agent: ingress of local pods"),
+            self._mark_rule(True, "netpol-agent: allowed, leave no mark behind"),
+        ]
+        return self._unit([Chain(self.config.entry_chain, tuple(rules))])
 
 
 def compile_node(
@@ -573,16 +919,5 @@ def compile_node(
     family: Family,
     config: CompilerConfig | None = None,
 ) -> Ruleset:
-    """All chains ``node`` needs for ``family``. Pure: touches nothing."""
-    return _Builder(state, node, family, config or CompilerConfig()).build()
-
-
-def node_addresses(
-    state: ClusterState, node_name: str, extra: Iterable[IPAddress] = ()
-) -> tuple[IPAddress, ...]:
-    """The node's own addresses: from its Node object plus those read from the kernel."""
-    seen: list[IPAddress] = []
-    for address in (*state.node_addresses(node_name), *extra):
-        if address not in seen:
-            seen.append(address)
-    return tuple(seen)
+    """All chains ``node`` needs for ``family``, compiled from scratch. Pure."""
+    return NodeCompiler(node.name, family, config).compile(state, node.addresses)

@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.compiler.builder import NodeCompiler
-from agent.compiler.compile import CompilerConfig, node_addresses
+from agent.compiler.compile import NodeCompiler
+from agent.compiler.config import CompilerConfig, node_addresses
 from agent.compiler.ruleset import Family, Ruleset
 from agent.control.outcome import (
     Cause,
@@ -174,7 +174,12 @@ class Reconciler:
             self._wake.clear()
             self.heartbeat = time.monotonic()
             if not self.source.synced:
-                continue  # never write rules from a partial view of the cluster
+                # Never write rules from a partial view of the cluster. The source does not
+                # signal when it becomes synced and the wait above is 0 s until the initial
+                # pass, so poll here instead of spinning a CPU (e.g. for as long as RBAC
+                # forbids the lists).
+                stop.wait(0.05)
+                continue
             # Coalesce bursts: at most one pass per min_interval.
             since = time.monotonic() - self._last_pass
             if since < self.config.min_interval and stop.wait(self.config.min_interval - since):

@@ -11,7 +11,7 @@ import time
 from types import FrameType
 from typing import Any
 
-from agent.compiler.compile import CompilerConfig
+from agent.compiler.config import CompilerConfig
 from agent.compiler.ruleset import Family
 from agent.control.node_addresses import AddressWatcher
 from agent.control.outcome import Cause, SyncObserver

@@ -14,15 +14,9 @@ from typing import Any
 
 import pytest
 
-from agent.compiler import builder, compile
-from agent.compiler.compile import (
-    MULTIPORT_LIMIT,
-    CompilerConfig,
-    NodeContext,
-    PortMatch,
-    compile_node,
-    merge_ranges,
-)
+from agent.compiler.compile import compile_node
+from agent.compiler.config import CompilerConfig, NodeContext
+from agent.compiler.ports import MULTIPORT_LIMIT, PortMatch, merge_ranges
 from agent.compiler.ruleset import MAX_CHAIN_NAME, Family, Rule, Ruleset
 from agent.model.objects import Protocol
 from agent.policy.state import ClusterState
@@ -32,10 +26,7 @@ from tests.unit.ruleset_walker import Packet, validate, walk
 
 NODE1 = ("172.18.0.1", "fc00::1")
 Compiler = Callable[..., Ruleset]
-COMPILERS: dict[str, Compiler] = {
-    "reference": compile.compile_node,
-    "incremental": builder.compile_node,
-}
+COMPILERS: dict[str, Compiler] = {"fresh": compile_node}
 
 
 def cluster(*objects: Any) -> ClusterState:
@@ -271,6 +262,23 @@ def test_rule_count_grows_with_pods_plus_policies_not_their_product(name: str) -
     assert large < 2.5 * small, (small, large)
 
 
+def _everyone_selected(pods: int, policies: int) -> ClusterState:
+    return cluster(
+        *(b.pod(f"x/p{i}", f"10.0.{i // 250}.{i % 250 + 1}") for i in range(pods)),
+        *(
+            b.policy(f"x/np{j}", ingress=[{"from": [{"podSelector": labels(app=f"a{j}")}]}])
+            for j in range(policies)
+        ),
+    )
+
+
+def test_rule_count_stays_linear_when_every_policy_selects_every_pod() -> None:
+    """Pods selected by the same policies share one verdict chain: no pods x policies."""
+    small = rules_of(_everyone_selected(40, 10)).rule_count
+    large = rules_of(_everyone_selected(80, 20)).rule_count
+    assert large < 2.5 * small, (small, large)
+
+
 # --- ipBlock ----------------------------------------------------------------------------
 
 
@@ -299,9 +307,9 @@ def test_ip_block_with_except_returns_per_except_then_allows_the_cidr() -> None:
     assert [(r.source, r.target) for r in block_rules] == [
         ("10.1.0.0/16", "RETURN"),
         ("10.2.0.0/16", "RETURN"),
-        ("10.0.0.0/8", "NPA-ALLOW"),
+        ("10.0.0.0/8", "MARK"),
     ]
-    assert block_rules[-1].goto
+    assert block_rules[-1].target_options == (("--set-xmark", "0x1000/0x1000"),)
 
 
 def test_ip_block_without_except_needs_no_block_chain() -> None:
@@ -313,7 +321,7 @@ def test_ip_block_without_except_needs_no_block_chain() -> None:
     assert chains(ruleset, "B") == []
     (policy_chain,) = chains(ruleset, "PI")
     assert [(r.source, r.target) for r in ruleset.chains[policy_chain].rules] == [
-        ("10.0.0.0/8", "NPA-ALLOW")
+        ("10.0.0.0/8", "MARK")
     ]
 
 
@@ -390,7 +398,9 @@ def test_ingress_named_port_the_pod_lacks_leaves_the_pod_denied() -> None:
     ruleset = rules_of(state)
     assert chains(ruleset, "PI") == []
     (pod_chain,) = chains(ruleset, "I")
-    assert [r.target for r in ruleset.chains[pod_chain].rules] == ["RETURN", "DROP"]  # self, deny
+    (policy_set,) = chains(ruleset, "SI")
+    assert [r.target for r in ruleset.chains[pod_chain].rules] == ["RETURN", policy_set]  # self
+    assert [r.target for r in ruleset.chains[policy_set].rules] == ["DROP"]  # nothing allows
 
 
 def test_egress_named_ports_split_destinations_by_number() -> None:

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from agent.compiler import builder, compile
-from agent.compiler.compile import CompilerConfig, NodeContext
+from agent.compiler import compile
+from agent.compiler.config import CompilerConfig, NodeContext
 from agent.compiler.ruleset import Family
 from agent.model.objects import IPAddress, Protocol
 from agent.policy.explain import Endpoint, explain
@@ -254,8 +254,7 @@ EXCEPT_AND_OVERLAP = [
 ]
 
 
-# The reference compiler (compile.py) and the incremental one the agent runs (builder.py).
-COMPILERS = {"reference": compile.compile_node, "incremental": builder.compile_node}
+COMPILERS = {"fresh": compile.compile_node}
 
 
 @pytest.mark.parametrize("compiler", sorted(COMPILERS))
@@ -342,10 +341,10 @@ def test_incremental_compile_equals_compiling_from_scratch(data: st.DataObject) 
     before, after = _parse_sharing(first, cache), _parse_sharing(second, cache)
     for family in Family:
         for name in NODES:
-            incremental = builder.NodeCompiler(name, family)
+            incremental = compile.NodeCompiler(name, family)
             incremental.compile(before, before.node_addresses(name))
             updated = incremental.compile(after, after.node_addresses(name))
-            fresh = builder.NodeCompiler(name, family).compile(after, after.node_addresses(name))
+            fresh = compile.NodeCompiler(name, family).compile(after, after.node_addresses(name))
             assert {c.name: c.rules for c in updated.chains.values()} == {
                 c.name: c.rules for c in fresh.chains.values()
             }, f"{family.value} {name}: incremental result differs from a fresh compile"

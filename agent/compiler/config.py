@@ -1,0 +1,72 @@
+"""Compiler settings and the node a ruleset is compiled for."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from agent.model.objects import IPAddress
+from agent.policy.state import ClusterState
+
+DEFAULT_CHAIN_PREFIX = "NPA"
+DEFAULT_MARK = 0x1000
+MAX_PREFIX = 8
+# Neighbour discovery: router solicitation/advertisement, neighbour solicitation/
+# advertisement, redirect. Bridged with br_netfilter, these cross FORWARD.
+NEIGHBOUR_DISCOVERY_TYPES = (133, 134, 135, 136, 137)
+
+
+@dataclass(frozen=True, slots=True)
+class CompilerConfig:
+    chain_prefix: str = DEFAULT_CHAIN_PREFIX
+    allow_mark: int = DEFAULT_MARK
+    reject: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.chain_prefix or len(self.chain_prefix) > MAX_PREFIX:
+            raise ValueError(f"chain prefix must be 1-{MAX_PREFIX} characters")
+        if not self.chain_prefix.replace("-", "").replace("_", "").isalnum():
+            raise ValueError("chain prefix may hold letters, digits, '-' and '_' only")
+        if (
+            self.allow_mark <= 0
+            or self.allow_mark > 0xFFFFFFFF  # packet marks are 32 bits
+            or self.allow_mark & (self.allow_mark - 1)
+        ):
+            raise ValueError("allow mark must be a single bit of the 32-bit packet mark")
+        if self.allow_mark & 0xC000:
+            raise ValueError("allow mark clashes with kube-proxy's 0x4000/0x8000")
+
+    def name(self, suffix: str) -> str:
+        return f"{self.chain_prefix}-{suffix}"
+
+    def hashed_name(self, kind: str, key: str) -> str:
+        length = min(16, 28 - len(self.chain_prefix) - len(kind) - 2)
+        digest = base64.b32encode(hashlib.sha256(key.encode()).digest()).decode()
+        return f"{self.chain_prefix}-{kind}-{digest[:length]}"
+
+    @property
+    def entry_chain(self) -> str:
+        return self.name("FORWARD")
+
+    @property
+    def mark_text(self) -> str:
+        return f"{self.allow_mark:#x}/{self.allow_mark:#x}"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeContext:
+    name: str
+    addresses: tuple[IPAddress, ...] = ()
+
+
+def node_addresses(
+    state: ClusterState, node_name: str, extra: Iterable[IPAddress] = ()
+) -> tuple[IPAddress, ...]:
+    """The node's own addresses: from its Node object plus those read from the kernel."""
+    seen: list[IPAddress] = []
+    for address in (*state.node_addresses(node_name), *extra):
+        if address not in seen:
+            seen.append(address)
+    return tuple(seen)
