@@ -259,6 +259,20 @@ def run_size(size_name: str, backend: str, runs: int) -> dict[str, Any]:
         subprocess.run(["ip", "netns", "del", netns], check=False)
 
 
+def traversal_of(size_name: str) -> dict[str, Any]:
+    """Rules compared by the first packet of connections to and from node-0's pods."""
+    from agent.compiler.compile import NodeCompiler
+    from agent.compiler.config import node_addresses
+    from agent.compiler.ruleset import Family
+    from agent.policy.state import build_state
+    from bench.traversal import measure
+
+    state = build_state(generate(SIZES[size_name])).state
+    addresses = node_addresses(state, MEASURED_NODE)
+    ruleset = NodeCompiler(MEASURED_NODE, Family.IPV4).compile(state, addresses)
+    return measure(state, ruleset, MEASURED_NODE, addresses).as_dict()
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:8.1f}"
 
@@ -312,12 +326,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = ["tiny"] if args.smoke else args.sizes.split(",")
     runs = 1 if args.smoke else args.runs
     results = []
+    traversals: dict[str, dict[str, Any]] = {}
     for size in sizes:
         for backend in args.backends.split(","):
             print(f"... {size} on {backend}", file=sys.stderr, flush=True)
             results.append(run_size(size, backend, runs))
+        print(f"... {size}: rules a new connection traverses", file=sys.stderr, flush=True)
+        traversals[size] = traversal_of(size)
     print_table(results)
-    document: dict[str, Any] = {"compile_apply": results}
+    print()
+    print(
+        f"{'size':5} {'packets':>8} {'worst':>6} {'p99':>5} {'median':>7}  worst packet (IPv4, rules compared)"
+    )
+    for size, t in traversals.items():
+        print(
+            f"{size:5} {t['packets']:8} {t['worst']:6} {t['p99']:5} {t['median']:7}  {t['worst_packet']}"
+        )
+    document: dict[str, Any] = {"compile_apply": results, "traversal": traversals}
     if not args.no_dataplane:
         from bench import dataplane
 

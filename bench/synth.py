@@ -88,7 +88,11 @@ def generate(size: Size, seed: int = 1) -> list[dict[str, Any]]:
         )
     slots = [0] * node_count
     for p in range(size.pods):
-        node = 0 if p < size.pods_on_measured_node else 1 + (p - size.pods_on_measured_node) // size.pods_per_other_node
+        node = (
+            0
+            if p < size.pods_on_measured_node
+            else 1 + (p - size.pods_on_measured_node) // size.pods_per_other_node
+        )
         index = slots[node]
         slots[node] += 1
         namespace = namespaces[rng.randrange(len(namespaces))]
@@ -167,8 +171,14 @@ def _policies(size: Size, namespaces: list[str], rng: random.Random) -> list[dic
                     {
                         "from": [
                             {
-                                "namespaceSelector": {"matchLabels": {"team": f"team-{rng.randrange(6)}"}},
-                                "podSelector": {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["web", "api"]}]},
+                                "namespaceSelector": {
+                                    "matchLabels": {"team": f"team-{rng.randrange(6)}"}
+                                },
+                                "podSelector": {
+                                    "matchExpressions": [
+                                        {"key": "tier", "operator": "In", "values": ["web", "api"]}
+                                    ]
+                                },
                             }
                         ]
                     }
@@ -180,7 +190,12 @@ def _policies(size: Size, namespaces: list[str], rng: random.Random) -> list[dic
                 "ingress": [
                     {
                         "from": [
-                            {"ipBlock": {"cidr": "172.16.0.0/12", "except": [f"172.{16 + rng.randrange(15)}.0.0/16"]}},
+                            {
+                                "ipBlock": {
+                                    "cidr": "172.16.0.0/12",
+                                    "except": [f"172.{16 + rng.randrange(15)}.0.0/16"],
+                                }
+                            },
                             {"ipBlock": {"cidr": "fc00::/7", "except": ["fc00:f853::/32"]}},
                         ],
                         "ports": [{"protocol": "TCP", "port": 443}],
@@ -204,7 +219,10 @@ def _policies(size: Size, namespaces: list[str], rng: random.Random) -> list[dic
                 "ingress": [
                     {
                         "from": [{"podSelector": {}}],
-                        "ports": [{"protocol": "TCP", "port": first, "endPort": first + 100}, {"protocol": "UDP", "port": 5000}],
+                        "ports": [
+                            {"protocol": "TCP", "port": first, "endPort": first + 100},
+                            {"protocol": "UDP", "port": 5000},
+                        ],
                     }
                 ],
             }
@@ -213,8 +231,26 @@ def _policies(size: Size, namespaces: list[str], rng: random.Random) -> list[dic
                 "podSelector": target,
                 "policyTypes": ["Egress"],
                 "egress": [
-                    {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespaces[0]}}}], "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
-                    {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8", "169.254.0.0/16"]}}]},
+                    {
+                        "to": [
+                            {
+                                "namespaceSelector": {
+                                    "matchLabels": {"kubernetes.io/metadata.name": namespaces[0]}
+                                }
+                            }
+                        ],
+                        "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+                    },
+                    {
+                        "to": [
+                            {
+                                "ipBlock": {
+                                    "cidr": "0.0.0.0/0",
+                                    "except": ["10.0.0.0/8", "169.254.0.0/16"],
+                                }
+                            }
+                        ]
+                    },
                 ],
             }
         else:  # egress-ns
@@ -225,7 +261,9 @@ def _policies(size: Size, namespaces: list[str], rng: random.Random) -> list[dic
                     {
                         "to": [
                             {
-                                "namespaceSelector": {"matchLabels": {"team": f"team-{rng.randrange(6)}"}},
+                                "namespaceSelector": {
+                                    "matchLabels": {"team": f"team-{rng.randrange(6)}"}
+                                },
                                 "podSelector": {"matchLabels": {"app": other}},
                             }
                         ],

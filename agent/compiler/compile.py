@@ -63,8 +63,9 @@ from agent.policy.state import ClusterState
 T = TypeVar("T")
 
 # A tree node holds at most this many entries before it splits four ways on the next two
-# address bits; a lookup walks at most four rules per level plus one leaf.
-LEAF_SIZE = 16
+# address bits; a lookup walks at most four rules at the root, three per level below it
+# (the last quarter needs no address match there), plus one leaf.
+LEAF_SIZE = 8
 # Depth budget under nf_tables' 16-level jump limit: FORWARD -> entry -> dispatch root
 # (+ DISPATCH_DEPTH) -> pod -> policy -> group root (+ GROUP_DEPTH) stays at level 15 or less.
 DISPATCH_DEPTH = 3
@@ -480,9 +481,9 @@ class NodeCompiler:
             )
 
         def build(name: str, block: cidr.Block, low: int, high: int, depth: int) -> None:
-            start = len(chains)
+            start, size = len(chains), high - low
             rules: list[Rule] = []
-            if high - low <= LEAF_SIZE or depth >= max_depth:
+            if size <= LEAF_SIZE or depth >= max_depth:
                 rules = leaf_rules(addresses[low:high])
             else:
                 common = cidr.common_block(
@@ -492,33 +493,41 @@ class NodeCompiler:
                     ),
                     version,
                 )
+                parts: list[tuple[cidr.Block, int, int]] = []
                 for half in cidr.halves(common, version):
                     for quarter in cidr.halves(half, version):
                         end = bisect.bisect_right(
                             addresses, cidr.last_address(quarter, version), low, high
                         )
-                        count = end - low
-                        if count == 1:
-                            rules.extend(leaf_rules(addresses[low:end]))
-                        elif count > 1:
-                            quarter_text = self._text(quarter)
-                            sub = self._name("T", f"{root}|{quarter_text}")
-                            known = memo.get(sub)
-                            if (
-                                known is not None
-                                and known.block == quarter
-                                and known.size == count
-                                and not is_dirty(quarter)
-                            ):
-                                fresh[sub] = known
-                                chains.extend(known.chains)
-                            else:
-                                build(sub, quarter, low, end, depth + 1)
-                            jump = Rule(sub, f"{comment} {quarter_text}", goto=True)
-                            rules.append(self._at(direction, quarter_text, jump))
+                        if end > low:
+                            parts.append((quarter, low, end))
                         low = end
+                for position, (quarter, first, end) in enumerate(parts):
+                    if end - first == 1:
+                        rules.extend(leaf_rules(addresses[first:end]))
+                        continue
+                    quarter_text = self._text(quarter)
+                    sub = self._name("T", f"{root}|{quarter_text}")
+                    known = memo.get(sub)
+                    if (
+                        known is not None
+                        and known.block == quarter
+                        and known.size == end - first
+                        and not is_dirty(quarter)
+                    ):
+                        fresh[sub] = known
+                        chains.extend(known.chains)
+                    else:
+                        build(sub, quarter, first, end, depth + 1)
+                    jump = Rule(sub, f"{comment} {quarter_text}", goto=True)
+                    if depth > 0 and position == len(parts) - 1:
+                        # Below the root the packet is inside this node's block: when no
+                        # earlier quarter took it, the last one must hold it.
+                        rules.append(jump)
+                    else:
+                        rules.append(self._at(direction, quarter_text, jump))
             chains.append(Chain(name, tuple(rules)))
-            fresh[name] = _Subtree(block, high - low, chains[start:])
+            fresh[name] = _Subtree(block, size, chains[start:])
 
         bits = cidr.width(version)
         root_block = (

@@ -22,7 +22,7 @@ from agent.model.objects import Protocol
 from agent.policy.state import ClusterState
 from tests.unit import builders as b
 from tests.unit.builders import labels
-from tests.unit.ruleset_walker import Packet, validate, walk
+from agent.compiler.walk import Packet, validate, walk
 
 NODE1 = ("172.18.0.1", "fc00::1")
 Compiler = Callable[..., Ruleset]

@@ -23,7 +23,7 @@ from agent.model.objects import IPAddress, Protocol
 from agent.policy.explain import Endpoint, explain
 from agent.policy.state import ClusterState, build_state
 from tests.unit import builders as b
-from tests.unit.ruleset_walker import Packet, validate, verdict_across_nodes
+from agent.compiler.walk import Packet, validate, verdict_across_nodes
 
 NAMESPACES = "ab"
 POD_NAMESPACES = "aaaabbc"  # "c" has no Namespace object: its name label is still implied
