@@ -514,11 +514,6 @@ class _KindWatcher:
         self._resource_version = resource_version
         self._needs_list = False
         self._failures.success()
-        # listed is set before delivering, so the sink already sees synced == True when
-        # the last kind's first batch arrives.
-        self._update_health(
-            listed=True, resource_version=resource_version, last_event_time=time.time()
-        )
         log.info(
             "%s: listed %d objects at resourceVersion %s (%d changes)",
             self._resource.plural,
@@ -529,6 +524,12 @@ class _KindWatcher:
         # The first list is one batch even when empty: it is the consumer's first view.
         if changes or first_list:
             self._deliver(changes)
+        # listed is set only after delivering: the reconciler polls synced from its own
+        # thread, and seeing True while a kind's first batch is still on its way would make
+        # it write rules from a partial view (e.g. no pods: isolated pods left open).
+        self._update_health(
+            listed=True, resource_version=resource_version, last_event_time=time.time()
+        )
 
     # -- WATCH
 

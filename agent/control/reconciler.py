@@ -190,23 +190,24 @@ class Reconciler:
 
     def _seconds_until_due(self) -> float:
         now = time.monotonic()
-        deadlines = [self._last_full + self.config.resync_period - now]
         if self._retry_at is not None:
-            deadlines.append(self._retry_at - now)
+            # A failed write waits out its backoff, whatever else is pending.
+            return max(0.0, self._retry_at - now)
         with self._lock:
             if self._dirty or self._addresses_changed or not self._initial_done:
                 return 0.0
-        return max(0.0, min(deadlines))
+        return max(0.0, self._last_full + self.config.resync_period - now)
 
     def _due_cause(self) -> Cause | None:
         now = time.monotonic()
+        if self._retry_at is not None:
+            # Also after a failed initial pass: back off, then rewrite everything.
+            return Cause.RETRY if now >= self._retry_at else None
         with self._lock:
             dirty = self._dirty
             addresses = self._addresses_changed
         if not self._initial_done:
             return Cause.INITIAL
-        if self._retry_at is not None:
-            return Cause.RETRY if now >= self._retry_at else None
         if now - self._last_full >= self.config.resync_period:
             return Cause.RESYNC
         if dirty:
