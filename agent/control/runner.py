@@ -125,7 +125,7 @@ def run_agent(args: argparse.Namespace, compiler: CompilerConfig) -> int:
         if watcher is not None:
             watcher.stop()
         if server is not None:
-            server.shutdown()
+            server.stop()
 
 
 def _run_once(reconciler: Reconciler, source: Source, stop: threading.Event) -> int:

@@ -18,11 +18,11 @@ from agent.compiler.compile import compile_node
 from agent.compiler.config import CompilerConfig, NodeContext
 from agent.compiler.ports import MULTIPORT_LIMIT, PortMatch, merge_ranges
 from agent.compiler.ruleset import MAX_CHAIN_NAME, Family, Rule, Ruleset
+from agent.compiler.walk import Packet, validate, walk
 from agent.model.objects import Protocol
 from agent.policy.state import ClusterState
 from tests.unit import builders as b
 from tests.unit.builders import labels
-from agent.compiler.walk import Packet, validate, walk
 
 NODE1 = ("172.18.0.1", "fc00::1")
 Compiler = Callable[..., Ruleset]

@@ -19,11 +19,11 @@ from hypothesis import strategies as st
 from agent.compiler import compile
 from agent.compiler.config import CompilerConfig, NodeContext
 from agent.compiler.ruleset import Family
+from agent.compiler.walk import Packet, validate, verdict_across_nodes
 from agent.model.objects import IPAddress, Protocol
 from agent.policy.explain import Endpoint, explain
 from agent.policy.state import ClusterState, build_state
 from tests.unit import builders as b
-from agent.compiler.walk import Packet, validate, verdict_across_nodes
 
 NAMESPACES = "ab"
 POD_NAMESPACES = "aaaabbc"  # "c" has no Namespace object: its name label is still implied
