@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ class CompilerConfig:
 
     def hashed_name(self, kind: str, key: str) -> str:
         length = min(16, 28 - len(self.chain_prefix) - len(kind) - 2)
-        digest = base64.b32encode(hashlib.sha256(key.encode()).digest()).decode()
+        digest = hashlib.sha256(key.encode()).hexdigest().upper()
         return f"{self.chain_prefix}-{kind}-{digest[:length]}"
 
     @property

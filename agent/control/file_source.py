@@ -150,9 +150,7 @@ class FileSource:
         for kind in Kind:
             sink([Change(kind, key, obj) for key, obj in state[kind].items()])
         if self._poll_interval is not None:
-            self._thread = threading.Thread(
-                target=self._poll_loop, name="file-source", daemon=True
-            )
+            self._thread = threading.Thread(target=self._poll_loop, name="file-source", daemon=True)
             self._thread.start()
 
     def stop(self) -> None:
@@ -167,9 +165,7 @@ class FileSource:
     @property
     def health(self) -> SourceHealth:
         with self._lock:
-            kinds = {
-                kind: replace(self._health, objects=len(self._state[kind])) for kind in Kind
-            }
+            kinds = {kind: replace(self._health, objects=len(self._state[kind])) for kind in Kind}
         return SourceHealth(kinds)
 
     def check_now(self) -> list[Change]:
@@ -218,9 +214,7 @@ class FileSource:
             self._report_error(error)
             return []
         changes = [
-            change
-            for kind in Kind
-            for change in diff_stores(kind, self._state[kind], state[kind])
+            change for kind in Kind for change in diff_stores(kind, self._state[kind], state[kind])
         ]
         self._commit(state, stamp, digest)
         if self._health.last_error is not None:

@@ -398,8 +398,10 @@ class _KindWatcher:
                 f"on the {self._resource.plural} {verb}; reconnecting",
                 logging.WARNING,
             )
-        detail = f"HTTP {error}" if isinstance(error, ApiStatusError) else (
-            f"{type(error).__name__}: {error}"
+        detail = (
+            f"HTTP {error}"
+            if isinstance(error, ApiStatusError)
+            else (f"{type(error).__name__}: {error}")
         )
         return f"{verb} {self._resource.plural}{scope} failed: {detail}", logging.WARNING
 

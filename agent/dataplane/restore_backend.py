@@ -58,6 +58,9 @@ def save_filter(binary: str, timeout: float) -> str:
 
 
 class RestoreBackend:
+    # Each call runs its own restore process: the families can be written concurrently.
+    parallel_safe = True
+
     def __init__(
         self,
         mode: Mode,

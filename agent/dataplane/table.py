@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -130,17 +131,41 @@ class Dataplane:
         started = time.monotonic()
         done: dict[Family, FamilySync] = {}
         errors: dict[Family, BackendError] = {}
+        for family, ruleset in rulesets.items():
+            if ruleset.family is not family:
+                raise ValueError(f"ruleset for {ruleset.family} given as {family}")
+
+        def one(ruleset: Ruleset) -> FamilySync:
+            return self._sync_family(ruleset, full=full, verify=verify)
+
         with self._lock:
-            for family, ruleset in rulesets.items():
-                if ruleset.family is not family:
-                    raise ValueError(f"ruleset for {ruleset.family} given as {family}")
-                try:
-                    done[family] = self._sync_family(ruleset, full=full, verify=verify)
-                except BackendError as error:
+            # The two families are separate tables and separate restore processes: write
+            # them at the same time. python-iptables (libiptc) is not thread-safe.
+            parallel = len(rulesets) > 1 and getattr(self.backend, "parallel_safe", False)
+            if parallel:
+                with concurrent.futures.ThreadPoolExecutor(len(rulesets)) as pool:
+                    futures = {family: pool.submit(one, rs) for family, rs in rulesets.items()}
+                outcomes: dict[Family, FamilySync | BaseException] = {
+                    family: future.exception() or future.result()
+                    for family, future in futures.items()
+                }
+            else:
+                outcomes = {}
+                for family, ruleset in rulesets.items():
+                    try:
+                        outcomes[family] = one(ruleset)
+                    except BackendError as error:
+                        outcomes[family] = error
+            for family, outcome in outcomes.items():
+                if isinstance(outcome, FamilySync):
+                    done[family] = outcome
+                elif isinstance(outcome, BackendError):
                     # The table may not be what we think: compare and rewrite all next time.
                     self._needs_full.add(family)
                     self._expected.pop(family, None)
-                    errors[family] = error
+                    errors[family] = outcome
+                else:
+                    raise outcome
         report = SyncReport(families=done, duration_seconds=time.monotonic() - started)
         if errors:
             raise DataplaneSyncError(report, errors)

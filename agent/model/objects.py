@@ -70,26 +70,28 @@ class Pod:
     ips: tuple[IPAddress, ...]
     ports: tuple[ContainerPort, ...] = ()
     uid: str = ""
+    # Derived once: the compiler asks for these hundreds of thousands of times.
+    key: str = field(init=False, repr=False, compare=False)
+    ipv4: tuple[IPAddress, ...] = field(init=False, repr=False, compare=False)
+    ipv6: tuple[IPAddress, ...] = field(init=False, repr=False, compare=False)
+    is_selectable: bool = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-    @property
-    def is_selectable(self) -> bool:
-        """Whether the pod counts for selection, as a target or as a peer.
-
-        A finished pod keeps its IP in status while the IP may already belong to a new
-        pod, so its labels must never apply to that address.
-        """
-        return (
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"{self.namespace}/{self.name}")
+        object.__setattr__(self, "ipv4", tuple(ip for ip in self.ips if ip.version == 4))
+        object.__setattr__(self, "ipv6", tuple(ip for ip in self.ips if ip.version == 6))
+        # A finished pod keeps its IP in status while the IP may already belong to a new
+        # pod, so its labels must never apply to that address.
+        object.__setattr__(
+            self,
+            "is_selectable",
             not self.host_network
             and bool(self.ips)
-            and self.phase not in (PodPhase.SUCCEEDED, PodPhase.FAILED)
+            and self.phase not in (PodPhase.SUCCEEDED, PodPhase.FAILED),
         )
 
     def ips_of(self, version: int) -> tuple[IPAddress, ...]:
-        return tuple(ip for ip in self.ips if ip.version == version)
+        return self.ipv4 if version == 4 else self.ipv6
 
     def resolve_named_port(self, name: str, protocol: Protocol) -> int | None:
         """The number this pod serves under ``name`` for ``protocol``, if any."""

@@ -127,8 +127,21 @@ class ClusterState:
             best.sort(key=lambda pod: pod.key)
         return best
 
+    @functools.cached_property
+    def _peer_pods_cache(self) -> dict[tuple[SelectorPeer, str], tuple[Pod, ...]]:
+        return {}
+
     def peer_pods(self, peer: SelectorPeer, policy_namespace: str) -> tuple[Pod, ...]:
-        """Selectable pods a selector peer stands for, in key order."""
+        """Selectable pods a selector peer stands for, in key order (memoized per
+        snapshot: both families' compilers ask the same questions)."""
+        cache = self._peer_pods_cache
+        key = (peer, policy_namespace)
+        found = cache.get(key)
+        if found is None:
+            found = cache[key] = self._resolve_peer_pods(peer, policy_namespace)
+        return found
+
+    def _resolve_peer_pods(self, peer: SelectorPeer, policy_namespace: str) -> tuple[Pod, ...]:
         namespaces = self.selected_namespaces(peer, policy_namespace)
         candidates = self._candidates(peer.pod_selector)
         if candidates is None:
