@@ -23,6 +23,7 @@ from typing import Any
 from agent.compiler.compile import NodeCompiler
 from agent.compiler.config import CompilerConfig, node_addresses
 from agent.compiler.ruleset import Family, Ruleset
+from agent.control.node_addresses import compare_with_node_object
 from agent.control.outcome import (
     Cause,
     ObjectChange,
@@ -104,6 +105,7 @@ class Reconciler:
         self._retry_at: float | None = None
         self._retry_delay = config.retry_initial
         self.last_outcome: SyncOutcome | None = None
+        self._address_warnings: set[str] = set()
         # One incremental compiler per family: each pass recompiles only what changed.
         self._compilers = {
             family: NodeCompiler(config.node_name, family, config.compiler)
@@ -235,6 +237,12 @@ class Reconciler:
 
     def node_addresses(self, state: ClusterState) -> tuple[IPAddress, ...]:
         kernel = self._kernel_addresses() if self._kernel_addresses is not None else ()
+        if kernel:
+            listed = state.node_addresses(self.config.node_name)
+            for warning in compare_with_node_object(kernel, listed, self.config.node_name):
+                if warning not in self._address_warnings:  # once each, not every pass
+                    self._address_warnings.add(warning)
+                    log.warning("%s", warning)
         extra = (*self.config.extra_node_addresses, *kernel)
         return node_addresses(state, self.config.node_name, extra)
 
