@@ -13,9 +13,12 @@ reported as what it is: a bug in explain (or in the expectation), not in the dat
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
+import socket
 import subprocess
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +29,7 @@ import yaml
 from agent.model.objects import Protocol
 from agent.policy.explain import explain, resolve_endpoint
 from agent.policy.state import ClusterState, build_state
-from tests.lab.nsutil import LabCommandError
+from tests.lab.nsutil import LabCommandError, in_netns
 from tests.lab.prober import Matrix, Probe, Prober, Verdict
 from tests.lab.topology import Backend, Endpoint, Lab
 
@@ -89,6 +92,73 @@ def cells(
         for port, proto in port_protocols
         for fam in families
     ]
+
+
+# ------------------------------------------------------------------------------ TCP echo
+class TcpEcho:
+    """A TCP echo server in one endpoint's netns (the lab's own TCP servers accept and
+    close; this one keeps connections open to carry data both ways)."""
+
+    def __init__(self, lab: Lab, endpoint: str, port: int) -> None:
+        with in_netns(lab.endpoint(endpoint).netns):
+            self.sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("::", port))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _echo(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.settimeout(10)
+            while data := conn.recv(65535):
+                conn.sendall(data)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.sock.close()
+
+
+class TcpClient:
+    """One long-lived TCP connection from ``src`` to ``dst``:``port``."""
+
+    def __init__(self, lab: Lab, src: str, dst: str, port: int, family: int = 4) -> None:
+        with in_netns(lab.endpoint(src).netns):
+            self.sock = socket.socket(
+                socket.AF_INET6 if family == 6 else socket.AF_INET, socket.SOCK_STREAM
+            )
+        self.sock.settimeout(2.0)
+        self.sock.connect((lab.endpoint(dst).ip(family), port))
+
+    def round_trip(self, payload: bytes) -> bool:
+        """Send ``payload``; True iff the same bytes come back within the timeout."""
+        try:
+            self.sock.sendall(payload)
+            got = b""
+            while len(got) < len(payload):
+                chunk = self.sock.recv(65535)
+                if not chunk:
+                    return False
+                got += chunk
+        except OSError:
+            return False
+        return got == payload
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 # ------------------------------------------------------------------------------ scenario
@@ -242,8 +312,7 @@ class Scenario:
                     )  # fmt: skip
         self.services[service.name] = service
         self.prober.add(
-            Endpoint(service.name, backend.netns, service.cluster_v4, service.cluster_v6,
-                     "service")  # fmt: skip
+            Endpoint(service.name, backend.netns, service.cluster_v4, service.cluster_v6, "service")
         )
 
     # -------------------------------------------------------------------------- judging
@@ -286,7 +355,8 @@ class Scenario:
             sections.append(
                 f"DATAPLANE differs from the hand-written table in {len(lab_vs_hand)} cells:\n"
                 + "\n".join(f"  {x}" for x in lab_vs_hand[:40])
-                + "\n" + m.render_diff(hand)
+                + "\n"
+                + m.render_diff(hand)
             )
         lab_vs_oracle = m.diff(oracle)
         if lab_vs_oracle:
@@ -299,8 +369,10 @@ class Scenario:
             sections.append(
                 f"EXPLAIN (oracle) differs from the hand-written table in "
                 f"{len(oracle_vs_hand)} cells:\n"
-                + "\n".join(f"  {p}: hand {hand[p].name}, explain {oracle[p].name}"
-                            for p in oracle_vs_hand[:40])  # fmt: skip
+                + "\n".join(
+                    f"  {p}: hand {hand[p].name}, explain {oracle[p].name}"
+                    for p in oracle_vs_hand[:40]
+                )
             )
         print(f"\n--- {title or 'matrix'} [{self.backend}] {len(m)} probes, "
               f"{len(hand)} hand-checked, {m.elapsed:.2f}s\n{m.render()}")  # fmt: skip
@@ -320,6 +392,8 @@ __all__ = [
     "PROBE_TIMEOUT",
     "Scenario",
     "Service",
+    "TcpClient",
+    "TcpEcho",
     "cells",
     "expr",
     "labels",
