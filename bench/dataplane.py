@@ -113,15 +113,24 @@ class Pair:
 
 
 def _ingress_policy_order(ruleset: Ruleset, prefix: str) -> dict[str, list[str]]:
-    """Local pod → the policies its ingress chain jumps to, in chain order."""
+    """Local pod → the policies its ingress verdict chain jumps to, in chain order.
+
+    A pod chain (P-I-) holds the pod's self rule and a goto to the verdict chain (P-SI-)
+    shared by the pods the same policies select; that one jumps to the policy chains.
+    """
     policy_chain = f"{prefix}-PI-"
     order: dict[str, list[str]] = {}
     for name, chain in ruleset.chains.items():
         if not name.startswith(f"{prefix}-I-"):
             continue
         pod = next((rule.pod for rule in chain.rules if rule.pod), "")
-        if pod:
-            order[pod] = [r.policy for r in chain.rules if r.target.startswith(policy_chain)]
+        verdict = next(
+            (r.target for r in chain.rules if r.target.startswith(f"{prefix}-SI-")), None
+        )
+        if pod and verdict is not None:
+            order[pod] = [
+                r.policy for r in ruleset.chains[verdict].rules if r.target.startswith(policy_chain)
+            ]
     return order
 
 

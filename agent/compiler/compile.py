@@ -65,7 +65,7 @@ T = TypeVar("T")
 # A tree node holds at most this many entries before it splits four ways on the next two
 # address bits; a lookup walks at most four rules at the root, three per level below it
 # (the last quarter needs no address match there), plus one leaf.
-LEAF_SIZE = 8
+LEAF_SIZE = 16
 # Depth budget under nf_tables' 16-level jump limit: FORWARD -> entry -> dispatch root
 # (+ DISPATCH_DEPTH) -> pod -> policy -> group root (+ GROUP_DEPTH) stays at level 15 or less.
 DISPATCH_DEPTH = 3
