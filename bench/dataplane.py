@@ -49,12 +49,10 @@ import statistics
 import string
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from agent.compiler.compile import NodeCompiler
@@ -67,13 +65,13 @@ from agent.model.objects import Direction, IPBlock, Pod, Protocol
 from agent.policy.explain import explain, resolve_endpoint
 from agent.policy.state import ClusterState, build_state
 from bench.synth import MEASURED_NODE, SIZES, generate
+from tests.lab.ownership import owner_marker, signals_as_interrupt
 
 HERE = Path(__file__).resolve().parent
 RESULTS_DIR = HERE / "results"
 BUILD_SCRIPT = HERE / "loadgen" / "build.sh"
 NETNS_DIR = Path("/run/netns")
 # Markers the lab fixtures sweep: a run killed with SIGKILL is removed by the next lab run.
-OWNER_DIR = Path("/run/netpol-lab")
 GATEWAY = "169.254.1.1"  # the node side of every veth (Calico style: pods are /32s)
 CONCURRENCY = 32
 BACKENDS = ("nft", "legacy")
@@ -425,35 +423,6 @@ def build_loadgen() -> str:
     return path
 
 
-@contextlib.contextmanager
-def _owner_marker(prefix: str) -> Iterator[None]:
-    OWNER_DIR.mkdir(parents=True, exist_ok=True)
-    marker = OWNER_DIR / f"{prefix}.pid"
-    marker.write_text(f"{os.getpid()}\n")
-    try:
-        yield
-    finally:
-        marker.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM/SIGHUP unwind like Ctrl-C, so the ``finally`` clauses clean up."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
 # --- measuring -----------------------------------------------------------------------
 
 
@@ -638,7 +607,7 @@ def _measure_backend(
 ) -> dict[str, Any]:
     prefix = make_prefix()
     lifetime = 120 + rounds * 2 * (seconds + 5)
-    with _owner_marker(prefix), Topology(prefix, pair) as topo:
+    with owner_marker(prefix), Topology(prefix, pair) as topo:
         bench = Bench(topo, loadgen, backend, chain_prefix, concurrency)
         bench.start_server(lifetime)
         apply_seconds = bench.program(ruleset)
@@ -752,7 +721,7 @@ def run(
         f"[{time.monotonic() - started:.1f}s]"
     )
     results = []
-    with _sigterm_as_interrupt():
+    with signals_as_interrupt((signal.SIGTERM, signal.SIGHUP)):
         for backend in backends:
             results.append(
                 _measure_backend(

@@ -19,24 +19,20 @@ SIGTERM: the :class:`~tests.lab.topology.Lab` context manager and its ``atexit``
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any, TextIO
 
 import yaml
 
-from tests.lab.fixtures import _owner_marker, sweep_stale_labs
 from tests.lab.nsutil import LabCommandError, run
+from tests.lab.ownership import owner_marker, signals_as_interrupt, sweep_stale_labs
 from tests.lab.prober import Matrix, Probe, Prober, Verdict
 from tests.lab.topology import (
     Backend,
@@ -384,7 +380,7 @@ def run_demo(p: Printer, backend: Backend) -> bool:
     p(f"in the netns lab, enforced by the real netpol-agent (backend: iptables-{backend})")
     sweep_stale_labs()
     lab = Lab(demo_spec())
-    with _owner_marker(lab.prefix), lab:
+    with owner_marker(lab.prefix), lab:
         p()
         for name, pod in lab.pods.items():
             labels = ",".join(f"{k}={v}" for k, v in lab.pod_labels[name].items())
@@ -419,26 +415,6 @@ def run_demo(p: Printer, backend: Backend) -> bool:
     return False
 
 
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM → KeyboardInterrupt (if nobody else handles it), so cleanup runs on kill too."""
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
-    ):
-        yield
-        return
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
 def main(
     argv: Sequence[str] | None = None,
     *,
@@ -463,7 +439,7 @@ def main(
         err("the demo needs root (network namespaces, iptables): run `sudo make demo`")
         return 2
     try:
-        with sigterm_as_interrupt():
+        with signals_as_interrupt():
             ok = run_demo(p, backend)
     except KeyboardInterrupt:
         err("\ninterrupted: the lab has been removed")

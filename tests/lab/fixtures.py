@@ -15,75 +15,14 @@ owning process is gone (``/run/netpol-lab/<prefix>.pid``).
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 from collections.abc import Iterator
-from pathlib import Path
-from types import FrameType
 
 import pytest
 
+from tests.lab.ownership import owner_marker, signals_as_interrupt, sweep_stale_labs
 from tests.lab.prober import Prober, lab_prober
-from tests.lab.topology import Lab, remove_prefix
-
-OWNER_DIR = Path("/run/netpol-lab")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def sweep_stale_labs() -> list[str]:
-    """Remove labs left behind by processes that no longer exist (e.g. SIGKILLed runs)."""
-    removed: list[str] = []
-    if not OWNER_DIR.is_dir():
-        return removed
-    for marker in OWNER_DIR.glob("*.pid"):
-        try:
-            pid = int(marker.read_text().strip())
-        except (OSError, ValueError):
-            continue
-        if pid == os.getpid() or _pid_alive(pid):
-            continue
-        removed += remove_prefix(marker.stem)
-        marker.unlink(missing_ok=True)
-    return removed
-
-
-@contextlib.contextmanager
-def _owner_marker(prefix: str) -> Iterator[None]:
-    OWNER_DIR.mkdir(parents=True, exist_ok=True)
-    marker = OWNER_DIR / f"{prefix}.pid"
-    marker.write_text(f"{os.getpid()}\n")
-    try:
-        yield
-    finally:
-        marker.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def _sigterm_runs_finalizers() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt (only if nobody else handles it) so fixture
-    finalizers, and therefore lab cleanup, still run when the test run is terminated."""
-    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        yield
-        return
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+from tests.lab.topology import Lab
 
 
 @pytest.fixture(scope="session")
@@ -92,7 +31,7 @@ def lab() -> Iterator[Lab]:
         pytest.skip("the netns lab needs root (network namespaces, iptables, raw sockets)")
     sweep_stale_labs()
     the_lab = Lab()
-    with _sigterm_runs_finalizers(), _owner_marker(the_lab.prefix):
+    with signals_as_interrupt(), owner_marker(the_lab.prefix):
         try:
             the_lab.start()
             yield the_lab
