@@ -56,14 +56,6 @@ def halves(block: Block, version: int) -> tuple[Block, Block]:
     return (network, length + 1), (network + size, length + 1)
 
 
-def contains(outer: Block, inner: Block, version: int) -> bool:
-    return (
-        outer[1] <= inner[1]
-        and outer[0] <= inner[0]
-        and last_address(inner, version) <= last_address(outer, version)
-    )
-
-
 _TEXT: dict[tuple[int, int, int], str] = {}
 
 
