@@ -87,12 +87,14 @@ class Reconciler:
         *,
         observers: Iterable[SyncObserver] = (),
         kernel_addresses: Callable[[], tuple[IPAddress, ...]] | None = None,
+        on_heartbeat: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self.source = source
         self.dataplane = dataplane
         self._observers = tuple(observers)
         self._kernel_addresses = kernel_addresses
+        self._on_heartbeat = on_heartbeat
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._store: dict[Kind, dict[str, ModelObject]] = {kind: {} for kind in Kind}
@@ -168,13 +170,13 @@ class Reconciler:
     def run(self, stop: threading.Event) -> None:
         """Reconcile until ``stop`` is set. Rules stay in place when it returns."""
         while not stop.is_set():
-            self.heartbeat = time.monotonic()
+            self._beat()
             wait = self._seconds_until_due()
             self._wake.wait(timeout=min(wait, 1.0))
             if stop.is_set():
                 break
             self._wake.clear()
-            self.heartbeat = time.monotonic()
+            self._beat()
             if not self.source.synced:
                 # Never write rules from a partial view of the cluster. The source does not
                 # signal when it becomes synced and the wait above is 0 s until the initial
@@ -189,6 +191,12 @@ class Reconciler:
             cause = self._due_cause()
             if cause is not None:
                 self.run_pass(cause)
+
+    def _beat(self) -> None:
+        """The loop is alive: it wakes at least every second, idle or not."""
+        self.heartbeat = time.monotonic()
+        if self._on_heartbeat is not None:
+            self._on_heartbeat()
 
     def _seconds_until_due(self) -> float:
         now = time.monotonic()

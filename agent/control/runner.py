@@ -19,6 +19,7 @@ from agent.control.reconciler import Reconciler, ReconcilerConfig
 from agent.control.source import Source
 from agent.dataplane.backend import Backend, BackendError
 from agent.dataplane.table import Dataplane
+from agent.observability.health import HealthState
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,12 @@ def run_agent(args: argparse.Namespace, compiler: CompilerConfig) -> int:
         extra_node_addresses=extra,
     )
     source = _make_source(args)
-    observers, server = ([], None) if args.once else _observers(args, source)
+    try:
+        observers, server = ([], None) if args.once else _observers(args, source)
+    except (ValueError, OSError) as error:
+        log.error("cannot start metrics, health or the rule log: %s", error)
+        return 2
+    heartbeat = next((o.heartbeat for o in observers if isinstance(o, HealthState)), None)
     # Partial syncs trust what we last wrote (reading 20k rules back costs more than the
     # write); full resyncs read the kernel and repair any drift.
     dataplane = Dataplane(backend, compiler.chain_prefix + "-", read_on_partial=False)
@@ -110,6 +116,7 @@ def run_agent(args: argparse.Namespace, compiler: CompilerConfig) -> int:
         dataplane,
         observers=observers,
         kernel_addresses=(lambda: watcher.addresses) if watcher is not None else None,
+        on_heartbeat=heartbeat,
     )
     source.start(reconciler.on_changes)
     try:
