@@ -114,6 +114,9 @@ class Chain:
     # Chained per-rule hashes, computed once: the dataplane compares these with the
     # hashes it reads back from the kernel.
     hashes: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    # Every target its rules name (verdicts and chains): lets the dataplane check
+    # references with set operations instead of walking every rule on every sync.
+    targets: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.name) > MAX_CHAIN_NAME:
@@ -124,6 +127,7 @@ class Chain:
             previous = _chained_hash(self.name, previous, rule.render_body(), rule.comment)
             hashes.append(previous)
         object.__setattr__(self, "hashes", tuple(hashes))
+        object.__setattr__(self, "targets", frozenset(rule.target for rule in self.rules))
 
     def render_rules(self) -> Iterator[str]:
         """``-A`` lines for iptables-restore."""

@@ -189,7 +189,8 @@ def plan_table(
         jump_removals = ()
         jump_insert = False
 
-    ordered_writes = [writes[name] for name in _write_order(desired_chains) if name in writes]
+    # Order only what is written: a partial sync must not cost a walk of the whole table.
+    ordered_writes = [writes[name] for name in _write_order({n: desired_chains[n] for n in writes})]
     return TablePlan(
         family=programmed.family,
         entry_chain=desired.entry_chain if desired is not None else None,
@@ -244,13 +245,14 @@ def find_drift(expected: ProgrammedState, programmed: ProgrammedState) -> Drift:
 
 def validate_ruleset(ruleset: Ruleset, prefix: str) -> None:
     """Reject rulesets we could not program or read back correctly."""
+    names = set(ruleset.chains)
     for name, chain in ruleset.chains.items():
         if not name.startswith(prefix):
             # We would never read it back as ours: rewritten forever, never deleted.
             raise ValueError(f"chain {name} does not start with the prefix {prefix}")
-        for rule in chain.rules:
-            if rule.target.startswith(prefix) and rule.target not in ruleset.chains:
-                raise ValueError(f"chain {name} refers to {rule.target}, which is not in the set")
+        for target in chain.targets - names:
+            if target.startswith(prefix):
+                raise ValueError(f"chain {name} refers to {target}, which is not in the set")
 
 
 def _known(previous: Mapping[str, Chain], name: str, hashes: tuple[str, ...]) -> Chain | None:
@@ -259,7 +261,7 @@ def _known(previous: Mapping[str, Chain], name: str, hashes: tuple[str, ...]) ->
 
 
 def _write_order(chains: Mapping[str, Chain]) -> list[str]:
-    """Chains ordered so that every chain comes after the chains it jumps to.
+    """Chains ordered so that every chain comes after the chains (among these) it jumps to.
 
     Inside one transaction the order does not change what packets see, but it keeps the
     payload readable as "callees first" and would stay safe if it were ever split.
