@@ -221,6 +221,12 @@ class NodeCompiler:
         self._dispatch: dict[Direction, tuple[tuple[tuple[str, str], ...], _Unit]] = {}
         self._index: dict[str, _Unit] = {}  # every cached unit by its root chain
         self._local: dict[str, Pod] = {}  # selectable pods on this node, kept by deltas
+        # Which pod chains may differ from the last compile: only a policy change (for
+        # the pods of its namespace) or a change to the local pod itself can alter one.
+        # Peer-group and named-port rebuilds keep chain names, so other changes skip
+        # the walk over the node's pods.
+        self._dirty_namespaces: set[str] = set()
+        self._dirty_pods: set[str] = set()
         self.rebuilt: dict[str, int] = defaultdict(int)  # what the last compile rebuilt
         self.isolated: dict[Direction, int] = {}  # local pods isolated, by direction
 
@@ -234,7 +240,13 @@ class NodeCompiler:
             self._local = {pod.key: pod for pod in state.local_pods(self.node_name)}
         self._previous = state
         for direction in Direction:
-            self._register(self._dispatch_unit(state, direction))
+            cached = self._dispatch.get(direction)
+            if self._dirty_namespaces or self._dirty_pods or cached is None:
+                self._register(self._dispatch_unit(state, direction))
+            else:
+                self._register(cached[1])
+        self._dirty_namespaces.clear()
+        self._dirty_pods.clear()
         entry = self._entry_unit(node_addresses)
         # Everything reachable from the entry chain, and nothing else.
         units: dict[str, _Unit] = {}
@@ -267,6 +279,7 @@ class NodeCompiler:
             changed = new_policy or old_policy
             assert changed is not None
             self._namespace_epoch[changed.namespace] += 1  # selection there may change
+            self._dirty_namespaces.add(changed.namespace)
         pod_changes = _diff(previous.pods, state.pods)
         if pod_changes:
             self._track_local_pods(pod_changes)
@@ -312,10 +325,11 @@ class NodeCompiler:
 
     def _track_local_pods(self, pod_changes: Sequence[tuple[Pod | None, Pod | None]]) -> None:
         for old, new in pod_changes:
-            if old is not None:
-                self._local.pop(old.key, None)
+            if old is not None and self._local.pop(old.key, None) is not None:
+                self._dirty_pods.add(old.key)
             if new is not None and new.node_name == self.node_name and new.is_selectable:
                 self._local[new.key] = new
+                self._dirty_pods.add(new.key)
 
     def _update_groups(
         self,
@@ -559,7 +573,19 @@ class NodeCompiler:
             spec, members, sorted(members), subtrees=previous.subtrees if previous else {}
         )
         self._groups[name] = group
-        self._render_group(name, group)
+        if previous is None:
+            self._render_group(name, group)
+            return
+        # Rebuilt from scratch (a namespace relabel): re-render only where it moved.
+        dirty = {
+            address
+            for address in previous.members.keys() | members.keys()
+            if previous.members.get(address) != members.get(address)
+        }
+        if dirty or previous.unit is None:
+            self._render_group(name, group, dirty if previous.unit is not None else None)
+        else:
+            group.unit = previous.unit
 
     def _render_group(
         self, name: str, group: _GroupEntry, dirty: Iterable[int] | None = None
@@ -834,6 +860,17 @@ class NodeCompiler:
         for _, pod in sorted(self._local.items()):
             addresses = pod.ips_of(self.version)
             if not addresses:
+                continue
+            known = self._pods.get((pod.key, direction))
+            if (
+                known is not None
+                and known.pod is pod
+                and pod.key not in self._dirty_pods
+                and pod.namespace not in self._dirty_namespaces
+            ):
+                live.add((pod.key, direction))
+                for ip in addresses:
+                    targets.setdefault(ip, (self._register(known.unit).root, pod.key))
                 continue
             policies = self._policies_selecting(state, pod, direction)
             if not policies:
