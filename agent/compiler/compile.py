@@ -210,6 +210,7 @@ class NodeCompiler:
         self.config = config or CompilerConfig()
         self.version = family.version
         self._owned = self.config.chain_prefix + "-"
+        self._allow_options = (("--set-xmark", self.config.mark_text),)
         self._names: dict[str, str] = {}
         self._previous: ClusterState | None = None
         self._groups: dict[str, _GroupEntry] = {}
@@ -221,10 +222,10 @@ class NodeCompiler:
         self._dispatch: dict[Direction, tuple[tuple[tuple[str, str], ...], _Unit]] = {}
         self._index: dict[str, _Unit] = {}  # every cached unit by its root chain
         self._local: dict[str, Pod] = {}  # selectable pods on this node, kept by deltas
-        # Which pod chains may differ from the last compile: only a policy change (for
-        # the pods of its namespace) or a change to the local pod itself can alter one.
-        # Peer-group and named-port rebuilds keep chain names, so other changes skip
-        # the walk over the node's pods.
+        # Which pod chains may differ from the last compile: only a policy change or an
+        # egress named-port rebuild (for the pods of its namespace) or a change to the
+        # local pod itself can alter one. Peer-group rebuilds keep chain names, so other
+        # changes skip the walk over the node's pods.
         self._dirty_namespaces: set[str] = set()
         self._dirty_pods: set[str] = set()
         self.rebuilt: dict[str, int] = defaultdict(int)  # what the last compile rebuilt
@@ -372,6 +373,9 @@ class NodeCompiler:
                 del self._policies[name]
                 self._index.pop(name, None)
                 self._policy(state, entry.policy, Direction.EGRESS, entry.target)
+                # The chain may have become empty or non-empty: verdict chains list
+                # only policies that can allow something.
+                self._dirty_namespaces.add(entry.policy.namespace)
 
     def _evict(self, reachable: set[str]) -> None:
         self._groups = {k: v for k, v in self._groups.items() if k in reachable}
@@ -397,13 +401,7 @@ class NodeCompiler:
 
     def _allow(self, comment: str, *, policy: str = "", pod: str = "") -> Rule:
         """Set the allow mark; the caller's next ``mark? RETURN`` acts on it."""
-        return Rule(
-            "MARK",
-            comment,
-            target_options=(("--set-xmark", self.config.mark_text),),
-            policy=policy,
-            pod=pod,
-        )
+        return Rule("MARK", comment, target_options=self._allow_options, policy=policy, pod=pod)
 
     def _unit(self, chains: Sequence[Chain]) -> _Unit:
         own = {chain.name for chain in chains}
@@ -594,6 +592,11 @@ class NodeCompiler:
         members = group.members
         version = self.version
 
+        # The hottest loop of a full compile (one rule per peer address): rules are built
+        # directly rather than through _allow and _at.
+        at_source = group.spec.direction is Direction.INGRESS
+        allow_options = self._allow_options
+
         def leaf_rules(addresses: Sequence[int]) -> list[Rule]:
             rules: list[Rule] = []
             position = 0
@@ -603,11 +606,19 @@ class NodeCompiler:
                 while position < len(addresses) and addresses[position] <= last:
                     inside.extend(sorted(members[addresses[position]]))
                     position += 1
-                if len(inside) == 1:
-                    allow = self._allow(f"peer pod {inside[0]}", pod=inside[0])
-                else:
-                    allow = self._allow(f"peer pods {inside[0]} +{len(inside) - 1}")
-                rules.append(self._at(group.spec.direction, self._text(block), allow))
+                pod = inside[0] if len(inside) == 1 else ""
+                comment = f"peer pod {pod}" if pod else f"peer pods {inside[0]} +{len(inside) - 1}"
+                address = self._text(block)
+                rules.append(
+                    Rule(
+                        "MARK",
+                        comment,
+                        source=address if at_source else None,
+                        destination=None if at_source else address,
+                        target_options=allow_options,
+                        pod=pod,
+                    )
+                )
             return rules
 
         chains = self._tree(

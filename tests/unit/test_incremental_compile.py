@@ -21,7 +21,7 @@ from agent.compiler.compile import NodeCompiler
 from agent.compiler.config import CompilerConfig
 from agent.compiler.ruleset import Family
 from agent.model import parse
-from agent.model.objects import Namespace, NetworkPolicy, Pod, PodPhase
+from agent.model.objects import Namespace, NetworkPolicy, Pod, PodPhase, Protocol
 from agent.policy.state import ClusterState
 
 NODE = "node-a"
@@ -220,4 +220,19 @@ def test_an_address_reused_by_a_new_pod_gets_the_new_pods_groups_only() -> None:
     changed = ClusterState(
         namespaces=state.namespaces, pods=pods, policies=state.policies, nodes=state.nodes
     )
+    assert compiler.compile(changed) == NodeCompiler(NODE, Family.IPV4, CONFIG).compile(changed)
+
+
+def test_a_new_pod_serving_a_named_port_makes_the_egress_policy_live_for_other_pods() -> None:
+    # Found by the property test above (seed 3): no destination served "http", so the
+    # egress policy allowed nothing and the local pods' verdict chains left it out. A new
+    # pod serving it must bring the policy into the chains of the pods it selects,
+    # although neither the policy nor those pods changed.
+    rng = random.Random(3)
+    state = _initial(3, 5)
+    compiler = NodeCompiler(NODE, Family.IPV4, CONFIG)
+    compiler.compile(state)
+    changed = _mutate(state, rng, 0)
+    added = changed.pods.keys() - state.pods.keys()
+    assert [changed.pods[key].resolve_named_port("http", Protocol.TCP) for key in added] == [80]
     assert compiler.compile(changed) == NodeCompiler(NODE, Family.IPV4, CONFIG).compile(changed)
