@@ -571,7 +571,7 @@ class NodeCompiler:
             spec, members, sorted(members), subtrees=previous.subtrees if previous else {}
         )
         self._groups[name] = group
-        if previous is None:
+        if previous is None or previous.unit is None:
             self._render_group(name, group)
             return
         # Rebuilt from scratch (a namespace relabel): re-render only where it moved.
@@ -580,8 +580,8 @@ class NodeCompiler:
             for address in previous.members.keys() | members.keys()
             if previous.members.get(address) != members.get(address)
         }
-        if dirty or previous.unit is None:
-            self._render_group(name, group, dirty if previous.unit is not None else None)
+        if dirty:
+            self._render_group(name, group, dirty)
         else:
             group.unit = previous.unit
 
@@ -880,8 +880,9 @@ class NodeCompiler:
                 and pod.namespace not in self._dirty_namespaces
             ):
                 live.add((pod.key, direction))
+                root = self._register(known.unit).root
                 for ip in addresses:
-                    targets.setdefault(ip, (self._register(known.unit).root, pod.key))
+                    targets.setdefault(ip, (root, pod.key))
                 continue
             policies = self._policies_selecting(state, pod, direction)
             if not policies:
