@@ -11,6 +11,7 @@ import ipaddress
 import logging
 import select
 import threading
+import time
 from collections.abc import Callable, Iterable
 
 from agent.model.objects import IPAddress
@@ -60,38 +61,66 @@ def compare_with_node_object(
 
 
 class AddressWatcher:
-    """Calls ``on_change`` with the new address set whenever the kernel's changes."""
+    """Calls ``on_change`` with the new address set whenever the kernel's changes.
 
-    def __init__(self, on_change: Callable[[tuple[IPAddress, ...]], None]) -> None:
+    The netlink subscription is opened before the addresses are read again, as a watch
+    follows its list: an address added between the first read and the subscription
+    would otherwise never be seen. A periodic re-read covers notifications the kernel
+    drops when the socket's buffer overflows (ENOBUFS).
+    """
+
+    def __init__(
+        self,
+        on_change: Callable[[tuple[IPAddress, ...]], None],
+        resync_seconds: float = 30.0,
+    ) -> None:
         self._on_change = on_change
+        self._resync_seconds = resync_seconds
         self._stop = threading.Event()
+        self._following = threading.Event()
         self._thread: threading.Thread | None = None
         self.addresses: tuple[IPAddress, ...] = read_kernel_addresses()
 
     def start(self) -> None:
+        """Returns once subscribed and caught up with changes since the first read."""
         self._thread = threading.Thread(target=self._run, name="node-addresses", daemon=True)
         self._thread.start()
+        self._following.wait(timeout=5)
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2)
 
+    def _refresh(self) -> None:
+        current = read_kernel_addresses()
+        if current != self.addresses:
+            log.info("node addresses changed: %s", ", ".join(map(str, current)) or "none")
+            self.addresses = current
+            self._on_change(current)
+
     def _run(self) -> None:
+        # pyroute2 binds a socket to the thread that uses it: this thread owns it whole.
         from pyroute2 import IPRoute
 
         try:
             with IPRoute() as ipr:
-                ipr.bind()  # address and link notifications
+                ipr.bind()  # address and link notifications from here on
+                self._refresh()
+                self._following.set()
+                last_read = time.monotonic()
                 while not self._stop.is_set():
                     ready, _, _ = select.select([ipr], [], [], 0.5)
-                    if not ready:
+                    if ready:
+                        try:
+                            ipr.get()  # drain; the address set is re-read below as a whole
+                        except OSError as error:  # ENOBUFS: notifications were lost
+                            log.warning("netlink notifications lost (%s); re-reading", error)
+                    elif time.monotonic() - last_read < self._resync_seconds:
                         continue
-                    ipr.get()  # drain; the message content is re-read below as a whole
-                    current = read_kernel_addresses()
-                    if current != self.addresses:
-                        log.info("node addresses changed: %s", ", ".join(map(str, current)))
-                        self.addresses = current
-                        self._on_change(current)
+                    self._refresh()
+                    last_read = time.monotonic()
         except Exception:  # netlink trouble must not kill the agent: addresses stay as read
             log.exception("node address watcher stopped; addresses are no longer followed")
+        finally:
+            self._following.set()

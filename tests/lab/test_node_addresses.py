@@ -16,26 +16,42 @@ from agent.model.objects import IPAddress
 
 pytestmark = pytest.mark.lab
 
+# Adds 10.9.8.7 either after the watcher started or between its first read and start():
+# both must reach on_change (the second is the race a list-then-subscribe order loses).
 WATCH = textwrap.dedent(
     """
     import subprocess, sys, threading
     from agent.control.node_addresses import AddressWatcher
+    add_before_start = sys.argv[1] == "before-start"
     seen = threading.Event()
-    changes = []
     def on_change(addresses):
-        changes.append(addresses)
         if any(str(a) == "10.9.8.7" for a in addresses):
             seen.set()
+    def add():
+        subprocess.run(["ip", "addr", "add", "10.9.8.7/24", "dev", "dummy0"], check=True)
     watcher = AddressWatcher(on_change)
     print("initial", sorted(map(str, watcher.addresses)), flush=True)
+    if add_before_start:
+        add()
     watcher.start()
-    subprocess.run(["ip", "addr", "add", "10.9.8.7/24", "dev", "dummy0"], check=True)
+    if not add_before_start:
+        add()
     ok = seen.wait(5)
     watcher.stop()
     print("followed" if ok else "missed", flush=True)
     sys.exit(0 if ok else 1)
     """
 )
+
+
+def _watch(netns: str, when: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", WATCH, when],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+    )
 
 
 @pytest.fixture
@@ -58,17 +74,18 @@ def netns() -> Iterator[str]:
 
 
 def test_kernel_addresses_are_read_and_followed_without_loopback(netns: str) -> None:
-    result = subprocess.run(
-        ["ip", "netns", "exec", netns, sys.executable, "-c", WATCH],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
-    )
+    result = _watch(netns, "after-start")
     assert result.returncode == 0, result.stdout + result.stderr
     initial = result.stdout.splitlines()[0]
     assert "192.0.2.10" in initial
     assert "127.0.0.1" not in initial and "'::1'" not in initial
+    assert "followed" in result.stdout
+
+
+def test_an_address_added_before_the_watch_starts_is_not_lost(netns: str) -> None:
+    result = _watch(netns, "before-start")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "10.9.8.7" not in result.stdout.splitlines()[0]
     assert "followed" in result.stdout
 
 
