@@ -3,7 +3,10 @@
 Order inside the transaction:
 1. ``:CHAIN - [0:0]`` for every chain we create, rewrite or delete. With --noflush,
    declaring an existing chain flushes it, and every chain a later line refers to must be
-   declared before that line.
+   declared before that line. Declared in reverse name order: iptables-nft-restore
+   (1.8.9) keeps its chain cache sorted by inserting each new chain before the first
+   greater name, scanning from the head, so ascending declarations cost O(n²) string
+   compares (3,205 declarations alone: 70 ms ascending, 20 ms descending).
 2. ``-A`` lines of created and rewritten chains, chain by chain in name order. Order
    inside the transaction does not change what packets see, but it changes what
    iptables-nft-restore (1.8.9) costs: its chain-name lookups walk lists, so a payload in
@@ -27,7 +30,7 @@ def render_restore(plan: TablePlan) -> str:
     if plan.is_noop:
         return ""
     lines = ["*filter"]
-    lines += sorted(f":{change.name} - [0:0]" for change in plan.changes)
+    lines += sorted((f":{change.name} - [0:0]" for change in plan.changes), reverse=True)
     for chain in sorted(plan.chains_to_write, key=lambda chain: chain.name):
         lines.extend(chain.render_rules())
     lines += [f"-D {FORWARD} {jump.spec}" for jump in plan.jump_removals]
