@@ -41,6 +41,7 @@ from agent.control.source import (
     same_content,
     trim,
 )
+from agent.runtime.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -200,25 +201,7 @@ def describe_identity(configuration: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------
-# Retry policy and log volume
-
-
-class Backoff:
-    """Capped exponential backoff with full jitter: sleep uniform(0, min(cap, base*2^n))."""
-
-    def __init__(self, initial: float, cap: float, rng: random.Random | None = None) -> None:
-        self._initial = initial
-        self._cap = cap
-        self._attempts = 0
-        self._rng = rng or random.Random()
-
-    def next_delay(self) -> float:
-        ceiling = min(self._cap, self._initial * (2 ** min(self._attempts, 30)))
-        self._attempts += 1
-        return self._rng.uniform(0, ceiling)
-
-    def reset(self) -> None:
-        self._attempts = 0
+# Log volume
 
 
 class FailureLog:
@@ -286,7 +269,10 @@ class _KindWatcher:
         self._lock = threading.Lock()
         self._health = KindHealth()
         self._response: Any = None  # the open HTTP response, so stop() can cut it
-        self._backoff = Backoff(config.backoff_initial_seconds, config.backoff_max_seconds)
+        # Full jitter: the agents of a large cluster must not reconnect in step.
+        self._backoff = Backoff(
+            config.backoff_initial_seconds, config.backoff_max_seconds, jitter=1.0
+        )
         self._failures = FailureLog(log, f"{resource.plural} list/watch", config.log_repeat_seconds)
         self._thread = threading.Thread(
             target=self._run, name=f"kube-source-{self._kind.value}", daemon=True

@@ -56,6 +56,8 @@ class SyncOutcome:
     rulesets: Mapping[Family, Ruleset] = field(default_factory=dict)
     report: SyncReport | None = None  # None when the dataplane write failed entirely
     error: str | None = None
+    # The families whose write failed, and why (the others were written).
+    family_errors: Mapping[Family, str] = field(default_factory=dict)
 
     @property
     def succeeded(self) -> bool:

@@ -1,19 +1,24 @@
 """Keep this node's chains equal to what the cluster state says, as the state changes.
 
 The source delivers changes; the reconciler folds them into its store of model objects,
-coalesces bursts (at most one pass per ``min_interval``), and runs a pass: snapshot →
-compile per family → ``Dataplane.sync`` (which diffs per-chain hashes read back from the
-kernel and writes only changed chains, one restore per family). A full pass every
-``resync_period`` rewrites drifted chains. A failed write is retried with capped
-exponential backoff and the retry is a full pass. Nothing is written before the source
-has listed everything once, and nothing is ever flushed: on an API outage the rules stay
-as they are (fail static).
+and its loop is the one bounded-frequency runner (``agent.runtime.runner``): bursts are
+coalesced (at most one pass per ``min_interval``), a full pass every ``resync_period``
+rewrites drifted chains, and a failed pass is retried as a full pass after a jittered
+capped exponential backoff. A pass is: snapshot → compile per family →
+``Dataplane.sync`` (which diffs per-chain hashes and writes only changed chains, one
+restore per family). Nothing is written before the source has listed everything once,
+and nothing is ever flushed: on an API outage the rules stay as they are (fail static).
+
+A batch from the source is taken in whole or not at all: every object is parsed first
+(an object that cannot be parsed becomes a logged problem and counts as absent, which
+fails closed for what it selected), then the store is updated under the lock. If the
+sink raises anyway, nothing of the batch was taken, and the source must not record the
+batch as delivered (it retries it).
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -37,10 +42,20 @@ from agent.dataplane.table import Dataplane, DataplaneSyncError, SyncReport
 from agent.model import parse
 from agent.model.objects import Direction, IPAddress, Namespace, NetworkPolicy, Node, Pod
 from agent.policy.state import ClusterState
+from agent.runtime.backoff import Backoff
+from agent.runtime.runner import BoundedFrequencyRunner, Clock, Reason
 
 log = logging.getLogger(__name__)
 
 ModelObject = Pod | Namespace | NetworkPolicy | Node
+
+_REASONS = {
+    Cause.INITIAL: Reason.FIRST,
+    Cause.RETRY: Reason.RETRY,
+    Cause.RESYNC: Reason.RESYNC,
+    Cause.CHANGE: Reason.REQUEST,
+    Cause.NODE_ADDRESSES: Reason.REQUEST,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,61 +103,59 @@ class Reconciler:
         observers: Iterable[SyncObserver] = (),
         kernel_addresses: Callable[[], tuple[IPAddress, ...]] | None = None,
         on_heartbeat: Callable[[], None] | None = None,
+        clock: Clock = time.monotonic,
+        wait: Callable[[float], None] | None = None,
     ) -> None:
         self.config = config
         self.source = source
         self.dataplane = dataplane
         self._observers = tuple(observers)
         self._kernel_addresses = kernel_addresses
-        self._on_heartbeat = on_heartbeat
         self._lock = threading.Lock()
-        self._wake = threading.Event()
         self._store: dict[Kind, dict[str, ModelObject]] = {kind: {} for kind in Kind}
         self._pending: list[ObjectChange] = []
         self._dirty = False
         self._addresses_changed = False
-        self._initial_done = False
-        self._last_pass = 0.0
-        self._last_full = 0.0
-        self._retry_at: float | None = None
-        self._retry_delay = config.retry_initial
         self.last_outcome: SyncOutcome | None = None
+        self.runner = BoundedFrequencyRunner(
+            "reconciler",
+            self._run_for,
+            min_interval=config.min_interval,
+            resync_period=config.resync_period,
+            backoff=Backoff(config.retry_initial, config.retry_max, jitter=0.5),
+            clock=clock,
+            wait=wait,
+            ready=lambda: self.source.synced,
+            on_tick=on_heartbeat,
+        )
         self._address_warnings: set[str] = set()
         # One incremental compiler per family: each pass recompiles only what changed.
         self._compilers = {
             family: NodeCompiler(config.node_name, family, config.compiler)
             for family in config.families
         }
-        self.heartbeat = time.monotonic()
 
     # --- input -------------------------------------------------------------------------
 
     def on_changes(self, changes: Sequence[Change]) -> None:
-        """The source's sink: fold a batch into the store and wake the loop."""
+        """The source's sink: fold a batch into the store and wake the loop.
+
+        All or nothing: the batch is parsed first, then applied under the lock. A raise
+        from here means nothing of the batch was taken (the source keeps it owed).
+        """
         now = time.time()
+        parsed = [(change, self._parse_change(change)) for change in changes]
         taken: list[ObjectChange] = []
         with self._lock:
-            store_changed = False
-            for change in changes:
+            for change, new in parsed:
                 bucket = self._store[change.kind]
+                if new is None:
+                    # Deleted, or unusable as a whole: forget it (fail closed for what it
+                    # selected).
+                    if bucket.pop(change.key, None) is not None:
+                        taken.append(ObjectChange(change.kind, change.key, "deleted", (), now))
+                    continue
                 old = bucket.get(change.key)
-                if change.obj is None:
-                    if bucket.pop(change.key, None) is not None:
-                        taken.append(ObjectChange(change.kind, change.key, "deleted", (), now))
-                        store_changed = True
-                    continue
-                try:
-                    new = _parse(change.kind, change.obj)
-                except parse.InvalidObject as error:
-                    # Unusable as a whole: forget it, as if deleted, and say why.
-                    log.warning("%s %s ignored: %s", change.kind.value, change.key, error)
-                    if bucket.pop(change.key, None) is not None:
-                        taken.append(ObjectChange(change.kind, change.key, "deleted", (), now))
-                        store_changed = True
-                    continue
-                if isinstance(new, NetworkPolicy):
-                    for problem in new.problems:
-                        log.warning("%s", problem)
                 if old == new:
                     continue
                 bucket[change.key] = new
@@ -151,79 +164,72 @@ class Reconciler:
                 else:
                     fields = _changed_fields(old, new)
                     taken.append(ObjectChange(change.kind, change.key, "updated", fields, now))
-                store_changed = True
-            if store_changed:
+            if taken:
                 self._pending.extend(taken)
                 self._dirty = True
-        if store_changed:
+        if taken:
             for observer in self._observers:
                 observer.changes_queued(now)
-            self._wake.set()
+            self.runner.request()
+
+    @staticmethod
+    def _parse_change(change: Change) -> ModelObject | None:
+        """The model object, or None for a delete and for an object that cannot be used."""
+        if change.obj is None:
+            return None
+        try:
+            new = _parse(change.kind, change.obj)
+        except parse.InvalidObject as error:
+            log.warning("%s %s ignored: %s", change.kind.value, change.key, error)
+            return None
+        except Exception as error:  # a parser bug must cost this object only, not the batch
+            log.warning(
+                "%s %s ignored: cannot parse it (%s: %s)",
+                change.kind.value,
+                change.key,
+                type(error).__name__,
+                error,
+            )
+            log.debug("parse failure of %s %s", change.kind.value, change.key, exc_info=True)
+            return None
+        if isinstance(new, NetworkPolicy):
+            for problem in new.problems:
+                log.warning("%s", problem)
+        return new
 
     def on_node_addresses(self, _: tuple[IPAddress, ...]) -> None:
         with self._lock:
             self._addresses_changed = True
-        self._wake.set()
+        self.runner.request()
 
     # --- the loop ----------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
         """Reconcile until ``stop`` is set. Rules stay in place when it returns."""
-        while not stop.is_set():
-            self._beat()
-            wait = self._seconds_until_due()
-            self._wake.wait(timeout=min(wait, 1.0))
-            if stop.is_set():
-                break
-            self._wake.clear()
-            self._beat()
-            if not self.source.synced:
-                # Never write rules from a partial view of the cluster. The source does not
-                # signal when it becomes synced and the wait above is 0 s until the initial
-                # pass, so poll here instead of spinning a CPU (e.g. for as long as RBAC
-                # forbids the lists).
-                stop.wait(0.05)
-                continue
-            # Coalesce bursts: at most one pass per min_interval.
-            since = time.monotonic() - self._last_pass
-            if since < self.config.min_interval and stop.wait(self.config.min_interval - since):
-                break
-            cause = self._due_cause()
-            if cause is not None:
-                self.run_pass(cause)
+        self.runner.run(stop)
 
-    def _beat(self) -> None:
-        """The loop is alive: it wakes at least every second, idle or not."""
-        self.heartbeat = time.monotonic()
-        if self._on_heartbeat is not None:
-            self._on_heartbeat()
+    def wake(self) -> None:
+        """Make the loop look at ``stop`` (and anything due) now."""
+        self.runner.interrupt()
 
-    def _seconds_until_due(self) -> float:
-        now = time.monotonic()
-        if self._retry_at is not None:
-            # A failed write waits out its backoff, whatever else is pending.
-            return max(0.0, self._retry_at - now)
-        with self._lock:
-            if self._dirty or self._addresses_changed or not self._initial_done:
-                return 0.0
-        return max(0.0, self._last_full + self.config.resync_period - now)
+    def _run_for(self, reason: Reason) -> bool:
+        cause = self._cause(reason)
+        if cause is None:
+            return True  # a request whose changes an explicit pass already took in
+        return self.run_pass(cause, record=False).succeeded
 
-    def _due_cause(self) -> Cause | None:
-        now = time.monotonic()
-        if self._retry_at is not None:
-            # Also after a failed initial pass: back off, then rewrite everything.
-            return Cause.RETRY if now >= self._retry_at else None
-        with self._lock:
-            dirty = self._dirty
-            addresses = self._addresses_changed
-        if not self._initial_done:
+    def _cause(self, reason: Reason) -> Cause | None:
+        if reason is Reason.FIRST:
             return Cause.INITIAL
-        if now - self._last_full >= self.config.resync_period:
+        if reason is Reason.RETRY:
+            return Cause.RETRY  # also after a failed initial pass: rewrite everything
+        if reason is Reason.RESYNC:
             return Cause.RESYNC
-        if dirty:
-            return Cause.CHANGE
-        if addresses:
-            return Cause.NODE_ADDRESSES
+        with self._lock:
+            if self._dirty:
+                return Cause.CHANGE
+            if self._addresses_changed:
+                return Cause.NODE_ADDRESSES
         return None
 
     # --- one pass ----------------------------------------------------------------------
@@ -261,7 +267,8 @@ class Reconciler:
             for family, compiler in self._compilers.items()
         }
 
-    def run_pass(self, cause: Cause) -> SyncOutcome:
+    def run_pass(self, cause: Cause, *, record: bool = True) -> SyncOutcome:
+        """One pass. ``record=False`` when the runner called it (it accounts for itself)."""
         started_wall = time.time()
         started = time.monotonic()
         full = cause in (Cause.INITIAL, Cause.RESYNC, Cause.RETRY)
@@ -272,38 +279,44 @@ class Reconciler:
             self._addresses_changed = False
         state = self.snapshot()
         compile_started = time.monotonic()
-        rulesets = self.compile(state)
-        compile_seconds = time.monotonic() - compile_started
+        rulesets: dict[Family, Ruleset] = {}
         report: SyncReport | None = None
         error: str | None = None
+        family_errors: dict[Family, str] = {}
         try:
-            # The initial pass adopts what a previous instance programmed: it writes only
-            # chains whose hashes differ, so no window opens. A resync reads the kernel
-            # back and rewrites what drifted; after a failure everything is rewritten.
-            report = self.dataplane.sync(
-                rulesets, full=cause is Cause.RETRY, verify=cause is Cause.RESYNC
-            )
-        except DataplaneSyncError as failure:
-            report = failure.report
-            error = str(failure)
-        except BackendError as failure:
-            error = str(failure)
-        now = time.monotonic()
-        self._last_pass = now
-        if full:
-            self._last_full = now
+            rulesets = self.compile(state)
+        except Exception as failure:  # a compiler bug: write nothing, keep the rules
+            log.error("compile failed", exc_info=True)
+            error = f"compile failed: {type(failure).__name__}: {failure}"
+            # Its incremental caches may be half updated: the retry starts from scratch.
+            self._compilers = {
+                family: NodeCompiler(self.config.node_name, family, self.config.compiler)
+                for family in self.config.families
+            }
+        compile_seconds = time.monotonic() - compile_started
         if error is None:
-            self._initial_done = True
-            self._retry_at = None
-            self._retry_delay = self.config.retry_initial
-        else:
-            delay = random.uniform(self._retry_delay / 2, self._retry_delay)
-            log.error("sync failed (%s); retrying in %.1fs with a full rewrite", error, delay)
-            self._retry_at = now + delay
-            self._retry_delay = min(self._retry_delay * 2, self.config.retry_max)
+            try:
+                # The initial pass adopts what a previous instance programmed: it writes
+                # only chains whose hashes differ, so no window opens. A resync reads the
+                # kernel back and rewrites what drifted; after a failure everything is
+                # rewritten.
+                report = self.dataplane.sync(
+                    rulesets, full=cause is Cause.RETRY, verify=cause is Cause.RESYNC
+                )
+            except DataplaneSyncError as failure:
+                report = failure.report
+                error = str(failure)
+                family_errors = {family: str(e) for family, e in failure.errors.items()}
+            except BackendError as failure:
+                error = str(failure)
+                family_errors = {family: error for family in rulesets}
+        if error is not None:
+            log.error("sync (%s) failed: %s; will retry with a full rewrite", cause.value, error)
             with self._lock:
-                # Changes not programmed yet are still owed; keep them for the next pass.
+                # Not applied: the changes are still owed to the next pass.
                 self._pending[:0] = changes
+        if record:
+            self.runner.record(_REASONS[cause], error is None)
         outcome = SyncOutcome(
             cause=cause,
             full=full,
@@ -315,6 +328,7 @@ class Reconciler:
             rulesets=rulesets,
             report=report,
             error=error,
+            family_errors=family_errors,
         )
         self.last_outcome = outcome
         for observer in self._observers:

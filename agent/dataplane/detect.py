@@ -16,6 +16,7 @@ from typing import Literal
 
 from agent.dataplane.backend import Backend, BackendError
 from agent.dataplane.restore_backend import Mode, RestoreBackend
+from agent.runtime.backoff import Backoff
 
 KUBELET_HINT_CHAINS = ("KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY")
 
@@ -68,15 +69,17 @@ def detect_mode(
     proc_net: str | None = None,
     attempts: int = 3,
     retry_delay_seconds: float = 1.0,
+    sleep: Callable[[float], object] = time.sleep,
 ) -> Mode:
     last_error: BackendError | None = None
+    backoff = Backoff(max(retry_delay_seconds, 1e-3), max(retry_delay_seconds, 1e-3) * 4)
     for attempt in range(attempts):
         try:
             return _detect_once(runner, proc_net or proc_net_dir())
         except BackendError as error:
             last_error = error
-            if attempt + 1 < attempts:
-                time.sleep(retry_delay_seconds)
+            if attempt + 1 < attempts and retry_delay_seconds > 0:
+                sleep(backoff.next_delay())
     raise DetectionError(f"cannot detect the iptables backend: {last_error}") from last_error
 
 

@@ -1,0 +1,1 @@
+"""Runtime building blocks with no knowledge of policy: one backoff, one runner."""
