@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn, TypeVar
 
+from agent import config
 from agent.compiler.compile import compile_node
 from agent.compiler.config import (
     DEFAULT_CHAIN_PREFIX,
@@ -20,14 +20,25 @@ from agent.compiler.config import (
     node_addresses,
 )
 from agent.compiler.ruleset import Family
-from agent.model.objects import IPAddress, Protocol
+from agent.config import (
+    BACKENDS,
+    DEFAULT_METRICS_ADDRESS,
+    DEFAULT_RULE_LOG,
+    AgentConfig,
+    ConfigError,
+    Intervals,
+    RuleLogConfig,
+    SourceConfig,
+)
+from agent.model.objects import Protocol
+from agent.observability.logs import configure_logging
+from agent.observability.rulelog import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES
 from agent.policy.explain import EndpointError, Verdict, explain, resolve_endpoint
 from agent.policy.state import BuiltState, build_state
 
 log = logging.getLogger("netpol-agent")
 
-DEFAULT_METRICS_ADDRESS = "0.0.0.0:9872"
-DEFAULT_RULE_LOG = "/var/log/netpol-agent.log"
+T = TypeVar("T")
 
 
 class UsageError(Exception):
@@ -52,11 +63,37 @@ def _report_problems(built: BuiltState) -> None:
         log.warning("%s", problem)
 
 
-def _mark(text: str) -> int:
-    try:
-        return int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number (e.g. 0x1000)") from None
+def _flag(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse ``type=``: a ConfigError becomes argparse's own usage error (exit 2)."""
+
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except ConfigError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    convert.__name__ = parse.__name__.removeprefix("parse_")
+    return convert
+
+
+def _seconds(flag: str, *, positive: bool) -> Callable[[str], float]:
+    def parse_seconds_flag(text: str) -> float:
+        return config.parse_seconds(flag, text, positive=positive)
+
+    return _flag(parse_seconds_flag)
+
+
+def _count(flag: str, minimum: int) -> Callable[[str], int]:
+    def parse_count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ConfigError(f"{flag} {text!r} is not a whole number") from None
+        if value < minimum:
+            raise ConfigError(f"{flag} {value} is below {minimum}")
+        return value
+
+    return _flag(parse_count)
 
 
 def _add_compiler_options(parser: argparse.ArgumentParser) -> None:
@@ -67,7 +104,7 @@ def _add_compiler_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--allow-mark",
-        type=_mark,
+        type=_flag(config.parse_mark),
         default=DEFAULT_MARK,
         help="the one packet-mark bit used inside our chains (default %(default)#x)",
     )
@@ -76,29 +113,43 @@ def _add_compiler_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _usage_error(args: argparse.Namespace, message: str) -> NoReturn:
+    """argparse's own usage error for the subcommand: usage line, message, exit 2."""
+    parser: argparse.ArgumentParser = args.parser
+    parser.error(message)
+
+
 def compiler_config(args: argparse.Namespace) -> CompilerConfig:
     try:
-        return CompilerConfig(
-            chain_prefix=args.chain_prefix, allow_mark=args.allow_mark, reject=args.reject
+        return config.compiler_config(args.chain_prefix, args.allow_mark, args.reject)
+    except ConfigError as error:
+        _usage_error(args, str(error))
+
+
+def agent_config(args: argparse.Namespace) -> AgentConfig:
+    """``run``'s flags as a validated ``AgentConfig``; a bad value is a usage error."""
+    try:
+        rule_log = (
+            RuleLogConfig(args.rule_log, args.rule_log_max_bytes, args.rule_log_backups)
+            if args.rule_log
+            else None
         )
-    except ValueError as error:
-        raise UsageError(str(error)) from None
-
-
-def _families(text: str | None) -> tuple[Family, ...]:
-    if not text:
-        return (Family.IPV4, Family.IPV6)
-    try:
-        return tuple(Family(part.strip()) for part in text.split(","))
-    except ValueError:
-        raise UsageError(f"--family takes ipv4, ipv6 or both, not {text!r}") from None
-
-
-def _node_ips(values: Sequence[str]) -> tuple[IPAddress, ...]:
-    try:
-        return tuple(ipaddress.ip_address(v) for v in values)
-    except ValueError as error:
-        raise UsageError(f"--node-ip: {error}") from None
+        return AgentConfig(
+            node_name=args.node or "",
+            families=args.family,
+            compiler=config.compiler_config(args.chain_prefix, args.allow_mark, args.reject),
+            backend=args.backend,
+            source=SourceConfig(file=args.source_file, kubeconfig=args.kubeconfig),
+            node_ips=tuple(args.node_ip),
+            kernel_addresses=not args.no_kernel_addresses,
+            once=args.once,
+            intervals=Intervals(min_sync=args.min_sync_interval, resync=args.resync_period),
+            metrics_address=args.metrics_address,
+            rule_log=rule_log,
+            verbose=args.verbose,
+        )
+    except ConfigError as error:
+        _usage_error(args, str(error))
 
 
 # --- render ------------------------------------------------------------------------------
@@ -111,12 +162,12 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     built = load_state_file(args.file)
     _report_problems(built)
-    config = compiler_config(args)
-    node = NodeContext(args.node, node_addresses(built.state, args.node, _node_ips(args.node_ip)))
-    for family in _families(args.family):
-        ruleset = compile_node(built.state, node, family, config)
+    compiler = compiler_config(args)
+    node = NodeContext(args.node, node_addresses(built.state, args.node, tuple(args.node_ip)))
+    for family in args.family:
+        ruleset = compile_node(built.state, node, family, compiler)
         empty = ProgrammedState(
-            family=family, prefix=config.chain_prefix, chains={}, forward_jumps=()
+            family=family, prefix=compiler.chain_prefix, chains={}, forward_jumps=()
         )
         payload = render_restore(plan_table(ruleset, empty))
         binary = "iptables-restore" if family is Family.IPV4 else "ip6tables-restore"
@@ -166,7 +217,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     built = load_state_file(args.file)
     _report_problems(built)
     port, protocol = _port(args.port)
-    version = 6 if args.family == "ipv6" else 4
+    version = 6 if args.family == (Family.IPV6,) else 4
     try:
         source = resolve_endpoint(built.state, args.source, version)
         destination = resolve_endpoint(built.state, args.destination, version)
@@ -195,15 +246,19 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from agent.control.runner import run_agent
+    from agent import app
 
-    return run_agent(args, compiler_config(args))
+    return app.run(agent_config(args))
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    from agent.control.runner import cleanup
+    from agent import app
 
-    return cleanup(args)
+    try:  # validates --chain-prefix
+        config.compiler_config(args.chain_prefix, DEFAULT_MARK, False)
+    except ConfigError as error:
+        _usage_error(args, str(error))
+    return app.cleanup(args.backend, args.family, args.chain_prefix)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -213,25 +268,40 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
+    families = _flag(config.parse_families)
+    node_ip = _flag(config.parse_node_ip)
+    backend = _flag(config.parse_backend)
 
     render = commands.add_parser("render", help="print the iptables-restore payload; touch nothing")
     render.add_argument("--node", required=True, help="the node to render for")
     render.add_argument(
         "-f", "--file", required=True, help="multi-document YAML of cluster objects"
     )
-    render.add_argument("--family", choices=["ipv4", "ipv6"], help="one family only")
-    render.add_argument("--node-ip", action="append", default=[], help="extra node address")
+    render.add_argument(
+        "--family",
+        type=families,
+        default=config.parse_families(None),
+        help="ipv4 or ipv6: one family only",
+    )
+    render.add_argument(
+        "--node-ip", type=node_ip, action="append", default=[], help="extra node address"
+    )
     _add_compiler_options(render)
-    render.set_defaults(func=cmd_render)
+    render.set_defaults(func=cmd_render, parser=render)
 
     why = commands.add_parser("explain", help="is a connection allowed, and which policies decide")
     why.add_argument("-f", "--file", required=True, help="multi-document YAML of cluster objects")
     why.add_argument("--from", dest="source", required=True, help="NS/POD or an IP address")
     why.add_argument("--to", dest="destination", required=True, help="NS/POD or an IP address")
     why.add_argument("--port", required=True, help="PORT[/TCP|UDP|SCTP], e.g. 80/TCP")
-    why.add_argument("--family", choices=["ipv4", "ipv6"], default="ipv4")
+    why.add_argument(
+        "--family",
+        type=_flag(_one_family),
+        default=(Family.IPV4,),
+        help="ipv4 (default) or ipv6",
+    )
     why.add_argument("--json", action="store_true", help="machine-readable output")
-    why.set_defaults(func=cmd_explain)
+    why.set_defaults(func=cmd_explain, parser=why)
 
     run = commands.add_parser("run", help="program this node and keep it programmed")
     run.add_argument(
@@ -244,23 +314,42 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--kubeconfig", help="kubeconfig path (default: in-cluster service account)"
     )
-    run.add_argument("--once", action="store_true", help="sync once and exit")
+    run.add_argument(
+        "--once",
+        action="store_true",
+        help="sync once and exit (no metrics, health endpoints or rule log)",
+    )
     run.add_argument(
         "--backend",
-        choices=["auto", "nft", "legacy", "iptc"],
+        type=backend,
         default=os.environ.get("NETPOL_AGENT_BACKEND", "auto"),
-        help="iptables backend (default: detect as kubelet does)",
+        help=f"iptables backend: {', '.join(BACKENDS)} (default: detect as kubelet does)",
     )
-    run.add_argument("--family", help="ipv4, ipv6 or ipv4,ipv6 (default both)")
-    run.add_argument("--node-ip", action="append", default=[], help="extra node address")
+    run.add_argument(
+        "--family",
+        type=families,
+        default=config.parse_families(None),
+        help="ipv4, ipv6 or ipv4,ipv6 (default both)",
+    )
+    run.add_argument(
+        "--node-ip", type=node_ip, action="append", default=[], help="extra node address"
+    )
     run.add_argument(
         "--no-kernel-addresses",
         action="store_true",
         help="do not read this node's addresses from the kernel",
     )
-    run.add_argument("--min-sync-interval", type=float, default=0.1, help="seconds between syncs")
     run.add_argument(
-        "--resync-period", type=float, default=60.0, help="seconds between full resyncs"
+        "--min-sync-interval",
+        type=_seconds("--min-sync-interval", positive=False),
+        default=Intervals().min_sync,
+        help="seconds between syncs, at least (default %(default)s)",
+    )
+    run.add_argument(
+        "--resync-period",
+        type=_seconds("--resync-period", positive=True),
+        default=Intervals().resync,
+        help="seconds between full resyncs (default %(default)s)",
     )
     run.add_argument(
         "--metrics-address",
@@ -268,28 +357,54 @@ def _parser() -> argparse.ArgumentParser:
         help="host:port for /metrics, /healthz, /readyz ('' to disable; default %(default)s)",
     )
     run.add_argument("--rule-log", default=DEFAULT_RULE_LOG, help="rule-change log ('' to disable)")
-    run.add_argument("--rule-log-max-bytes", type=int, default=10 * 1024 * 1024)
-    run.add_argument("--rule-log-backups", type=int, default=3)
+    run.add_argument(
+        "--rule-log-max-bytes",
+        type=_count("--rule-log-max-bytes", 1),
+        default=DEFAULT_MAX_BYTES,
+    )
+    run.add_argument(
+        "--rule-log-backups",
+        type=_count("--rule-log-backups", 0),
+        default=DEFAULT_BACKUPS,
+    )
     _add_compiler_options(run)
-    run.set_defaults(func=cmd_run)
+    run.set_defaults(func=cmd_run, parser=run)
 
     clean = commands.add_parser("cleanup", help="remove every chain and jump the agent owns")
-    clean.add_argument("--backend", choices=["auto", "nft", "legacy", "iptc"], default="auto")
-    clean.add_argument("--family", help="ipv4, ipv6 or ipv4,ipv6 (default both)")
+    clean.add_argument("--backend", type=backend, default="auto")
+    clean.add_argument(
+        "--family",
+        type=families,
+        default=config.parse_families(None),
+        help="ipv4, ipv6 or ipv4,ipv6 (default both)",
+    )
     clean.add_argument("--chain-prefix", default=DEFAULT_CHAIN_PREFIX)
-    clean.set_defaults(func=cmd_cleanup)
+    clean.set_defaults(func=cmd_cleanup, parser=clean)
     return parser
 
 
+def _one_family(text: str) -> tuple[Family, ...]:
+    families = config.parse_families(text)
+    if len(families) != 1:
+        raise ConfigError(f"--family takes ipv4 or ipv6 here, not {text!r}")
+    return families
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exit_:  # a usage error (2) or --help (0): argparse printed it
+        return exit_.code if isinstance(exit_.code, int) else 2
+    # run/cleanup log to stdout (the container log); render/explain print their result
+    # on stdout, so their warnings go to stderr.
+    daemon = args.command in ("run", "cleanup")
+    configure_logging(
+        verbose=args.verbose, stream=sys.stdout if daemon else sys.stderr, plain=not daemon
     )
     try:
         result: int = args.func(args)
+    except SystemExit as exit_:  # a usage error found after parsing (parser.error)
+        return exit_.code if isinstance(exit_.code, int) else 2
     except UsageError as error:
         print(f"netpol-agent {args.command}: {error}", file=sys.stderr)
         return 2

@@ -2,8 +2,12 @@
 
 ``/healthz``  200 while every registered loop has ticked its heartbeat recently; 500 with
               the stale loop's name otherwise (the kubelet restarts the container).
-``/readyz``   200 once the initial sync succeeded and a sync succeeded within
-              ``ready_window`` seconds; 503 with a plain-text reason otherwise.
+``/readyz``   200 once the initial sync succeeded, a sync succeeded within
+              ``ready_window`` seconds, the source is not failing (a file that cannot
+              be read, a list/watch that fails) and no family's last write failed;
+              503 otherwise, with one line per failing part, e.g.
+              ``source failing: Pod, Namespace: 403 Forbidden…`` or
+              ``ipv6 sync failing (3 attempts): ip6tables-restore failed…``.
 ``/metrics``  the Prometheus exposition of the agent's registry.
 
 The server is stdlib ``http.server`` (``ThreadingHTTPServer``) in a daemon thread: a hung
@@ -12,10 +16,8 @@ request cannot block the reconciler, and the process exits without waiting for i
 
 from __future__ import annotations
 
-import datetime
 import logging
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -26,7 +28,9 @@ from typing import Any, ClassVar, Final
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from agent.compiler.ruleset import Family
 from agent.control.outcome import SyncOutcome
+from agent.control.source import SourceHealth
 
 log = logging.getLogger("netpol-agent.health")
 
@@ -58,6 +62,7 @@ class HealthState:
         ready_window: float = DEFAULT_READY_WINDOW,
         loops: Iterable[str] = (RECONCILER,),
         clock: Callable[[], float] = time.monotonic,
+        source_health: Callable[[], SourceHealth] | None = None,
     ) -> None:
         if heartbeat_timeout <= 0 or ready_window <= 0:
             raise ValueError("heartbeat_timeout and ready_window must be positive")
@@ -72,6 +77,9 @@ class HealthState:
         self._last_success: float | None = None
         self._last_error: str | None = None
         self._failures_in_a_row = 0
+        self._source_health = source_health
+        # Per family: (error, failed attempts in a row) while its last write failed.
+        self._family_failures: dict[Family, tuple[str, int]] = {}
 
     def heartbeat(self, loop: str = RECONCILER) -> None:
         now = self._clock()
@@ -93,6 +101,12 @@ class HealthState:
             else:
                 self._last_error = outcome.error
                 self._failures_in_a_row += 1
+            if outcome.report is not None:
+                for family in outcome.report.families:
+                    self._family_failures.pop(family, None)
+            for family, error in outcome.family_errors.items():
+                _, attempts = self._family_failures.get(family, ("", 0))
+                self._family_failures[family] = (error, attempts + 1)
 
     def liveness(self) -> Check:
         now = self._clock()
@@ -111,7 +125,15 @@ class HealthState:
         alive = self.liveness()
         if not alive.ok:
             return Check(False, alive.reason)
+        failing = self._source_failures()
         now = self._clock()
+        with self._lock:
+            for family, (family_error, attempts) in sorted(
+                self._family_failures.items(), key=lambda item: item[0].value
+            ):
+                failing.append(f"{family.value} sync failing ({attempts} attempts): {family_error}")
+        if failing:
+            return Check(False, "\n".join(failing))
         with self._lock:
             error = f": {self._last_error}" if self._last_error else ""
             if not self._initial_done:
@@ -135,6 +157,23 @@ class HealthState:
                     f"ok (last sync failed, last success {age:.0f}s ago){error}",
                 )
             return Check(True, "ok")
+
+    def _source_failures(self) -> list[str]:
+        """One line per distinct source error (a file source reports it for every kind)."""
+        if self._source_health is None:
+            return []
+        try:
+            health = self._source_health()
+        except Exception as error:  # never let a health read fail the probe itself
+            return [f"source health unavailable: {error}"]
+        kinds_by_error: dict[str, list[str]] = {}
+        for kind, kind_health in health.kinds.items():
+            if kind_health.last_error and not kind_health.connected:
+                kinds_by_error.setdefault(kind_health.last_error, []).append(kind.value)
+        return [
+            f"source failing: {', '.join(kinds)}: {error}"
+            for error, kinds in kinds_by_error.items()
+        ]
 
 
 # ---------------------------------------------------------------------------------------
@@ -281,65 +320,3 @@ class HealthServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-# ---------------------------------------------------------------------------------------
-# Logging
-
-_QUIET_LIBRARIES: Final = ("urllib3", "kubernetes", "pyroute2", "asyncio")
-_HANDLER_MARK: Final = "_netpol_agent_handler"
-
-
-def _logfmt_value(value: str) -> str:
-    if value and not any(c in value for c in ' "=\\\n\r\t'):
-        return value
-    escaped = (
-        value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
-    )
-    return f'"{escaped}"'
-
-
-class LogfmtFormatter(logging.Formatter):
-    """``ts=… level=info logger=netpol-agent.x msg="…" [key=value…] [exc="…"]``, one line.
-
-    Extra fields: ``log.info("synced", extra={"kv": {"rules": 12, "seconds": 0.03}})``.
-    """
-
-    def format(self, record: logging.LogRecord) -> str:
-        moment = datetime.datetime.fromtimestamp(record.created, tz=datetime.UTC)
-        ts = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-        parts = [
-            f"ts={ts}",
-            f"level={record.levelname.lower()}",
-            f"logger={_logfmt_value(record.name)}",
-            f"msg={_logfmt_value(record.getMessage())}",
-        ]
-        fields = getattr(record, "kv", None)
-        if isinstance(fields, dict):
-            parts.extend(f"{key}={_logfmt_value(str(value))}" for key, value in fields.items())
-        if record.exc_info:
-            parts.append(f"exc={_logfmt_value(self.formatException(record.exc_info))}")
-        elif record.exc_text:
-            parts.append(f"exc={_logfmt_value(record.exc_text)}")
-        return " ".join(parts)
-
-
-def configure_logging(verbose: bool = False, stream: Any = None) -> logging.Handler:
-    """Structured single-line logs on stdout (the container log), INFO or DEBUG.
-
-    Idempotent: a second call replaces the handler the first one installed. Chatty
-    libraries (urllib3, kubernetes client) stay at WARNING even with ``verbose``.
-    Returns the installed handler.
-    """
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, _HANDLER_MARK, False):
-            root.removeHandler(handler)
-    handler = logging.StreamHandler(stream if stream is not None else sys.stdout)
-    handler.setFormatter(LogfmtFormatter())
-    setattr(handler, _HANDLER_MARK, True)
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    for name in _QUIET_LIBRARIES:
-        logging.getLogger(name).setLevel(logging.WARNING)
-    return handler

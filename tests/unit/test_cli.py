@@ -239,3 +239,107 @@ def test_installed_command_exit_codes(tmp_path: Path) -> None:
     )
     assert (allowed.returncode, denied.returncode, broken.returncode) == (0, 1, 2)
     assert "cannot read" in broken.stderr
+
+
+# --- bad flags: argparse's usage error, exit 2, never a traceback -------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "--node", "n", "--family", "bogus"], "--family takes ipv4, ipv6"),
+        (["run", "--node", "n", "--family", "ipv4,ipv4"], "names ipv4 twice"),
+        (["run", "--node", "n", "--node-ip", "10.0.0.300"], "is not an IPv4 or IPv6 address"),
+        (["run", "--node", "n", "--node-ip", "node1"], "--node-ip 'node1'"),
+        (["run", "--node", "n", "--allow-mark", "lots"], "is not a number"),
+        (["run", "--node", "n", "--allow-mark", "0x3000"], "single bit"),
+        (["run", "--node", "n", "--allow-mark", "0x4000"], "kube-proxy"),
+        (["run", "--node", "n", "--allow-mark", "-1"], "single bit"),
+        (["run", "--node", "n", "--chain-prefix", "TOOLONGPREFIX"], "chain prefix"),
+        (["run", "--node", "n", "--chain-prefix", "a b"], "chain prefix"),
+        (["run", "--node", "n", "--min-sync-interval", "-1"], "--min-sync-interval '-1'"),
+        (["run", "--node", "n", "--min-sync-interval", "nan"], "--min-sync-interval 'nan'"),
+        (["run", "--node", "n", "--resync-period", "0"], "--resync-period '0'"),
+        (["run", "--node", "n", "--resync-period", "soon"], "not a number of seconds"),
+        (["run", "--node", "n", "--metrics-address", "nowhere"], "not host:port"),
+        (["run", "--node", "n", "--metrics-address", ":99999"], "out of range"),
+        (["run", "--node", "n", "--rule-log-max-bytes", "10"], "below 4096"),
+        (["run", "--node", "n", "--rule-log-max-bytes", "x"], "not a whole number"),
+        (["run", "--node", "n", "--rule-log-backups", "-2"], "below 0"),
+        (["run", "--node", "n", "--backend", "ebpf"], "--backend takes"),
+        (["run", "--node", "a/b"], "not a valid node name"),
+        (["run", "--node", ""], "--node (or env NODE_NAME) is required"),
+        (["run", "--node", "n", "--source-file", "f", "--kubeconfig", "k"], "not allowed with"),
+        (["render", "--node", "n", "-f", "x", "--family", "ipv5"], "--family takes"),
+        (["render", "--node", "n", "-f", "x", "--node-ip", "::g"], "not an IPv4 or IPv6"),
+        (
+            ["explain", "-f", "x", "--from", "a", "--to", "b", "--port", "80", "--family", "both"],
+            "--family takes",
+        ),
+        (["cleanup", "--family", "bogus"], "--family takes"),
+        (["cleanup", "--backend", "bogus"], "--backend takes"),
+        (["cleanup", "--chain-prefix", "x" * 20], "chain prefix"),
+    ],
+)
+def test_a_bad_flag_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    message: str,
+) -> None:
+    monkeypatch.delenv("NODE_NAME", raising=False)
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 2, err
+    assert out == ""
+    assert err.startswith("usage: netpol-agent "), err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_run_without_a_node_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("NODE_NAME", raising=False)
+    assert main(["run", "--once", "--source-file", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "usage: netpol-agent run" in err and "--node (or env NODE_NAME) is required" in err
+
+
+def test_the_installed_command_gives_a_usage_line_for_a_bad_family() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "run", "--node", "n", "--family", "bogus"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: netpol-agent run")
+    assert "Traceback" not in result.stderr
+
+
+def test_run_flags_become_a_frozen_agent_config() -> None:
+    import dataclasses
+    import ipaddress
+
+    from agent.cli import _parser, agent_config
+    from agent.compiler.ruleset import Family
+
+    args = _parser().parse_args(
+        [
+            "run", "--node", "n1", "--family", "ipv6", "--node-ip", "fd00::1",
+            "--allow-mark", "0x20000", "--min-sync-interval", "0.5", "--resync-period", "30",
+            "--metrics-address", "", "--rule-log", "", "--source-file", "/s.yaml",
+            "--backend", "legacy", "--no-kernel-addresses",
+        ]
+    )  # fmt: skip
+    config = agent_config(args)
+    assert config.node_name == "n1"
+    assert config.families == (Family.IPV6,)
+    assert config.node_ips == (ipaddress.ip_address("fd00::1"),)
+    assert config.compiler.allow_mark == 0x20000
+    assert (config.intervals.min_sync, config.intervals.resync) == (0.5, 30.0)
+    assert config.metrics_address == "" and config.rule_log is None
+    assert config.source.file == "/s.yaml" and config.backend == "legacy"
+    assert not config.kernel_addresses
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.node_name = "other"  # type: ignore[misc]

@@ -14,13 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.compiler.ruleset import Family
 from agent.control.outcome import Cause, SyncOutcome
-from agent.observability.health import (
-    HealthServer,
-    HealthState,
-    LogfmtFormatter,
-    configure_logging,
-    parse_address,
-)
+from agent.observability.health import HealthServer, HealthState, parse_address
+from agent.observability.logs import LogfmtFormatter, configure_logging
 from agent.observability.metrics import Metrics
 from tests.unit.test_rulelog import empty_state, family_sync, outcome, ruleset
 

@@ -1,0 +1,223 @@
+"""Build the running agent from an ``AgentConfig`` and run it; also ``cleanup``.
+
+This is the only module that knows every layer: it picks the source, the backend, the
+dataplane, the reconciler and the observers (metrics, rule log, health server), connects
+them, and owns the process's lifetime (signals, ``--once``, shutdown). It takes a typed,
+already validated configuration: nothing here parses flags.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import FrameType
+
+from prometheus_client import CollectorRegistry
+
+from agent.compiler.ruleset import Family
+from agent.config import AgentConfig, BackendChoice
+from agent.control.node_addresses import AddressWatcher
+from agent.control.outcome import Cause, SyncObserver
+from agent.control.reconciler import Reconciler, ReconcilerConfig
+from agent.control.source import Source
+from agent.dataplane.backend import Backend, BackendError
+from agent.dataplane.table import Dataplane
+from agent.observability.health import HealthServer, HealthState
+from agent.observability.metrics import Metrics
+from agent.observability.rulelog import RuleLog
+from agent.runtime.backoff import Backoff
+
+log = logging.getLogger("netpol-agent")
+
+INITIAL_SYNC_TIMEOUT = 60.0
+
+
+def make_backend(
+    choice: BackendChoice,
+    stop: threading.Event | None = None,
+    *,
+    factory: Callable[[BackendChoice], Backend] | None = None,
+    backoff: Backoff | None = None,
+) -> Backend:
+    """Detect (or build) the backend. A transient failure means retry (while ``stop`` is
+    given and not set), never a guess; without ``stop`` the first failure raises."""
+    if factory is None:
+        from agent.dataplane.detect import make_backend as detect
+
+        factory = detect
+    backoff = backoff or Backoff(0.5, 30.0)
+    while True:
+        try:
+            return factory(choice)
+        except BackendError as error:
+            if stop is None:
+                raise
+            delay = backoff.next_delay()
+            log.warning(
+                "cannot choose the iptables backend yet (%s); retrying in %.1fs", error, delay
+            )
+            if stop.wait(delay):
+                raise
+
+
+def make_source(config: AgentConfig) -> Source:
+    if config.source.file is not None:
+        from agent.control.file_source import FileSource
+
+        return FileSource(
+            config.source.file, poll_interval=None if config.once else config.source.poll_interval
+        )
+    from agent.control.kube_source import KubeSource, make_api_client
+
+    return KubeSource(make_api_client(config.source.kubeconfig), config.node_name)
+
+
+@dataclass
+class Observers:
+    """Metrics, rule log and health for ``run``; and the HTTP server to stop at exit."""
+
+    observers: list[SyncObserver]
+    health: HealthState | None
+    server: HealthServer | None
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
+def make_observers(config: AgentConfig, source: Source) -> Observers:
+    """Raises OSError if the rule log cannot be opened or the metrics port bound."""
+    if config.once:
+        return Observers([], None, None)
+    registry = CollectorRegistry()
+    health = HealthState(source_health=lambda: source.health)
+    observers: list[SyncObserver] = [Metrics(registry, source_health=lambda: source.health)]
+    observers.append(health)
+    if config.rule_log is not None:
+        rule_log = config.rule_log
+        observers.append(RuleLog(rule_log.path, rule_log.max_bytes, rule_log.backups))
+    server = None
+    if config.metrics_address:
+        server = HealthServer(config.metrics_address, registry, health).start()
+    return Observers(observers, health, server)
+
+
+def reconciler_config(config: AgentConfig) -> ReconcilerConfig:
+    intervals = config.intervals
+    return ReconcilerConfig(
+        node_name=config.node_name,
+        families=config.families,
+        compiler=config.compiler,
+        min_interval=0.0 if config.once else intervals.min_sync,
+        resync_period=intervals.resync,
+        retry_initial=intervals.retry_initial,
+        retry_max=intervals.retry_max,
+        extra_node_addresses=config.node_ips,
+    )
+
+
+def run(config: AgentConfig, *, stop: threading.Event | None = None) -> int:
+    """Run the agent until SIGTERM/SIGINT (or ``stop``); 0 on a clean stop.
+
+    Exit codes: 1 when iptables cannot be used or ``--once`` fails, 2 when a setting
+    only the running system can check is wrong (metrics port taken, rule log unwritable,
+    unreadable state file at start).
+    """
+    stop = stop or threading.Event()
+    reconciler: Reconciler | None = None
+
+    def on_signal(signum: int, _: FrameType | None) -> None:
+        log.info("stopping; rules stay in place", extra={"kv": {"signal": signum}})
+        stop.set()
+        if reconciler is not None:
+            reconciler.wake()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    try:
+        backend = make_backend(config.backend, None if config.once else stop)
+    except BackendError as error:
+        log.error("cannot use iptables: %s", error)
+        return 1
+    log.info("iptables backend chosen", extra={"kv": {"backend": backend.name}})
+    source = make_source(config)
+    try:
+        observers = make_observers(config, source)
+    except OSError as error:
+        log.error("cannot start metrics, health or the rule log: %s", error)
+        return 2
+    # Partial syncs trust what we last wrote (reading 20k rules back costs more than the
+    # write); full resyncs read the kernel and repair any drift.
+    dataplane = Dataplane(backend, config.compiler.chain_prefix + "-", read_on_partial=False)
+    watcher: AddressWatcher | None = None
+    if config.kernel_addresses:
+        # The callback runs only after start(), when `reconciler` exists.
+        watcher = AddressWatcher(
+            on_change=lambda addresses: reconciler.on_node_addresses(addresses)  # type: ignore[union-attr]
+        )
+    health = observers.health
+    reconciler = Reconciler(
+        reconciler_config(config),
+        source,
+        dataplane,
+        observers=observers.observers,
+        kernel_addresses=(lambda: watcher.addresses) if watcher is not None else None,
+        on_heartbeat=health.heartbeat if health is not None else None,
+    )
+    try:
+        try:
+            source.start(reconciler.on_changes)
+        except Exception as error:  # e.g. the state file is unreadable at start
+            log.error("cannot start the source: %s", error)
+            return 2
+        if config.once:
+            return _run_once(reconciler, source, stop)
+        if watcher is not None:
+            watcher.start()
+        log.info("netpol-agent running", extra={"kv": {"node": config.node_name}})
+        reconciler.run(stop)
+        return 0
+    finally:
+        source.stop()
+        if watcher is not None:
+            watcher.stop()
+        observers.stop()
+
+
+def _run_once(reconciler: Reconciler, source: Source, stop: threading.Event) -> int:
+    deadline = time.monotonic() + INITIAL_SYNC_TIMEOUT
+    while not source.synced:
+        if time.monotonic() > deadline or stop.wait(0.05):
+            log.error("the source did not finish its initial listing; nothing written")
+            return 1
+    outcome = reconciler.run_pass(Cause.INITIAL)
+    return 0 if outcome.succeeded else 1
+
+
+def cleanup(backend_choice: BackendChoice, families: Sequence[Family], chain_prefix: str) -> int:
+    """Remove every chain the agent owns and the FORWARD jump, in the given families."""
+    try:
+        backend = make_backend(backend_choice)
+    except BackendError as error:
+        log.error("cannot use iptables: %s", error)
+        return 1
+    prefix = chain_prefix + "-"
+    failed = False
+    for family in families:
+        try:
+            result = backend.cleanup(family, prefix)
+        except BackendError as error:
+            log.error("cleanup of %s failed: %s", family.value, error)
+            failed = True
+            continue
+        log.info(
+            "cleanup done",
+            extra={"kv": {"family": family.value, "chains_removed": result.chains_deleted}},
+        )
+    return 1 if failed else 0

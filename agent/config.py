@@ -1,0 +1,187 @@
+"""The agent's configuration: typed, frozen, validated once (by the CLI, or by a test).
+
+Nothing below ``agent.app`` sees argparse: the CLI turns argv into an ``AgentConfig``
+(``ConfigError`` becomes a usage error, exit 2), and ``agent.app`` builds the running
+agent from it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from agent.compiler.config import CompilerConfig
+from agent.compiler.ruleset import Family
+from agent.model.objects import IPAddress
+from agent.observability.health import parse_address
+from agent.observability.rulelog import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES, MIN_MAX_BYTES
+
+BackendChoice = Literal["auto", "nft", "legacy", "iptc"]
+BACKENDS: tuple[BackendChoice, ...] = ("auto", "nft", "legacy", "iptc")
+DEFAULT_METRICS_ADDRESS = "0.0.0.0:9872"
+DEFAULT_RULE_LOG = "/var/log/netpol-agent.log"
+MAX_NODE_NAME = 253
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; the message names the flag and the value."""
+
+
+# --- parsers for single values (the CLI's argparse ``type=`` functions use these) --------
+
+
+def parse_families(text: str | None) -> tuple[Family, ...]:
+    """``ipv4``, ``ipv6``, ``ipv4,ipv6`` (or empty: both)."""
+    if text is None or not text.strip():
+        return (Family.IPV4, Family.IPV6)
+    families: list[Family] = []
+    for part in text.split(","):
+        try:
+            family = Family(part.strip())
+        except ValueError:
+            raise ConfigError(f"--family takes ipv4, ipv6 or ipv4,ipv6, not {text!r}") from None
+        if family in families:
+            raise ConfigError(f"--family names {family.value} twice")
+        families.append(family)
+    return tuple(families)
+
+
+def parse_node_ip(text: str) -> IPAddress:
+    try:
+        return ipaddress.ip_address(text.strip())
+    except ValueError:
+        raise ConfigError(f"--node-ip {text!r} is not an IPv4 or IPv6 address") from None
+
+
+def parse_mark(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise ConfigError(f"--allow-mark {text!r} is not a number (e.g. 0x1000)") from None
+
+
+def parse_seconds(flag: str, text: str, *, positive: bool) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        need = "positive" if positive else "zero or more"
+        raise ConfigError(f"{flag} {text!r} must be a {need} number of seconds")
+    return value
+
+
+def parse_backend(text: str) -> BackendChoice:
+    if text not in BACKENDS:
+        raise ConfigError(f"--backend takes {', '.join(BACKENDS)}, not {text!r}")
+    return text
+
+
+def compiler_config(chain_prefix: str, allow_mark: int, reject: bool) -> CompilerConfig:
+    try:
+        return CompilerConfig(chain_prefix=chain_prefix, allow_mark=allow_mark, reject=reject)
+    except ValueError as error:
+        raise ConfigError(
+            f"{error} (--chain-prefix {chain_prefix!r}, --allow-mark {allow_mark:#x})"
+        ) from None
+
+
+# --- the parts ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SourceConfig:
+    """Where cluster state comes from: a file (embedded mode) or the API."""
+
+    file: str | None = None
+    kubeconfig: str | None = None  # None with no file: the in-cluster service account
+    poll_interval: float = 0.5  # seconds between looks at the file
+
+    def __post_init__(self) -> None:
+        if self.file is not None and self.kubeconfig is not None:
+            raise ConfigError("--source-file and --kubeconfig exclude each other")
+        if self.file is not None and not self.file.strip():
+            raise ConfigError("--source-file must name a file")
+        if not self.poll_interval > 0:
+            raise ConfigError("the file poll interval must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class RuleLogConfig:
+    path: str
+    max_bytes: int = DEFAULT_MAX_BYTES
+    backups: int = DEFAULT_BACKUPS
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ConfigError("the rule log needs a path (use no RuleLogConfig to disable it)")
+        if self.max_bytes < MIN_MAX_BYTES:
+            raise ConfigError(
+                f"--rule-log-max-bytes {self.max_bytes} is below {MIN_MAX_BYTES} (an uncapped"
+                " log can fill the node's disk)"
+            )
+        if self.backups < 0:
+            raise ConfigError(f"--rule-log-backups {self.backups} is negative")
+
+
+@dataclass(frozen=True, slots=True)
+class Intervals:
+    min_sync: float = 0.1  # seconds between two syncs, at least
+    resync: float = 60.0  # seconds between full resyncs
+    retry_initial: float = 0.5
+    retry_max: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("min_sync", "resync", "retry_initial", "retry_max"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"interval {name} must be zero or more seconds, not {value}")
+        if self.resync <= 0:
+            raise ConfigError("--resync-period must be positive")
+        if self.retry_initial <= 0 or self.retry_max < self.retry_initial:
+            raise ConfigError("the retry backoff needs 0 < initial <= max")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """Everything ``run`` needs. Build it with keyword arguments; it validates itself."""
+
+    node_name: str
+    families: tuple[Family, ...] = (Family.IPV4, Family.IPV6)
+    compiler: CompilerConfig = field(default_factory=CompilerConfig)
+    backend: BackendChoice = "auto"
+    source: SourceConfig = field(default_factory=SourceConfig)
+    node_ips: tuple[IPAddress, ...] = ()
+    kernel_addresses: bool = True  # follow this node's addresses in the kernel
+    once: bool = False  # sync once and exit (no metrics, health, rule log)
+    intervals: Intervals = field(default_factory=Intervals)
+    metrics_address: str = DEFAULT_METRICS_ADDRESS  # "" disables /metrics and probes
+    rule_log: RuleLogConfig | None = field(default_factory=lambda: RuleLogConfig(DEFAULT_RULE_LOG))
+    verbose: bool = False
+
+    def __post_init__(self) -> None:
+        name = self.node_name.strip()
+        if not name:
+            raise ConfigError("--node (or env NODE_NAME) is required")
+        if len(name) > MAX_NODE_NAME or any(c.isspace() or c == "/" for c in name):
+            raise ConfigError(f"--node {self.node_name!r} is not a valid node name")
+        if not self.families or len(set(self.families)) != len(self.families):
+            raise ConfigError("at least one family, each at most once")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"--backend takes {', '.join(BACKENDS)}, not {self.backend!r}")
+        if self.metrics_address:
+            try:
+                parse_address(self.metrics_address)
+            except ValueError as error:
+                raise ConfigError(f"--metrics-address: {error}") from None
+
+    @property
+    def serves_http(self) -> bool:
+        return bool(self.metrics_address) and not self.once
+
+
+def node_ips(values: Iterable[str]) -> tuple[IPAddress, ...]:
+    return tuple(parse_node_ip(value) for value in values)
