@@ -143,12 +143,13 @@ class FileSource:
             stamp = self._stat()
             text, digest = self._read()
             state = parse_state(text, str(self._path))
+            # One batch per kind, like the API source's initial lists; recorded only once
+            # delivered.
+            for kind in Kind:
+                sink([Change(kind, key, obj) for key, obj in state[kind].items()])
             self._commit(state, stamp, digest)
             self._loaded = True
             self._health = replace(self._health, listed=True, connected=True)
-        # One batch per kind, like the API source's initial lists.
-        for kind in Kind:
-            sink([Change(kind, key, obj) for key, obj in state[kind].items()])
         if self._poll_interval is not None:
             self._thread = threading.Thread(target=self._poll_loop, name="file-source", daemon=True)
             self._thread.start()
@@ -173,9 +174,26 @@ class FileSource:
         if self._sink is None:
             raise RuntimeError("FileSource.check_now() before start()")
         with self._lock:
-            changes = self._check()
-        if changes and not self._stopping.is_set():
-            self._sink(changes)
+            found = self._check()
+            if found is None:
+                return []
+            changes, state, stamp, digest = found
+            if changes and not self._stopping.is_set():
+                try:
+                    self._sink(changes)
+                except Exception as error:
+                    # Not recorded as delivered: the next poll reads the file again and
+                    # delivers the same batch whole.
+                    self._report_error(
+                        FileSourceError(f"{self._path}: applying the changes failed: {error}")
+                    )
+                    raise
+            self._commit(state, stamp, digest)
+            if self._health.last_error is not None:
+                log.info("%s: readable again; applying it", self._path)
+            self._health = replace(self._health, connected=True, last_error=None)
+            if changes:
+                log.info("%s changed: %d object changes", self._path, len(changes))
         return changes
 
     def _poll_loop(self) -> None:
@@ -183,45 +201,46 @@ class FileSource:
         while not self._stopping.wait(self._poll_interval):
             try:
                 self.check_now()
-            except Exception:  # the poller must survive a consumer bug
-                log.exception("%s: checking for changes failed", self._path)
+            except Exception:  # the poller must survive a consumer bug; reported above
+                log.debug("%s: checking for changes failed", self._path, exc_info=True)
 
-    def _check(self) -> list[Change]:
+    def _check(self) -> tuple[list[Change], State, _FileStamp, bytes] | None:
+        """The changes since the last delivered version and what to commit once they are
+        delivered; None when there is nothing to deliver (unchanged or broken)."""
         try:
             stamp = self._stat()
             if stamp == self._stamp:
-                return []
+                return None
             text, digest = self._read()
         except FileSourceError as error:
             self._report_error(error)
-            return []
+            return None
         if digest == self._digest:  # touched or rewritten with the same bytes
             self._stamp = stamp
-            return []
+            return None
         if not text:
             # Most likely caught between truncate and write by a non-atomic writer (write
             # to a temporary file and rename it instead); a file meant to hold no objects
             # can say so with "---".
             self._stamp = stamp
             self._report_error(FileSourceError(f"{self._path}: file is empty"))
-            return []
+            return None
         try:
             state = parse_state(text, str(self._path))
-        except FileSourceError as error:
+        except Exception as error:
             # Remember the stamp so one broken version is reported once, not every poll;
             # the next write changes the stamp and is read again.
             self._stamp = stamp
-            self._report_error(error)
-            return []
+            self._report_error(
+                error
+                if isinstance(error, FileSourceError)
+                else FileSourceError(f"{self._path}: cannot parse: {type(error).__name__}")
+            )
+            return None
         changes = [
             change for kind in Kind for change in diff_stores(kind, self._state[kind], state[kind])
         ]
-        self._commit(state, stamp, digest)
-        if self._health.last_error is not None:
-            log.info("%s: readable again; applying it", self._path)
-        self._health = replace(self._health, connected=True, last_error=None)
-        log.info("%s changed: %d object changes", self._path, len(changes))
-        return changes
+        return changes, state, stamp, digest
 
     def _commit(self, state: State, stamp: _FileStamp, digest: bytes) -> None:
         self._state = state

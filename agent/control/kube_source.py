@@ -498,6 +498,11 @@ class _KindWatcher:
             if first_list
             else diff_stores(self._kind, self._store, fresh)
         )
+        # The first list is one batch even when empty: it is the consumer's first view.
+        # Delivered before it is recorded: if the consumer fails, the store and the
+        # resourceVersion stay as they were and the next attempt lists and delivers again.
+        if changes or first_list:
+            self._deliver(changes)
         self._store = fresh
         self._resource_version = resource_version
         self._needs_list = False
@@ -509,9 +514,6 @@ class _KindWatcher:
             resource_version,
             len(changes),
         )
-        # The first list is one batch even when empty: it is the consumer's first view.
-        if changes or first_list:
-            self._deliver(changes)
         # listed is set only after delivering: the reconciler polls synced from its own
         # thread, and seeing True while a kind's first batch is still on its way would make
         # it write rules from a partial view (e.g. no pods: isolated pods left open).
@@ -541,11 +543,15 @@ class _KindWatcher:
             for chunk in response.stream(STREAM_CHUNK_BYTES, decode_content=True):
                 buffer += chunk
                 changes: list[Change] = []
+                # What the store held before this chunk's events, to undo them if the
+                # consumer fails: a batch counts as seen only once it was delivered.
+                undo: dict[str, Mapping[str, Any] | None] = {}
+                resumed_from = self._resource_version
                 while (newline := buffer.find(b"\n")) >= 0:
                     line = bytes(buffer[:newline])
                     del buffer[: newline + 1]
                     if line.strip():
-                        changes.extend(self._apply_event(json.loads(line)))
+                        changes.extend(self._apply_event(json.loads(line), undo))
                         events += 1  # after _apply_event: an ERROR event does not count
                 if len(buffer) > MAX_EVENT_BYTES:
                     raise StreamError(f"watch event larger than {MAX_EVENT_BYTES} bytes")
@@ -554,7 +560,18 @@ class _KindWatcher:
                     self._backoff.reset()
                     self._failures.success()
                 if changes:
-                    self._deliver(changes)
+                    try:
+                        self._deliver(changes)
+                    except Exception:
+                        # Resume from before this batch: the watch sends it again.
+                        for key, previous in undo.items():
+                            if previous is None:
+                                self._store.pop(key, None)
+                            else:
+                                self._store[key] = previous
+                        self._resource_version = resumed_from
+                        self._update_health(resource_version=resumed_from)
+                        raise
         finally:
             self._release(response)
             if time.monotonic() - started >= HEALTHY_WATCH_SECONDS:
@@ -573,7 +590,9 @@ class _KindWatcher:
             self._resource_version,
         )
 
-    def _apply_event(self, event: Any) -> list[Change]:
+    def _apply_event(
+        self, event: Any, undo: dict[str, Mapping[str, Any] | None] | None = None
+    ) -> list[Change]:
         if not isinstance(event, dict):
             raise StreamError(f"unexpected watch event {event!r:.200}")
         event_type = event.get("type")
@@ -591,6 +610,8 @@ class _KindWatcher:
             return []
         trimmed = trim(self._kind, obj)
         key = object_key(self._kind, trimmed)
+        if undo is not None and key not in undo:
+            undo[key] = self._store.get(key)
         if event_type in ("ADDED", "MODIFIED"):
             previous = self._store.get(key)
             self._store[key] = trimmed
@@ -695,5 +716,13 @@ class KubeSource:
                 return
             try:
                 self._sink(changes)
-            except Exception:
-                log.exception("the change consumer failed on a batch of %d", len(changes))
+            except Exception as error:
+                # The watcher does not record the batch as seen: it backs off and gets it
+                # again (resume from the previous resourceVersion, or list again).
+                log.error(
+                    "the change consumer failed on a batch of %d (%s: %s); retrying it",
+                    len(changes),
+                    type(error).__name__,
+                    error,
+                )
+                raise

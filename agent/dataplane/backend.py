@@ -64,7 +64,7 @@ class ApplyResult:
         return cls(
             family=plan.family,
             backend=backend,
-            bytes_written=len(payload.encode()),
+            bytes_written=encoded_size(payload),
             rules_written=plan.rules_to_write,
             chains_created=len(plan.created),
             chains_rewritten=len(plan.rewritten),
@@ -110,16 +110,30 @@ def restore_error(binary: str, returncode: int | None, stderr: str, payload: str
     return RestoreError(binary, returncode, stderr, number, line)
 
 
+# What the kernel hands back is any bytes: a comment is cut at 255 bytes, possibly in
+# the middle of a UTF-8 character, and other tools write what they like. Undecodable
+# bytes become lone surrogates (surrogateescape), so nothing read back can fail to
+# decode, and a rule spec read back (e.g. a FORWARD jump to delete) is written back
+# byte for byte.
+ENCODING = "utf-8"
+ERRORS = "surrogateescape"
+
+
+def encoded_size(text: str) -> int:
+    return len(text.encode(ENCODING, ERRORS))
+
+
 def run(
     argv: Sequence[str], *, stdin: str | None, timeout: float
 ) -> subprocess.CompletedProcess[str]:
-    """Run a binary, turning "not there" and "hung" into BackendError."""
+    """Run a binary, turning "not there", "hung" and unencodable input into BackendError."""
     try:
         return subprocess.run(
             list(argv),
             input=stdin,
             capture_output=True,
-            text=True,
+            encoding=ENCODING,
+            errors=ERRORS,
             timeout=timeout,
             check=False,
         )
@@ -127,3 +141,5 @@ def run(
         raise BackendError(f"{argv[0]} not found") from error
     except subprocess.TimeoutExpired as error:
         raise BackendError(f"{argv[0]} timed out after {timeout} s") from error
+    except UnicodeEncodeError as error:
+        raise BackendError(f"{argv[0]}: the payload is not encodable: {error}") from error

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-from agent.dataplane.backend import Backend, BackendError
+from agent.dataplane.backend import ENCODING, ERRORS, Backend, BackendError
 from agent.dataplane.restore_backend import Mode, RestoreBackend
 from agent.runtime.backoff import Backoff
 
@@ -34,7 +34,12 @@ class DetectionError(BackendError):
 def run_save(argv: Sequence[str], timeout: float = 30.0) -> str | None:
     try:
         result = subprocess.run(
-            list(argv), capture_output=True, text=True, timeout=timeout, check=False
+            list(argv),
+            capture_output=True,
+            encoding=ENCODING,
+            errors=ERRORS,  # any bytes in a comment (cut at 255 bytes) must not stop us
+            timeout=timeout,
+            check=False,
         )
     except FileNotFoundError:
         return None
@@ -57,7 +62,7 @@ def legacy_tables(names_file: str) -> frozenset[str] | None:
     Calling iptables-legacy-save otherwise would load ip_tables and create the tables.
     """
     try:
-        with open(names_file) as handle:
+        with open(names_file, encoding=ENCODING, errors=ERRORS) as handle:
             return frozenset(line.strip() for line in handle if line.strip())
     except FileNotFoundError:
         return None

@@ -213,9 +213,9 @@ class IptcBackend:
         """The python-iptables rule for one of our rules, field by field."""
         built = self._new_rule(family)
         if rule.source is not None:
-            built.src = _negation(rule.source)
+            built.src = rule.source
         if rule.destination is not None:
-            built.dst = _negation(rule.destination)
+            built.dst = rule.destination
         if rule.protocol is not None:
             built.protocol = _protocol(rule.protocol)
         built.create_match("comment").comment = rule.comment_text(rule_hash)
@@ -231,20 +231,10 @@ def _target_name(rule: Any) -> str:
     return str(target.name) if target is not None else ""
 
 
-def _negation(value: str) -> str:
-    # python-iptables writes negation as a "!" prefix of the value.
-    stripped = value.strip()
-    if stripped.startswith("!"):
-        return "!" + stripped[1:].strip()
-    return stripped
-
-
 def _protocol(protocol: str) -> str:
-    negated = protocol.startswith("!")
-    name = protocol.lstrip("!").strip().lower()
+    name = protocol.strip().lower()
     number = _PROTOCOL_NUMBERS.get(name)
-    text = str(number) if number is not None else name
-    return ("!" if negated else "") + text
+    return str(number) if number is not None else name
 
 
 def _add_match(rule: Any, match: Match) -> None:
@@ -252,17 +242,6 @@ def _add_match(rule: Any, match: Match) -> None:
 
 
 def _set_options(module: Any, options: tuple[tuple[str, str], ...]) -> None:
-    """Set ``--opt value`` pairs on a match or target; ``!`` negates the next option."""
-    negate_next = False
+    """Set ``--opt value`` pairs on a match or target (the compiler negates nothing)."""
     for option, value in options:
-        name = option.strip()
-        if name == "!":
-            negate_next = True
-            continue
-        if name.startswith("!"):
-            negate_next = True
-            name = name[1:].strip()
-        parameter = name.lstrip("-")
-        text = value.strip('"')
-        module.parse(parameter, ("!" + text) if negate_next else text)
-        negate_next = False
+        module.parse(option.strip().lstrip("-"), value.strip('"'))

@@ -134,8 +134,12 @@ def _rule_hash(spec: str) -> str:
 
 
 def _parse_forward_jump(spec: str, position: int, prefix: str) -> ForwardJump | None:
-    # Tokenize properly: a comment may contain " -j " text. FORWARD is short.
-    tokens = shlex.split(spec)
+    # Tokenize properly: a comment may contain " -j " text. FORWARD is short. A quote
+    # left open (a comment cut by the kernel, someone else's rule) falls back to words.
+    try:
+        tokens = shlex.split(spec)
+    except ValueError:
+        tokens = spec.split()
     target: str | None = None
     for flag, value in itertools.pairwise(tokens):
         if flag in ("-j", "-g", "--jump", "--goto"):

@@ -237,7 +237,7 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as error:  # never let a scrape kill the thread silently
             log.exception("error serving %s", path)
             status, content_type = 500, "text/plain; charset=utf-8"
-            payload = f"internal error: {error}\n".encode()
+            payload = _text(f"internal error: {error}")
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
@@ -252,15 +252,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _healthz(self) -> tuple[int, str, bytes]:
         check = self.server.state.liveness()
-        return (200 if check.ok else 500), "text/plain; charset=utf-8", f"{check.reason}\n".encode()
+        return (200 if check.ok else 500), "text/plain; charset=utf-8", _text(check.reason)
 
     def _readyz(self) -> tuple[int, str, bytes]:
         check = self.server.state.readiness()
-        return (200 if check.ok else 503), "text/plain; charset=utf-8", f"{check.reason}\n".encode()
+        return (200 if check.ok else 503), "text/plain; charset=utf-8", _text(check.reason)
 
     def log_message(self, format: str, *args: Any) -> None:
         # Probes and scrapes arrive every few seconds: keep them out of the normal log.
         log.debug("%s %s", self.address_string(), format % args)
+
+
+def _text(reason: str) -> bytes:
+    return f"{reason}\n".encode("utf-8", "backslashreplace")
 
 
 class HealthServer:

@@ -22,6 +22,9 @@ _HANDLER_MARK: Final = "_netpol_agent_handler"
 
 
 def _logfmt_value(value: str) -> str:
+    # Text read back from the kernel may carry undecodable bytes (as lone surrogates):
+    # show them as \xNN escapes instead of failing the write to stdout.
+    value = value.encode("utf-8", "backslashreplace").decode("utf-8")
     if value and not any(c in value for c in ' "=\\\n\r\t'):
         return value
     escaped = (

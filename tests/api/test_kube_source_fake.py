@@ -170,9 +170,11 @@ def fake() -> Iterator[tuple[Script, Callable[..., tuple[KubeSource, Recorder]]]
     api: Any = k8s_client.ApiClient(configuration)
     sources: list[KubeSource] = []
 
-    def start(config: KubeSourceConfig = CONFIG) -> tuple[KubeSource, Recorder]:
+    def start(
+        config: KubeSourceConfig = CONFIG, recorder: Recorder | None = None
+    ) -> tuple[KubeSource, Recorder]:
         source = KubeSource(api, None, config)
-        recorder = Recorder()
+        recorder = recorder or Recorder()
         source.start(recorder)
         sources.append(source)
         return source, recorder
@@ -275,3 +277,32 @@ def test_server_errors_back_off_and_log_once(
     assert "list pods failed" in warnings[0]
     assert "500" in warnings[0]
     assert any("recovered after 4 failed attempts" in r.getMessage() for r in caplog.records)
+
+
+def test_a_batch_the_consumer_fails_on_is_delivered_again(fake: Any) -> None:
+    """A batch counts as seen only once delivered: the watch resumes from before it."""
+    script, start = fake
+    script.add(PODS, "list", Reply(body=pod_list([], "3")))
+    replay = [{"type": "ADDED", "object": pod("a", "4")},
+              {"type": "ADDED", "object": pod("b", "5", role="x")}]
+    script.add(PODS, "watch", Reply(events=replay), Reply(events=replay, hang=True))
+    failed: list[list[str]] = []
+
+    class Failing(Recorder):
+        def __call__(self, changes: Sequence[Change]) -> None:
+            keys = [c.key for c in changes]
+            if "ns/b" in keys and not failed:
+                failed.append(keys)
+                raise RuntimeError("consumer bug")
+            super().__call__(changes)
+
+    source, recorder = start(recorder=Failing())
+    wait_until(lambda: len(script.sent(PODS, "watch")) >= 2, "a second watch")
+    wait_until(lambda: ["ns/b"] in [[k for k, _ in b] for b in recorder.pod_batches()]
+               or any("ns/b" in [k for k, _ in b] for b in recorder.pod_batches()),
+               "the failed batch delivered again")
+    assert failed  # it did fail once
+    delivered = [key for batch in recorder.pod_batches() for key, _ in batch]
+    assert sorted(delivered) == ["ns/a", "ns/b"]  # each delivered once, none lost
+    assert script.sent(PODS, "watch")[1]["resourceVersion"] in ("3", "4")  # b not seen
+    assert source.health.kinds[Kind.POD].watch_errors >= 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import urllib.error
@@ -246,3 +247,48 @@ def test_formatter_timestamp_is_utc_ms() -> None:
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", None, None)
     record.created = 1_714_564_800.5
     assert LogfmtFormatter().format(record).startswith("ts=2024-05-01T12:00:00.500Z ")
+
+
+def test_readyz_names_a_failing_source_and_a_failing_family(clock: Clock) -> None:
+    from agent.control.source import Kind, KindHealth, SourceHealth
+
+    source = {"health": SourceHealth()}
+    state = HealthState(clock=clock, source_health=lambda: source["health"])
+    server = HealthServer("127.0.0.1:0", CollectorRegistry(), state).start()
+    try:
+        state.sync_finished(good_outcome())
+        assert get(f"{server.url}/readyz")[:1] == (200,)
+
+        # The state file became unreadable: every kind reports the same error, once.
+        broken = KindHealth(listed=True, connected=False, last_error="/s.yaml: cannot read")
+        source["health"] = SourceHealth({kind: broken for kind in Kind})
+        status, _, body = get(f"{server.url}/readyz")
+        assert status == 503
+        assert body.count("source failing") == 1 and "/s.yaml: cannot read" in body
+        assert "Pod" in body and "NetworkPolicy" in body
+
+        # Readable again, but the IPv6 write fails while IPv4 works.
+        source["health"] = SourceHealth({kind: KindHealth(True, True) for kind in Kind})
+        v4 = family_sync(ruleset(with_policy=False), empty_state())
+        half = outcome([v4], error="dataplane sync failed: ipv6: ip6tables-restore failed")
+        half = dataclasses.replace(
+            half, family_errors={Family.IPV6: "ip6tables-restore failed (exit 2)"}
+        )
+        state.sync_finished(half)
+        state.sync_finished(half)
+        status, _, body = get(f"{server.url}/readyz")
+        assert status == 503
+        assert body == "ipv6 sync failing (2 attempts): ip6tables-restore failed (exit 2)\n"
+
+        # Both at once: one line each.
+        source["health"] = SourceHealth({Kind.POD: broken})
+        status, _, body = get(f"{server.url}/readyz")
+        assert status == 503 and len(body.splitlines()) == 2
+
+        # IPv6 written again, source back: ready.
+        source["health"] = SourceHealth({kind: KindHealth(True, True) for kind in Kind})
+        v6 = family_sync(ruleset(with_policy=False, family=Family.IPV6), empty_state(Family.IPV6))
+        state.sync_finished(outcome([v4, v6]))
+        assert get(f"{server.url}/readyz") == (200, "text/plain; charset=utf-8", "ok\n")
+    finally:
+        server.stop()

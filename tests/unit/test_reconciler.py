@@ -7,6 +7,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import pytest
+
 from agent.compiler.ruleset import Family, Ruleset
 from agent.control.outcome import Cause
 from agent.control.reconciler import Reconciler, ReconcilerConfig
@@ -81,3 +83,116 @@ def test_a_failed_initial_write_backs_off_and_retries_as_a_full_rewrite() -> Non
     assert second - first >= 0.35  # jittered between half and all of the 0.8 s backoff
     assert retried_full
     assert reconciler.last_outcome is not None and reconciler.last_outcome.cause is Cause.RETRY
+
+
+# --- a batch is recorded as applied only after it was applied ------------------------------
+
+
+def _write(path: Any, objects: list[Any]) -> None:
+    import os
+
+    import yaml
+
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump_all(objects))
+    os.replace(tmp, path)
+    stamp = time.time_ns() + len(objects) * 1_000_000_000  # a new mtime every write
+    os.utime(path, ns=(stamp, stamp))
+
+
+def test_one_object_the_parser_chokes_on_does_not_stop_the_rest_of_its_batch(
+    monkeypatch: Any,
+) -> None:
+    from agent.control import reconciler as module
+    from tests.unit import builders as b
+
+    real = module._parse
+
+    def flaky(kind: Kind, obj: Mapping[str, Any]) -> Any:
+        if obj.get("metadata", {}).get("name") == "evil":
+            raise TypeError("unexpected shape")  # a parser bug, not an InvalidObject
+        return real(kind, obj)
+
+    monkeypatch.setattr(module, "_parse", flaky)
+    reconciler = Reconciler(ReconcilerConfig(node_name="n"), Source(synced=True), Dataplane())  # type: ignore[arg-type]
+    good = b.policy("x/good", podSelector={})
+    evil = b.policy("x/evil", podSelector={})
+    changes = [
+        Change(Kind.NETWORK_POLICY, "x/evil", evil),
+        Change(Kind.NETWORK_POLICY, "x/good", good),
+    ]
+    reconciler.on_changes(changes)
+    state = reconciler.snapshot()
+    assert list(state.policies) == ["x/good"]  # the valid one is taken, the broken one absent
+
+
+def test_a_batch_that_raises_in_the_sink_is_delivered_again_whole(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    from agent.control.file_source import FileSource
+    from tests.unit import builders as b
+
+    path = tmp_path / "state.yaml"
+    namespace = b.namespace("x")
+    _write(path, [namespace])
+    reconciler = Reconciler(ReconcilerConfig(node_name="n"), Source(synced=True), Dataplane())  # type: ignore[arg-type]
+    source = FileSource(path, poll_interval=None)
+    source.start(reconciler.on_changes)
+
+    # The consumer fails on the next batch as a whole (e.g. a bug after parsing).
+    real = reconciler.on_changes
+    calls = {"n": 0}
+
+    def failing_once(changes: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom")
+        real(changes)
+
+    monkeypatch.setattr(source, "_sink", failing_once)
+    _write(path, [namespace, b.policy("x/a", podSelector={})])
+    with pytest.raises(RuntimeError):
+        source.check_now()
+    assert "x/a" not in reconciler.snapshot().policies
+    assert not source.health.kinds[Kind.POD].connected  # reported, so /readyz says so
+    # Next poll: the same file is read again and the whole batch delivered.
+    assert [c.key for c in source.check_now()] == ["x/a"]
+    assert "x/a" in reconciler.snapshot().policies
+    # And a later valid file is diffed against what was delivered, not what was read.
+    _write(path, [namespace, b.policy("x/a", podSelector={}), b.policy("x/b", podSelector={})])
+    assert [c.key for c in source.check_now()] == ["x/b"]
+    assert set(reconciler.snapshot().policies) == {"x/a", "x/b"}
+
+
+def test_a_failed_compile_keeps_the_changes_owed_and_retries() -> None:
+    dataplane = Dataplane()
+    reconciler = Reconciler(ReconcilerConfig(node_name="n"), Source(synced=True), dataplane)  # type: ignore[arg-type]
+    reconciler.on_changes([Change(Kind.NAMESPACE, "x", {"metadata": {"name": "x"}})])
+
+    def broken(state: Any) -> Any:
+        raise RuntimeError("compiler bug")
+
+    reconciler.compile = broken  # type: ignore[method-assign]
+    outcome = reconciler.run_pass(Cause.INITIAL)
+    assert not outcome.succeeded and "compiler bug" in (outcome.error or "")
+    assert dataplane.calls == []  # nothing written
+    assert reconciler.runner.retry_pending
+    del reconciler.compile
+    retried = reconciler.run_pass(Cause.RETRY)
+    assert retried.succeeded
+    assert [c.key for c in retried.changes] == ["x"]  # still owed, not lost
+
+
+def test_a_failing_family_is_named_in_the_outcome() -> None:
+    from agent.dataplane.table import DataplaneSyncError
+
+    class HalfBroken(Dataplane):
+        def sync(self, rulesets: Any, *, full: bool, verify: bool = False) -> SyncReport:
+            raise DataplaneSyncError(
+                SyncReport(families={}, duration_seconds=0.0),
+                {Family.IPV6: BackendError("ip6tables-restore failed")},
+            )
+
+    reconciler = Reconciler(ReconcilerConfig(node_name="n"), Source(synced=True), HalfBroken())  # type: ignore[arg-type]
+    outcome = reconciler.run_pass(Cause.INITIAL)
+    assert outcome.family_errors == {Family.IPV6: "ip6tables-restore failed"}
