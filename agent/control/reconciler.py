@@ -311,7 +311,12 @@ class Reconciler:
                 error = str(failure)
                 family_errors = {family: error for family in rulesets}
         if error is not None:
-            log.error("sync (%s) failed: %s; will retry with a full rewrite", cause.value, error)
+            log.error(
+                "sync (%s) failed: %s; retrying in %.1fs with a full rewrite",
+                cause.value,
+                error,
+                self.runner.draw_retry_delay(),
+            )
             with self._lock:
                 # Not applied: the changes are still owed to the next pass.
                 self._pending[:0] = changes
@@ -336,14 +341,21 @@ class Reconciler:
                 observer.sync_finished(outcome)
             except Exception:  # an observer must never break enforcement
                 log.exception("observer %r failed", observer)
+        # One line per pass that did something; a pass that changed nothing is quiet.
         if error is None and (report is None or report.bytes_written or changes):
             log.info(
-                "sync (%s): %d changes, %d bytes written, compile %.1f ms, total %.1f ms",
-                cause.value,
-                len(changes),
-                report.bytes_written if report else 0,
-                compile_seconds * 1000,
-                outcome.total_seconds * 1000,
+                "synced",
+                extra={
+                    "kv": {
+                        "cause": cause.value,
+                        "changes": len(changes),
+                        "rules_written": report.rules_written if report else 0,
+                        "bytes_written": report.bytes_written if report else 0,
+                        "drift": bool(report and report.drift_found),
+                        "compile_ms": f"{compile_seconds * 1000:.1f}",
+                        "total_ms": f"{outcome.total_seconds * 1000:.1f}",
+                    }
+                },
             )
         return outcome
 

@@ -132,6 +132,9 @@ class HealthState:
                 self._family_failures.items(), key=lambda item: item[0].value
             ):
                 failing.append(f"{family.value} sync failing ({attempts} attempts): {family_error}")
+        with self._lock:
+            if failing and not self._initial_done:
+                failing.append("initial sync not done yet")
         if failing:
             return Check(False, "\n".join(failing))
         with self._lock:

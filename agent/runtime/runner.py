@@ -82,6 +82,7 @@ class BoundedFrequencyRunner:
         self._last_run: float | None = None  # end of the last run
         self._last_full: float | None = None
         self._retry_at: float | None = None
+        self._drawn: float | None = None  # a retry delay drawn before record()
         self.runs = 0
         self.failures_in_a_row = 0
 
@@ -153,11 +154,19 @@ class BoundedFrequencyRunner:
         if ok:
             self._succeeded_once = True
             self._retry_at = None
+            self._drawn = None
             self._backoff.reset()
             self.failures_in_a_row = 0
         else:
             self.failures_in_a_row += 1
-            self._retry_at = end + self._backoff.next_delay()
+            delay, self._drawn = self._drawn, None
+            self._retry_at = end + (delay if delay is not None else self._backoff.next_delay())
+
+    def draw_retry_delay(self) -> float:
+        """The delay the retry after the failing run will wait (to log it with the error)."""
+        if self._drawn is None:
+            self._drawn = self._backoff.next_delay()
+        return self._drawn
 
     def run(self, stop: threading.Event) -> None:
         """Loop until ``stop`` is set (checked at least every ``max_idle`` seconds)."""

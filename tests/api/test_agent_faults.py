@@ -74,7 +74,9 @@ def test_apiserver_down_rules_stay_then_reconnect(
         fast_prober.run(DENIED + ALLOWED).assert_matches(verdicts(DENIED, ALLOWED))
     for agent in agents.values():
         assert agent.running
-        assert agent.readyz()[0] == 200, agent.readyz()  # fail static, still ready
+        # Fail static: the rules stay, but readiness says the source is failing.
+        status, reason = agent.readyz()
+        assert status == 503 and "source failing" in reason, (status, reason)
     api.cp.start_apiserver()
     # The first write after the restart: allow x/c as well.
     api.kube.update_network_policy("x", policy("isolate-a", {
@@ -286,6 +288,7 @@ def test_rbac_clusterrole_from_deploy_is_enough(fresh: ApiLab, fast_prober: Prob
         status, reason = lonely.readyz()
         assert status == 503, (status, reason)
         assert "initial sync not done" in reason
+        assert "source failing" in reason and "forbidden (403)" in reason
         assert lonely.our_rules() == [] and lonely.our_rules(6) == []
         assert lonely.rule_log_lines() == []
         cpu = _cpu_seconds(lonely)

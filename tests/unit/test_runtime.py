@@ -257,3 +257,14 @@ def test_bad_intervals_are_refused() -> None:
         make(clock, Fn(clock), min_interval=-1.0)
     with pytest.raises(ValueError):
         make(clock, Fn(clock), resync=0.0)
+
+
+def test_a_delay_drawn_to_log_it_is_the_one_waited() -> None:
+    clock = FakeClock()
+    fn = Fn(clock)
+    runner = make(clock, fn, min_interval=0.0, backoff=Backoff(3.0, 3.0, jitter=0.5))
+    delay = runner.draw_retry_delay()
+    assert runner.draw_retry_delay() == delay  # drawn once
+    runner.record(Reason.FIRST, False)
+    reason, wait = runner.due()
+    assert reason is None and wait == pytest.approx(delay)
