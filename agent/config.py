@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -177,11 +176,3 @@ class AgentConfig:
                 parse_address(self.metrics_address)
             except ValueError as error:
                 raise ConfigError(f"--metrics-address: {error}") from None
-
-    @property
-    def serves_http(self) -> bool:
-        return bool(self.metrics_address) and not self.once
-
-
-def node_ips(values: Iterable[str]) -> tuple[IPAddress, ...]:
-    return tuple(parse_node_ip(value) for value in values)

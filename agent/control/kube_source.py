@@ -691,15 +691,6 @@ class KubeSource:
         for watcher in self._watchers.values():
             watcher.join(max(0.0, deadline - time.monotonic()))
 
-    def drop_connections(self) -> None:
-        """Cut every open list/watch stream, as a network failure would.
-
-        Each loop reconnects with backoff and resumes from its last resourceVersion (or
-        relists if that is gone). Meant for tests and for an operator-triggered reset.
-        """
-        for watcher in self._watchers.values():
-            watcher.interrupt()
-
     @property
     def synced(self) -> bool:
         return bool(self._watchers) and all(w.listed for w in self._watchers.values())

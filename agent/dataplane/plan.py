@@ -129,10 +129,6 @@ class TablePlan:
     def is_noop(self) -> bool:
         return not self.changes and not self.jump_removals and not self.jump_insert
 
-    def rule_changes(self) -> Iterator[RuleChange]:
-        for change in self.changes:
-            yield from change.rule_changes(self.family)
-
     def _names(self, kind: ChangeKind) -> tuple[str, ...]:
         return tuple(c.name for c in self.changes if c.kind is kind)
 

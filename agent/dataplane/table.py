@@ -13,8 +13,7 @@ from agent.dataplane.backend import ApplyResult, Backend, BackendError
 from agent.dataplane.plan import Drift, TablePlan, expected_state, find_drift, plan_table
 from agent.dataplane.state import ProgrammedState
 
-# Called after each successful apply, e.g. to log one line per rule change
-# (``plan.rule_changes()``) or to count restores.
+# Called after each successful apply, e.g. to count restores.
 AppliedListener = Callable[[TablePlan, ApplyResult], None]
 
 
@@ -92,9 +91,11 @@ class DataplaneSyncError(BackendError):
 class Dataplane:
     """Keeps our chains under ``prefix`` equal to the desired rulesets.
 
-    Each sync reads the programmed hashes, plans the difference and applies it in one
-    restore per family. ``full=True`` rewrites every desired chain (periodic resync);
-    after any failure the next sync of that family is full regardless.
+    Each sync plans the difference between the desired rulesets and the programmed
+    hashes and applies it in one restore per family. ``verify=True`` (the periodic
+    resync) reads the table back and rewrites only what drifted; ``full=True`` (the
+    retry after a failure) rewrites every desired chain. After a failure the next sync
+    of that family is full regardless.
     """
 
     def __init__(

@@ -5,7 +5,8 @@ in seconds and every counter ends in ``_total``. ``Metrics`` is a ``SyncObserver
 reconciler hands it each ``SyncOutcome``; watch health is read from the source at
 scrape time.
 
-See ``METRICS`` below (name, type, labels, meaning): the README table is built from it.
+``METRICS`` below lists every metric (name, type, labels, meaning). The README's Metrics
+table is written by hand from it; a unit test checks that every name appears there.
 """
 
 from __future__ import annotations
@@ -87,10 +88,7 @@ HealthReader = Callable[[], SourceHealth]
 class _SourceCollector(Collector):
     """Reads the source's health at scrape time (counters live in the source)."""
 
-    def __init__(self) -> None:
-        self._reader: HealthReader | None = None
-
-    def set_reader(self, reader: HealthReader | None) -> None:
+    def __init__(self, reader: HealthReader | None) -> None:
         self._reader = reader
 
     def describe(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
@@ -131,8 +129,7 @@ class Metrics:
     """All agent metrics in ``registry``; a ``SyncObserver``.
 
     ``Metrics(registry, source_health=None)``: ``source_health`` is a callable returning
-    the source's ``SourceHealth`` (e.g. ``lambda: source.health``); it can also be set
-    later with ``track_source``. Passing a fresh ``CollectorRegistry()`` per instance keeps
+    the source's ``SourceHealth`` (e.g. ``lambda: source.health``). Passing a fresh ``CollectorRegistry()`` per instance keeps
     instances independent; registering two ``Metrics`` in one registry raises ValueError.
     """
 
@@ -185,13 +182,7 @@ class Metrics:
             self.sync_duration.labels(kind=kind)
         for direction in ("ingress", "egress"):
             self.local_pods_selected.labels(direction=direction)
-        self._source = _SourceCollector()
-        self._source.set_reader(source_health)
-        registry.register(self._source)
-
-    def track_source(self, source_health: HealthReader | None) -> None:
-        """Read watch health from this callable at scrape time (None: report none)."""
-        self._source.set_reader(source_health)
+        registry.register(_SourceCollector(source_health))
 
     # -- SyncObserver --------------------------------------------------------------------
 
@@ -256,11 +247,3 @@ class Metrics:
         self.restores.labels(family=name)
         self.restore_failures.labels(family=name)
         self.bytes_written.labels(family=name)
-
-
-def metrics_table() -> str:
-    """The metric list as a Markdown table (for the README)."""
-    lines = ["| Metric | Type | Labels | Meaning |", "|---|---|---|---|"]
-    for name, kind, labels, text in METRICS:
-        lines.append(f"| `{PREFIX}{name}` | {kind} | {labels or '-'} | {text} |")
-    return "\n".join(lines)

@@ -40,10 +40,6 @@ class Backoff:
         self._rng = rng or random.Random()
         self._attempts = 0
 
-    @classmethod
-    def of(cls, policy: BackoffPolicy, rng: random.Random | None = None) -> Backoff:
-        return cls(policy.initial, policy.cap, jitter=policy.jitter, rng=rng)
-
     @property
     def attempts(self) -> int:
         """Delays handed out since the last reset (failures in a row)."""

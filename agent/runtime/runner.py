@@ -83,7 +83,6 @@ class BoundedFrequencyRunner:
         self._last_full: float | None = None
         self._retry_at: float | None = None
         self._drawn: float | None = None  # a retry delay drawn before record()
-        self.runs = 0
         self.failures_in_a_row = 0
 
     # --- input ------------------------------------------------------------------------
@@ -147,7 +146,6 @@ class BoundedFrequencyRunner:
     def record(self, reason: Reason, ok: bool) -> None:
         """Account for a run of ``fn`` (also one made outside the loop, e.g. ``--once``)."""
         end = self._clock()
-        self.runs += 1
         self._last_run = end
         if reason.full:
             self._last_full = end

@@ -358,7 +358,8 @@ def test_gone_resource_version_relists_and_reports_missed_delete(
     control_plane.compact_etcd()
     # The open stream (which may already carry the delete) is cut: the loop has to
     # resume from a resourceVersion that was compacted away.
-    source.drop_connections()
+    for watcher in source._watchers.values():  # cut every stream, as a network failure
+        watcher.interrupt()
     recorder.gate.set()
 
     recorder.wait_change(Kind.POD, f"{namespace}/doomed", deleted=True)

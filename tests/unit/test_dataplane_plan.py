@@ -355,7 +355,7 @@ def test_rule_changes_name_the_rules_when_the_old_chain_is_known() -> None:
     old = ruleset("53")
     new = ruleset("5353")
     plan = plan_table(new, programmed(old), previous=old)
-    changes = list(plan.rule_changes())
+    changes = [rc for change in plan.changes for rc in change.rule_changes(plan.family)]
     assert [(c.chain, c.action) for c in changes] == [
         ("NPA-POD", RuleAction.REMOVED),
         ("NPA-POD", RuleAction.ADDED),
@@ -371,7 +371,9 @@ def test_rule_changes_fall_back_to_hashes_when_the_old_chain_is_unknown() -> Non
     plan = plan_table(new, programmed(old))
     change = plan.changes[0]
     assert change.kind is ChangeKind.REWRITE and change.old_chain is None
-    actions = [(c.action, c.rule is None) for c in plan.rule_changes()]
+    actions = [
+        (c.action, c.rule is None) for ch in plan.changes for c in ch.rule_changes(plan.family)
+    ]
     assert actions == [(RuleAction.REMOVED, True)] * 2 + [(RuleAction.ADDED, False)] * 2
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -10,7 +12,7 @@ from agent.control.outcome import Cause, ObjectChange, StateCounts
 from agent.control.source import Kind, KindHealth, SourceHealth
 from agent.dataplane.plan import expected_state
 from agent.dataplane.state import ProgrammedState
-from agent.observability.metrics import METRICS, PREFIX, Metrics, metrics_table
+from agent.observability.metrics import METRICS, PREFIX, Metrics
 from tests.unit.test_rulelog import (
     POD_CHAIN,
     T0,
@@ -39,9 +41,11 @@ def parsed(registry: CollectorRegistry) -> dict[str, list[tuple[str, dict[str, s
 
 def test_every_documented_metric_is_exposed_and_parses() -> None:
     registry = CollectorRegistry()
-    metrics = Metrics(registry)
-    metrics.track_source(
-        lambda: SourceHealth({Kind.POD: KindHealth(listed=True, connected=True, objects=3)})
+    Metrics(
+        registry,
+        source_health=lambda: SourceHealth(
+            {Kind.POD: KindHealth(listed=True, connected=True, objects=3)}
+        ),
     )
     families = parsed(registry)
     for name, _kind, _, _ in METRICS:
@@ -57,7 +61,13 @@ def test_every_documented_metric_is_exposed_and_parses() -> None:
     assert families["netpol_agent_watched_objects"] == [
         ("netpol_agent_watched_objects", {"kind": "Pod"}, 3.0)
     ]
-    assert "| `netpol_agent_rules` | gauge | family,table |" in metrics_table()
+
+
+def test_the_readme_lists_every_metric() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    table = readme[readme.index("### Metrics") : readme.index("### The rule-change log")]
+    for name, _, _, _ in METRICS:
+        assert f"`{PREFIX}{name}`" in table or f"`_{name}`" in table, name
 
 
 def test_two_instances_do_not_share_state() -> None:
