@@ -10,8 +10,8 @@ restore per family). Nothing is written before the source has listed everything 
 and nothing is ever flushed: on an API outage the rules stay as they are (fail static).
 
 A batch from the source is taken in whole or not at all: every object is parsed first
-(an object that cannot be parsed becomes a logged problem and counts as absent, which
-fails closed for what it selected), then the store is updated under the lock. If the
+(an object the parser rejects is a logged problem and counts as absent; one it fails on
+unexpectedly too, except a NetworkPolicy, which then isolates its whole namespace), then the store is updated under the lock. If the
 sink raises anyway, nothing of the batch was taken, and the source must not record the
 batch as delivered (it retries it).
 """
@@ -174,23 +174,38 @@ class Reconciler:
 
     @staticmethod
     def _parse_change(change: Change) -> ModelObject | None:
-        """The model object, or None for a delete and for an object that cannot be used."""
+        """The model object; None for a delete and for an object that cannot be used.
+
+        A NetworkPolicy the parser fails on unexpectedly (a bug, not ``InvalidObject``)
+        fails closed: it stands as a policy isolating every pod of its namespace in both
+        directions and allowing nothing, until a usable version replaces it.
+        """
         if change.obj is None:
             return None
         try:
             new = _parse(change.kind, change.obj)
         except parse.InvalidObject as error:
+            # Unusable as a whole (as render/explain skip it): forget it, as if deleted.
             log.warning("%s %s ignored: %s", change.kind.value, change.key, error)
             return None
         except Exception as error:  # a parser bug must cost this object only, not the batch
-            log.warning(
-                "%s %s ignored: cannot parse it (%s: %s)",
-                change.kind.value,
-                change.key,
-                type(error).__name__,
-                error,
-            )
+            reason = f"cannot parse it ({type(error).__name__}: {error})"
             log.debug("parse failure of %s %s", change.kind.value, change.key, exc_info=True)
+            if change.kind is Kind.NETWORK_POLICY and "/" in change.key:
+                namespace, _, name = change.key.partition("/")
+                problem = (
+                    f"NetworkPolicy {change.key}: {reason}; isolating every pod of "
+                    f"namespace {namespace} in both directions until it is fixed"
+                )
+                log.warning("%s", problem)
+                return NetworkPolicy(
+                    namespace=namespace,
+                    name=name,
+                    pod_selector=None,
+                    policy_types=frozenset((Direction.INGRESS, Direction.EGRESS)),
+                    problems=(problem,),
+                )
+            log.warning("%s %s ignored: %s", change.kind.value, change.key, reason)
             return None
         if isinstance(new, NetworkPolicy):
             for problem in new.problems:

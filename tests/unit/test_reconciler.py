@@ -123,7 +123,12 @@ def test_one_object_the_parser_chokes_on_does_not_stop_the_rest_of_its_batch(
     ]
     reconciler.on_changes(changes)
     state = reconciler.snapshot()
-    assert list(state.policies) == ["x/good"]  # the valid one is taken, the broken one absent
+    assert sorted(state.policies) == ["x/evil", "x/good"]  # the valid one is taken
+    broken = state.policies["x/evil"]
+    # Fails closed: it isolates every pod of its namespace, both ways, allowing nothing.
+    assert broken.pod_selector is None and len(broken.policy_types) == 2
+    assert broken.ingress == () and broken.egress == ()
+    assert "unexpected shape" in broken.problems[0]
 
 
 def test_a_batch_that_raises_in_the_sink_is_delivered_again_whole(
