@@ -126,7 +126,8 @@ class FileSource:
         self._thread: threading.Thread | None = None
         self._sink: ChangeSink | None = None
         self._state: State = {kind: {} for kind in Kind}
-        self._stamp: _FileStamp | None = None
+        self._stamp: _FileStamp | None = None  # the version last looked at
+        self._delivered_stamp: _FileStamp | None = None  # the version last delivered
         self._digest = b""
         self._loaded = False
         self._health = KindHealth()
@@ -189,9 +190,7 @@ class FileSource:
                     )
                     raise
             self._commit(state, stamp, digest)
-            if self._health.last_error is not None:
-                log.info("%s: readable again; applying it", self._path)
-            self._health = replace(self._health, connected=True, last_error=None)
+            self._recovered()
             if changes:
                 log.info("%s changed: %d object changes", self._path, len(changes))
         return changes
@@ -210,6 +209,8 @@ class FileSource:
         try:
             stamp = self._stat()
             if stamp == self._stamp:
+                if stamp == self._delivered_stamp:
+                    self._recovered()  # back as delivered (e.g. moved away and back)
                 return None
             text, digest = self._read()
         except FileSourceError as error:
@@ -217,6 +218,7 @@ class FileSource:
             return None
         if digest == self._digest:  # touched or rewritten with the same bytes
             self._stamp = stamp
+            self._recovered()  # e.g. readable again after a permission fix
             return None
         if not text:
             # Most likely caught between truncate and write by a non-atomic writer (write
@@ -242,9 +244,15 @@ class FileSource:
         ]
         return changes, state, stamp, digest
 
+    def _recovered(self) -> None:
+        if self._health.last_error is not None:
+            log.info("%s: readable again", self._path)
+        self._health = replace(self._health, connected=True, last_error=None)
+
     def _commit(self, state: State, stamp: _FileStamp, digest: bytes) -> None:
         self._state = state
         self._stamp = stamp
+        self._delivered_stamp = stamp
         self._digest = digest
         self._health = replace(self._health, last_event_time=time.time())
 

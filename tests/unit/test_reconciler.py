@@ -201,3 +201,54 @@ def test_a_failing_family_is_named_in_the_outcome() -> None:
     reconciler = Reconciler(ReconcilerConfig(node_name="n"), Source(synced=True), HalfBroken())  # type: ignore[arg-type]
     outcome = reconciler.run_pass(Cause.INITIAL)
     assert outcome.family_errors == {Family.IPV6: "ip6tables-restore failed"}
+
+
+def test_a_file_the_parser_blows_up_on_is_reported_once_not_every_poll(
+    tmp_path: Any, monkeypatch: Any, caplog: Any
+) -> None:
+    import logging
+
+    from agent.control import file_source
+    from agent.control.file_source import FileSource
+    from tests.unit import builders as b
+
+    path = tmp_path / "state.yaml"
+    _write(path, [b.namespace("x")])
+    delivered: list[Any] = []
+    source = FileSource(path, poll_interval=None)
+    source.start(delivered.extend)
+
+    def deep(text: str, origin: str = "") -> Any:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(file_source, "parse_state", deep)
+    _write(path, [b.namespace("x"), b.namespace("y")])
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG):
+        for _ in range(5):
+            assert source.check_now() == []
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "RecursionError" in errors[0].getMessage()
+    assert all(r.exc_info is None for r in caplog.records)  # no traceback
+    assert source.health.kinds[Kind.NAMESPACE].list_errors == 1
+    assert [c.key for c in delivered] == ["x"]  # the previous state stays in force
+
+
+def test_an_unreadable_file_is_reported_until_it_is_readable_again(tmp_path: Any) -> None:
+    import os
+
+    from agent.control.file_source import FileSource
+    from tests.unit import builders as b
+
+    path = tmp_path / "state.yaml"
+    _write(path, [b.namespace("x")])
+    source = FileSource(path, poll_interval=None)
+    source.start(lambda changes: None)
+    os.rename(path, tmp_path / "away.yaml")
+    source.check_now()
+    health = source.health.kinds[Kind.POD]
+    assert not health.connected and "cannot stat" in (health.last_error or "")
+    os.rename(tmp_path / "away.yaml", path)  # back, same bytes
+    source.check_now()
+    health = source.health.kinds[Kind.POD]
+    assert health.connected and health.last_error is None
