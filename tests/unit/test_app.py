@@ -148,3 +148,82 @@ def test_make_backend_retries_with_backoff_until_stopped() -> None:
 
     with pytest.raises(BackendError):  # without a stop event the first failure raises
         app.make_backend("auto", None, factory=broken)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _readyz(port: int) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+    except OSError:
+        return 0, "not serving yet"
+
+
+def _wait_for(predicate: Any, what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_readyz_of_the_running_agent_names_an_unreadable_file_and_a_failing_family(
+    tmp_path: Path, backend: RecordingBackend
+) -> None:
+    import os
+
+    from agent.config import Intervals
+    from agent.dataplane.backend import RestoreError
+
+    path = write_state(tmp_path)
+    port = _free_port()
+    config = AgentConfig(
+        node_name="node1",
+        source=SourceConfig(file=path, poll_interval=0.05),
+        kernel_addresses=False,
+        metrics_address=f"127.0.0.1:{port}",
+        rule_log=None,
+        intervals=Intervals(min_sync=0.0, resync=0.3, retry_initial=0.05, retry_max=0.1),
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=app.run, args=(config,), kwargs={"stop": stop})
+    thread.start()
+    try:
+        _wait_for(lambda: _readyz(port)[0] == 200, "ready")
+
+        os.rename(path, tmp_path / "gone.yaml")
+        _wait_for(lambda: _readyz(port)[0] == 503, "not ready while the file is unreadable")
+        body = _readyz(port)[1]
+        assert "source failing" in body and "state.yaml" in body, body
+        os.rename(tmp_path / "gone.yaml", path)
+        _wait_for(lambda: _readyz(port)[0] == 200, "ready again")
+
+        real_apply = backend.apply
+
+        def ipv6_fails(plan: TablePlan) -> ApplyResult:
+            if plan.family is Family.IPV6:
+                raise RestoreError("ip6tables-nft-restore", 2, "injected failure")
+            return real_apply(plan)
+
+        backend.apply = ipv6_fails  # type: ignore[method-assign]
+        _wait_for(lambda: _readyz(port)[0] == 503, "not ready while IPv6 fails")
+        body = _readyz(port)[1]
+        assert body.startswith("ipv6 sync failing") and "injected failure" in body, body
+        assert "ipv4" not in body
+        backend.apply = real_apply  # type: ignore[method-assign]
+        _wait_for(lambda: _readyz(port) == (200, "ok\n"), "ready after IPv6 recovers")
+    finally:
+        stop.set()
+        thread.join(10)
