@@ -252,3 +252,48 @@ def test_an_unreadable_file_is_reported_until_it_is_readable_again(tmp_path: Any
     source.check_now()
     health = source.health.kinds[Kind.POD]
     assert health.connected and health.last_error is None
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 500.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _drive(reconciler: Reconciler, clock: _Clock, until: float) -> None:
+    while clock.now < until:
+        delay = reconciler.runner.step()
+        if delay > 0:
+            clock.now += min(delay, until - clock.now)
+
+
+def test_the_loop_on_a_fake_clock_coalesces_retries_and_resyncs() -> None:
+    clock = _Clock()
+    dataplane = Dataplane(failures=1)
+    config = ReconcilerConfig(
+        node_name="n", min_interval=1.0, resync_period=30.0, retry_initial=2.0, retry_max=2.0
+    )
+    reconciler = Reconciler(config, Source(synced=True), dataplane, clock=clock)  # type: ignore[arg-type]
+    causes: list[tuple[float, Cause]] = []
+    run_pass = reconciler.run_pass
+
+    def recording(cause: Cause, *, record: bool = True) -> Any:
+        causes.append((clock.now, cause))
+        return run_pass(cause, record=record)
+
+    reconciler.run_pass = recording  # type: ignore[method-assign]
+    _drive(reconciler, clock, 510.0)
+    # The initial pass failed; the retry came 1-2 s later (jittered backoff), as a full one.
+    assert [c for _, c in causes] == [Cause.INITIAL, Cause.RETRY]
+    assert 501.0 <= causes[1][0] <= 502.0
+    # A burst of changes is one pass.
+    for name in "abcde":
+        reconciler.on_changes([Change(Kind.NAMESPACE, name, {"metadata": {"name": name}})])
+    _drive(reconciler, clock, 520.0)
+    assert [c for _, c in causes[2:]] == [Cause.CHANGE]
+    assert len(reconciler.last_outcome.changes) == 5  # type: ignore[union-attr]
+    # Nothing more until the resync period after the last full pass.
+    _drive(reconciler, clock, causes[1][0] + 30.0 + 0.5)
+    assert [c for _, c in causes[3:]] == [Cause.RESYNC]
