@@ -543,35 +543,31 @@ class _KindWatcher:
             for chunk in response.stream(STREAM_CHUNK_BYTES, decode_content=True):
                 buffer += chunk
                 changes: list[Change] = []
-                # What the store held before this chunk's events, to undo them if the
-                # consumer fails: a batch counts as seen only once it was delivered.
+                # What the store held before this chunk's events: a batch counts as seen
+                # only once it was delivered. If anything fails first (the consumer, a
+                # 410 ERROR event after good ones, a broken line), the store and the
+                # resourceVersion go back, and the resumed watch (or the relist's diff)
+                # delivers these changes again.
                 undo: dict[str, Mapping[str, Any] | None] = {}
                 resumed_from = self._resource_version
-                while (newline := buffer.find(b"\n")) >= 0:
-                    line = bytes(buffer[:newline])
-                    del buffer[: newline + 1]
-                    if line.strip():
-                        changes.extend(self._apply_event(json.loads(line), undo))
-                        events += 1  # after _apply_event: an ERROR event does not count
-                if len(buffer) > MAX_EVENT_BYTES:
-                    raise StreamError(f"watch event larger than {MAX_EVENT_BYTES} bytes")
-                if events or time.monotonic() - started >= HEALTHY_WATCH_SECONDS:
-                    # This connection works: the next failure starts a fresh backoff.
-                    self._backoff.reset()
-                    self._failures.success()
-                if changes:
-                    try:
+                try:
+                    while (newline := buffer.find(b"\n")) >= 0:
+                        line = bytes(buffer[:newline])
+                        del buffer[: newline + 1]
+                        if line.strip():
+                            changes.extend(self._apply_event(json.loads(line), undo))
+                            events += 1  # after _apply_event: an ERROR event does not count
+                    if len(buffer) > MAX_EVENT_BYTES:
+                        raise StreamError(f"watch event larger than {MAX_EVENT_BYTES} bytes")
+                    if events or time.monotonic() - started >= HEALTHY_WATCH_SECONDS:
+                        # This connection works: the next failure starts a fresh backoff.
+                        self._backoff.reset()
+                        self._failures.success()
+                    if changes:
                         self._deliver(changes)
-                    except Exception:
-                        # Resume from before this batch: the watch sends it again.
-                        for key, previous in undo.items():
-                            if previous is None:
-                                self._store.pop(key, None)
-                            else:
-                                self._store[key] = previous
-                        self._resource_version = resumed_from
-                        self._update_health(resource_version=resumed_from)
-                        raise
+                except BaseException:
+                    self._undo(undo, resumed_from)
+                    raise
         finally:
             self._release(response)
             if time.monotonic() - started >= HEALTHY_WATCH_SECONDS:
@@ -589,6 +585,15 @@ class _KindWatcher:
             events,
             self._resource_version,
         )
+
+    def _undo(self, undo: Mapping[str, Mapping[str, Any] | None], resource_version: str) -> None:
+        for key, previous in undo.items():
+            if previous is None:
+                self._store.pop(key, None)
+            else:
+                self._store[key] = previous
+        self._resource_version = resource_version
+        self._update_health(resource_version=resource_version)
 
     def _apply_event(
         self, event: Any, undo: dict[str, Mapping[str, Any] | None] | None = None

@@ -41,7 +41,7 @@ class Reply:
 
     status: int = 200
     body: Any = None  # a JSON document (list replies / errors)
-    events: Sequence[Any] = ()  # watch events, one per chunk
+    events: Sequence[Any] = ()  # watch events, one per chunk (a tuple: one chunk)
     hang: bool = False  # keep the stream open (silent) after the events
 
 
@@ -119,7 +119,9 @@ def make_handler(script: Script) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             try:
                 for event in reply.events:
-                    line = json.dumps(event).encode() + b"\n"
+                    # A tuple of events goes out as one chunk.
+                    group = event if isinstance(event, tuple) else (event,)
+                    line = b"".join(json.dumps(e).encode() + b"\n" for e in group)
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
                     self.wfile.flush()
                 while reply.hang and not script.closing.wait(0.05):
@@ -306,3 +308,19 @@ def test_a_batch_the_consumer_fails_on_is_delivered_again(fake: Any) -> None:
     assert sorted(delivered) == ["ns/a", "ns/b"]  # each delivered once, none lost
     assert script.sent(PODS, "watch")[1]["resourceVersion"] in ("3", "4")  # b not seen
     assert source.health.kinds[Kind.POD].watch_errors >= 1
+
+
+def test_events_before_a_410_in_the_same_chunk_are_not_lost(fake: Any) -> None:
+    """Applied but not delivered when the ERROR came: the relist's diff delivers them."""
+    script, start = fake
+    script.add(PODS, "list",
+               Reply(body=pod_list([pod("a", "2")], "3")),
+               Reply(body=pod_list([pod("a", "2"), pod("x", "4")], "9")))
+    script.add(PODS, "watch",
+               Reply(events=[({"type": "ADDED", "object": pod("x", "4")},
+                              {"type": "ERROR", "object": gone()})]),
+               Reply(hang=True))
+    source, recorder = start()
+    wait_until(lambda: source.health.kinds[Kind.POD].relists == 1, "a relist")
+    wait_until(lambda: len(recorder.pod_batches()) == 2, "two pod batches")
+    assert recorder.pod_batches() == [[("ns/a", False)], [("ns/x", False)]]
