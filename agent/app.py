@@ -26,6 +26,7 @@ from agent.control.reconciler import Reconciler, ReconcilerConfig
 from agent.control.source import Source
 from agent.dataplane.backend import Backend, BackendError
 from agent.dataplane.table import Dataplane
+from agent.model.objects import IPAddress
 from agent.observability.health import HealthServer, HealthState
 from agent.observability.metrics import Metrics
 from agent.observability.rulelog import RuleLog
@@ -155,12 +156,12 @@ def run(config: AgentConfig, *, stop: threading.Event | None = None) -> int:
     # Partial syncs trust what we last wrote (reading 20k rules back costs more than the
     # write); full resyncs read the kernel and repair any drift.
     dataplane = Dataplane(backend, config.compiler.chain_prefix + "-", read_on_partial=False)
-    watcher: AddressWatcher | None = None
-    if config.kernel_addresses:
-        # The callback runs only after start(), when `reconciler` exists.
-        watcher = AddressWatcher(
-            on_change=lambda addresses: reconciler.on_node_addresses(addresses)  # type: ignore[union-attr]
-        )
+
+    def on_addresses(addresses: tuple[IPAddress, ...]) -> None:
+        if reconciler is not None:  # the watcher starts after the reconciler exists
+            reconciler.on_node_addresses(addresses)
+
+    watcher = AddressWatcher(on_change=on_addresses) if config.kernel_addresses else None
     health = observers.health
     reconciler = Reconciler(
         reconciler_config(config),
