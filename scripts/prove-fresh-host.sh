@@ -40,13 +40,15 @@ if [[ "${1:-}" == __inside ]]; then
             mount -t tmpfs -o size=16m,mode=0755 netpol-fresh "${path}"
             echo "hidden (empty tmpfs): ${path}"
         elif [[ -e "${path}" ]]; then
+            # (a bind mount over a symlink lands on its target)
             mount --bind "${empty_file}" "${path}"
-            echo "hidden (empty file):  ${path}"
+            echo "hidden (empty file):  ${path} ($(readlink -f "${path}"))"
         fi
     done <"${work}/hide"
     for tool in go kubectl gofmt; do
-        if command -v "${tool}" >/dev/null 2>&1; then
-            echo "STILL VISIBLE: ${tool} at $(command -v "${tool}")" >&2
+        # type -P lists executables only (command -v also names non-executable files)
+        if found="$(type -a -P "${tool}")"; then
+            echo "STILL VISIBLE: ${tool} at ${found}" >&2
             exit 1
         fi
     done
