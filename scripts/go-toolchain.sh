@@ -106,7 +106,7 @@ find_bootstrap() {
     }
     log "installing ${package} (only to download ${want}; it puts no 'go' on PATH)"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-        "${package}" ca-certificates >&2
+        "${package}" >/dev/null
     dpkg -L "${package}" | grep -m1 -E '^/usr/lib/go-1\.[0-9]+/bin/go$'
 }
 
