@@ -81,7 +81,7 @@ find_bootstrap() {
         return
     fi
     local candidate
-    for candidate in $(ls -d /usr/lib/go-1.*/bin/go 2>/dev/null | sort -V -r); do
+    for candidate in $(printf '%s\n' /usr/lib/go-1.*/bin/go | sort -V -r); do
         if [[ -x "${candidate}" ]]; then
             echo "${candidate}"
             return

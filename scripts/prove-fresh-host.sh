@@ -88,6 +88,7 @@ repo="$(git -C "$(dirname "${BASH_SOURCE[0]}")" rev-parse --show-toplevel)"
 branch="${branch:-$(git -C "${repo}" rev-parse --abbrev-ref HEAD)}"
 work="$(mktemp -d /tmp/netpol-fresh.XXXXXX)"
 log="${work}.log"
+# shellcheck disable=SC2317  # (called by the EXIT trap)
 cleanup() {
     if ((keep)); then
         echo "kept ${work} (log ${log})"
