@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/setup-host.sh
+$(STAMP): pyproject.toml scripts/setup-host.sh scripts/go-toolchain.sh
 	bash scripts/setup-host.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

@@ -1,9 +1,20 @@
 #!/usr/bin/env bash
 # Install what netpol-agent's tests, demo and benchmarks need on a fresh Debian machine.
 # Idempotent: a second run installs nothing.
+#
+#   Debian packages: the iptables/nftables/conntrack/iproute2/procps commands the lab,
+#     the agent and the benchmarks run, openssl (the test control plane's certificates),
+#     python3 + venv.
+#   Go: the toolchain pinned in tests/cluster/gobuild/kube-apiserver/go.mod, fetched once
+#     into ~/.cache/netpol-agent/go by scripts/go-toolchain.sh (which, only when the
+#     machine has no Go at all, installs Debian's golang-1.NN-go to fetch it with). It
+#     builds etcd, kube-apiserver and kubectl (tests/cluster/build.sh) and the benchmark's
+#     load generator. Nothing is installed into /usr/local, and no `go` is put on PATH.
 set -euo pipefail
 
-packages=(iptables nftables conntrack iproute2 openssl python3-venv ca-certificates)
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+packages=(iptables nftables conntrack iproute2 procps openssl python3 python3-venv ca-certificates)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -19,8 +30,5 @@ if ((${#missing[@]})); then
   apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# The real kube-apiserver and etcd for the control-plane tests are built with Go.
-if ! command -v go >/dev/null 2>&1; then
-  echo "setup: installing Go (Debian's; GOTOOLCHAIN fetches the version the build needs)"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends golang-go >/dev/null
-fi
+# Prints the toolchain's path; does nothing when it is already in the cache.
+bash "${here}/go-toolchain.sh" >/dev/null

@@ -22,7 +22,6 @@ from tests.cluster.controlplane import ControlPlane
 from tests.cluster.kube import Kube, model
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-KUBECTL = "/usr/bin/kubectl"
 FIELD_MANAGER = "netpol-agent-tests"
 NAMESPACE = "netpol-agent"
 SERVICE_ACCOUNT = "netpol-agent"
@@ -57,7 +56,7 @@ def kubectl(
     cp: ControlPlane, *args: str, kubeconfig: Path | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
-        [KUBECTL, f"--kubeconfig={kubeconfig or cp.admin_kubeconfig}", *args],
+        [str(cp.binaries.kubectl), f"--kubeconfig={kubeconfig or cp.admin_kubeconfig}", *args],
         capture_output=True,
         text=True,
         timeout=60,

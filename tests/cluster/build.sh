@@ -1,24 +1,48 @@
 #!/usr/bin/env bash
-# Build (once) the real etcd and kube-apiserver used by the cluster tests.
+# Build (once) the real etcd, kube-apiserver and kubectl used by the tests.
 #
-# The versions are pinned by the go.mod/go.sum files under tests/cluster/gobuild/.
-# Binaries are cached outside the repository, in
+#   bash tests/cluster/build.sh [etcd] [kube-apiserver] [kubectl]   (default: all three)
+#
+# The versions are pinned by the go.mod/go.sum files under tests/cluster/gobuild/:
+# kube-apiserver and kubectl come from the same k8s.io/kubernetes pin and are built by
+# one `go build`, so the packages they share compile once. Binaries are cached outside
+# the repository, in
 #   ${NETPOL_AGENT_BIN_CACHE:-${XDG_CACHE_HOME:-~/.cache}/netpol-agent/bin}/<component>-<version>/<component>
 # so only the first run compiles; later runs only check that the files exist.
 #
-# On success the last lines on stdout are, one per component:
+# The Go toolchain is the one scripts/go-toolchain.sh provides (the version in the
+# go.mod `toolchain` line, fetched once into the project's cache); a `go` that happens
+# to be on PATH is not used for building.
+#
+# On success the last lines on stdout are, one per component asked for:
 #   ETCD=/abs/path/to/etcd
 #   KUBE_APISERVER=/abs/path/to/kube-apiserver
+#   KUBECTL=/abs/path/to/kubectl
 # Everything else (progress, compiler output) goes to stderr.
 #
-# Only the Go module proxy is needed: no git, no GitHub, no dl.k8s.io.
+# Only the Go module proxy is needed: no git, no GitHub, no release downloads.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "${here}/../.." && pwd)"
 gobuild="${here}/gobuild"
 cache_root="${NETPOL_AGENT_BIN_CACHE:-${XDG_CACHE_HOME:-${HOME}/.cache}/netpol-agent/bin}"
 
 log() { printf 'build.sh: %s\n' "$*" >&2; }
+
+want_etcd=0 want_kas=0 want_kubectl=0
+(($#)) || set -- etcd kube-apiserver kubectl
+for component in "$@"; do
+    case "${component}" in
+        etcd) want_etcd=1 ;;
+        kube-apiserver) want_kas=1 ;;
+        kubectl) want_kubectl=1 ;;
+        *)
+            log "unknown component '${component}' (etcd, kube-apiserver, kubectl)"
+            exit 2
+            ;;
+    esac
+done
 
 # module_version DIR MODULE: the version of MODULE that DIR/go.mod requires.
 module_version() {
@@ -37,68 +61,97 @@ etcd_version="$(module_version "${gobuild}/etcd" go.etcd.io/etcd/server/v3)"
 
 etcd_bin="${cache_root}/etcd-${etcd_version}/etcd"
 kas_bin="${cache_root}/kube-apiserver-${kube_version}/kube-apiserver"
+kubectl_bin="${cache_root}/kubectl-${kube_version}/kubectl"
 
+gocmd=""
 ensure_go() {
-    if command -v go >/dev/null 2>&1; then
-        return
-    fi
-    log "no 'go' on PATH: installing Debian's golang-go (GOTOOLCHAIN fetches the pinned toolchain)"
-    if [[ "$(id -u)" -ne 0 ]]; then
-        log "not root: install golang-go (or any Go) yourself and re-run"
+    [[ -n "${gocmd}" ]] && return
+    gocmd="$(bash "${repo}/scripts/go-toolchain.sh" | tail -n1)"
+    [[ -x "${gocmd}" ]] || {
+        log "scripts/go-toolchain.sh gave no Go toolchain"
         exit 1
-    fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends golang-go ca-certificates >&2
+    }
 }
 
-# build NAME MODDIR PACKAGE OUTPUT [extra ldflags]
+# lock FILE: hold an exclusive lock on FILE until this script exits.
+lock() {
+    mkdir -p "$(dirname "$1")"
+    local fd
+    exec {fd}>"$1"
+    flock "${fd}"
+}
+
+# build MODDIR LDFLAGS NAME=PACKAGE=OUTPUT...: one `go build` of every NAME's PACKAGE,
+# each binary moved to its OUTPUT. With several packages, each one's last path element
+# must be its NAME (go build names the binaries that way).
 build() {
-    local name="$1" moddir="$2" pkg="$3" out="$4" extra="${5:-}"
-    local outdir tmp start
-    outdir="$(dirname "${out}")"
-    mkdir -p "${outdir}"
-    # Serialise concurrent builds of the same component (parallel test runs).
-    exec {lockfd}>"${outdir}/.lock"
-    flock "${lockfd}"
-    if [[ -x "${out}" ]]; then
-        exec {lockfd}>&-
-        return
-    fi
+    local moddir="$1" ldflags="$2"
+    shift 2
+    local spec name pkg out tmp start target names=() pkgs=()
+    for spec in "$@"; do
+        IFS='=' read -r name pkg out <<<"${spec}"
+        names+=("${name}")
+        pkgs+=("${pkg}")
+    done
     ensure_go
-    # A local Go older than the go.mod's "go" line makes the go command fetch the
-    # right toolchain from the module proxy instead of failing.
-    export GOTOOLCHAIN="${NETPOL_AGENT_GOTOOLCHAIN:-auto}"
-    export CGO_ENABLED=0
-    export GOFLAGS="-mod=readonly -buildvcs=false"
-    tmp="$(mktemp "${outdir}/.${name}.XXXXXX")"
-    start=$SECONDS
-    log "building ${name} (${pkg}) into ${out} with $(cd "${moddir}" && go version)"
-    if ! (cd "${moddir}" && go build -trimpath -ldflags="-s -w ${extra}" -o "${tmp}" "${pkg}"); then
-        rm -f "${tmp}"
-        log "FAILED to build ${name}"
+    mkdir -p "${cache_root}"
+    tmp="$(mktemp -d "${cache_root}/.build.XXXXXX")"
+    # shellcheck disable=SC2064
+    trap "rm -rf '${tmp}'" EXIT
+    target="${tmp}/"
+    ((${#names[@]} > 1)) || target="${tmp}/${names[0]}"
+    start=${SECONDS}
+    log "building ${names[*]} with $("${gocmd}" version) (first time: many minutes)"
+    # GOTOOLCHAIN=local: build with exactly this toolchain, never switch to another one.
+    if ! (cd "${moddir}" && env -u GOROOT GOTOOLCHAIN=local CGO_ENABLED=0 \
+        GOFLAGS="-mod=readonly -buildvcs=false" \
+        "${gocmd}" build -trimpath -ldflags="-s -w ${ldflags}" -o "${target}" "${pkgs[@]}"); then
+        log "FAILED to build ${names[*]}"
         exit 1
     fi
-    chmod 0755 "${tmp}"
-    mv -f "${tmp}" "${out}"
-    log "built ${name} in $((SECONDS - start))s"
-    exec {lockfd}>&-
+    for spec in "$@"; do
+        IFS='=' read -r name pkg out <<<"${spec}"
+        mkdir -p "$(dirname "${out}")"
+        chmod 0755 "${tmp}/${name}"
+        mv -f "${tmp}/${name}" "${out}"
+    done
+    rm -rf "${tmp}"
+    trap - EXIT
+    log "built ${names[*]} in $((SECONDS - start))s"
 }
 
-if [[ ! -x "${etcd_bin}" ]]; then
-    build etcd "${gobuild}/etcd" go.etcd.io/etcd/server/v3 "${etcd_bin}"
+# Serialise concurrent builds (parallel test runs): one lock per go.mod.
+if ((want_etcd)) && [[ ! -x "${etcd_bin}" ]]; then
+    lock "${cache_root}/etcd-${etcd_version}/.lock"
+    if [[ ! -x "${etcd_bin}" ]]; then
+        build "${gobuild}/etcd" "" "etcd=go.etcd.io/etcd/server/v3=${etcd_bin}"
+    fi
 fi
 
-if [[ ! -x "${kas_bin}" ]]; then
-    minor="${kube_version#v1.}"
-    minor="${minor%%.*}"
-    vpkgs=(k8s.io/component-base/version k8s.io/client-go/pkg/version)
-    ver_flags=""
-    for p in "${vpkgs[@]}"; do
-        ver_flags+=" -X ${p}.gitVersion=${kube_version} -X ${p}.gitMajor=1"
-        ver_flags+=" -X ${p}.gitMinor=${minor} -X ${p}.gitTreeState=clean"
-    done
-    build kube-apiserver "${gobuild}/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver \
-        "${kas_bin}" "${ver_flags}"
+kube_specs() {
+    if ((want_kas)) && [[ ! -x "${kas_bin}" ]]; then
+        echo "kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver=${kas_bin}"
+    fi
+    if ((want_kubectl)) && [[ ! -x "${kubectl_bin}" ]]; then
+        echo "kubectl=k8s.io/kubernetes/cmd/kubectl=${kubectl_bin}"
+    fi
+}
+if [[ -n "$(kube_specs)" ]]; then
+    lock "${cache_root}/kube-apiserver-${kube_version}/.lock"
+    mapfile -t specs < <(kube_specs)
+    if ((${#specs[@]})); then
+        minor="${kube_version#v1.}"
+        minor="${minor%%.*}"
+        ver_flags=""
+        for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+            ver_flags+=" -X ${p}.gitVersion=${kube_version} -X ${p}.gitMajor=1"
+            ver_flags+=" -X ${p}.gitMinor=${minor} -X ${p}.gitTreeState=clean"
+        done
+        build "${gobuild}/kube-apiserver" "${ver_flags}" "${specs[@]}"
+    fi
 fi
 
-echo "ETCD=${etcd_bin}"
-echo "KUBE_APISERVER=${kas_bin}"
+((want_etcd)) && echo "ETCD=${etcd_bin}"
+((want_kas)) && echo "KUBE_APISERVER=${kas_bin}"
+((want_kubectl)) && echo "KUBECTL=${kubectl_bin}"
+exit 0

@@ -52,9 +52,10 @@ from tests.cluster.kube import model
 HERE = Path(__file__).resolve().parent
 BUILD_SCRIPT = HERE / "build.sh"
 
-#: Environment variables that point at prebuilt binaries (skip build.sh).
+#: Environment variables that point at prebuilt binaries (build.sh builds only the others).
 ENV_ETCD = "NETPOL_AGENT_ETCD"
 ENV_KUBE_APISERVER = "NETPOL_AGENT_KUBE_APISERVER"
+ENV_KUBECTL = "NETPOL_AGENT_KUBECTL"
 #: Set to 1 to keep the run directory (logs, certs, etcd data) after stop().
 ENV_KEEP_DIR = "NETPOL_AGENT_KEEP_CLUSTER_DIR"
 
@@ -116,20 +117,30 @@ class ControlPlaneError(RuntimeError):
 class Binaries:
     etcd: Path
     kube_apiserver: Path
+    kubectl: Path
+
+
+#: build.sh component name -> (its KEY= output line, the overriding environment variable).
+_COMPONENTS = {
+    "etcd": ("ETCD", ENV_ETCD),
+    "kube-apiserver": ("KUBE_APISERVER", ENV_KUBE_APISERVER),
+    "kubectl": ("KUBECTL", ENV_KUBECTL),
+}
 
 
 def build_binaries(*, quiet: bool = False) -> Binaries:
-    """Build (or find in the cache) etcd and kube-apiserver; raise if that fails.
+    """Build (or find in the cache) etcd, kube-apiserver and kubectl; raise if that fails.
 
-    ``NETPOL_AGENT_ETCD`` / ``NETPOL_AGENT_KUBE_APISERVER`` override either path
-    (with both set, tests/cluster/build.sh is not run at all). Debian's
-    etcd-server 3.4.23 (/usr/bin/etcd) also passes our tests, for instance.
+    ``NETPOL_AGENT_ETCD`` / ``NETPOL_AGENT_KUBE_APISERVER`` / ``NETPOL_AGENT_KUBECTL``
+    override each path; tests/cluster/build.sh builds only the others (with all three
+    set, it is not run at all). Debian's etcd-server 3.4.23 (/usr/bin/etcd) also passes
+    our tests, for instance. A kubectl that happens to be on PATH is never used.
     """
-    env_etcd, env_kas = os.environ.get(ENV_ETCD), os.environ.get(ENV_KUBE_APISERVER)
-    found: dict[str, str] = {}
-    if not (env_etcd and env_kas):
+    paths = {name: os.environ.get(env, "") for name, (_, env) in _COMPONENTS.items()}
+    wanted = [name for name, path in paths.items() if not path]
+    if wanted:
         proc = subprocess.run(
-            ["bash", str(BUILD_SCRIPT)],
+            ["bash", str(BUILD_SCRIPT), *wanted],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE if quiet else None,
             text=True,
@@ -140,16 +151,18 @@ def build_binaries(*, quiet: bool = False) -> Binaries:
             raise ControlPlaneError(
                 f"{BUILD_SCRIPT} failed with exit code {proc.returncode}: {detail}"
             )
+        found: dict[str, str] = {}
         for line in proc.stdout.splitlines():
             key, sep, value = line.partition("=")
             if sep:
                 found[key.strip()] = value.strip()
-        if "ETCD" not in found or "KUBE_APISERVER" not in found:
-            raise ControlPlaneError(f"build.sh printed no ETCD=/KUBE_APISERVER= lines: "
-                                    f"{proc.stdout!r}")
-    bins = Binaries(Path(env_etcd or found["ETCD"]),
-                    Path(env_kas or found["KUBE_APISERVER"]))
-    for path in (bins.etcd, bins.kube_apiserver):
+        for name in wanted:
+            key = _COMPONENTS[name][0]
+            if key not in found:
+                raise ControlPlaneError(f"build.sh printed no {key}= line: {proc.stdout!r}")
+            paths[name] = found[key]
+    bins = Binaries(Path(paths["etcd"]), Path(paths["kube-apiserver"]), Path(paths["kubectl"]))
+    for path in (bins.etcd, bins.kube_apiserver, bins.kubectl):
         if not os.access(path, os.X_OK):
             raise ControlPlaneError(f"not an executable: {path}")
     return bins
@@ -711,6 +724,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.kubeconfig_out.chmod(0o600)
             kubeconfig = args.kubeconfig_out
         print(f"KUBECONFIG={kubeconfig}", flush=True)
+        print(f"KUBECTL={cp.binaries.kubectl}", flush=True)
         print(f"apiserver {cp.apiserver_url}  etcd {cp.etcd_url}  dir {cp.run_dir}",
               file=sys.stderr, flush=True)
         print("Ctrl-C to stop", file=sys.stderr, flush=True)

@@ -4,8 +4,9 @@
 #
 #   tests/cluster/up.sh [--watch-cache] [--kubeconfig-out PATH]
 #
-# Prints "KUBECONFIG=/path/to/admin.kubeconfig" on stdout once /readyz is OK, e.g.
-#   export KUBECONFIG=... ; kubectl get ns   (kubectl is not provided here)
+# Prints "KUBECONFIG=/path/to/admin.kubeconfig" and "KUBECTL=/path/to/kubectl" (built
+# from the same k8s.io/kubernetes pin) on stdout once /readyz is OK, e.g.
+#   export KUBECONFIG=... ; "$KUBECTL" get ns
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 python="${repo}/.venv/bin/python"
