@@ -35,16 +35,15 @@ class UsageError(Exception):
 
 
 def load_state_file(path: str) -> BuiltState:
-    import yaml  # only file mode needs it
+    """The state in ``path`` (YAML or JSON, any ``*List``), read as ``run`` reads it."""
+    from agent.model.reader import ReadError, read_file
 
     try:
-        with open(path, encoding="utf-8") as stream:
-            documents = [d for d in yaml.safe_load_all(stream) if d is not None]
-    except OSError as error:
-        raise UsageError(f"cannot read {path}: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        raise UsageError(f"{path} is not valid YAML: {error}") from None
-    return build_state(documents)
+        read = read_file(path)
+    except ReadError as error:
+        raise UsageError(str(error)) from None
+    built = build_state(read.objects)
+    return BuiltState(built.state, read.problems + built.problems)
 
 
 def _report_problems(built: BuiltState) -> None:

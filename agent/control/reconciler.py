@@ -140,9 +140,8 @@ class Reconciler:
                         taken.append(ObjectChange(change.kind, change.key, "deleted", (), now))
                         store_changed = True
                     continue
-                if isinstance(new, NetworkPolicy):
-                    for problem in new.problems:
-                        log.warning("%s", problem)
+                for problem in getattr(new, "problems", ()):
+                    log.warning("%s", problem)
                 if old == new:
                     continue
                 bucket[change.key] = new

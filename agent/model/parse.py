@@ -1,14 +1,25 @@
 """Build model objects from Kubernetes objects as the API returns them.
 
 Input is either a dict in the API's JSON shape (camelCase, as read from a watch or a
-YAML file) or a ``kubernetes`` client model object. The API server's defaulting is
+YAML/JSON file) or a ``kubernetes`` client model object. The API server's defaulting is
 applied here too (policyTypes, protocol TCP, the namespace name label), so objects read
 from a file behave exactly like objects read from the API.
 
-Validation follows the API server's rules. A NetworkPolicy with errors is still
-returned, with its problems listed: the broken rule is dropped, never widened, so the
-agent fails closed for the pods the policy selects. Errors name ``namespace/name`` and
-the field path.
+Parsing is strict: every field the agent reads must have the API's type. A wrong type is
+an error naming ``namespace/name`` and the field path, never "absent" (absent often
+means "all"). What an error does depends on what fails closed:
+
+- NetworkPolicy: the policy is kept with its problems listed. A broken rule is dropped
+  whole (never widened); broken ``policyTypes`` isolate both directions; a broken
+  ``spec`` or ``spec.podSelector`` isolates every pod of the namespace in both
+  directions, and that policy allows nothing.
+- Pod: a bad ``status.podIPs`` entry or container port is reported and left out (the
+  pod keeps its good addresses; a named port that cannot be read resolves to nothing).
+  A wrongly typed ``hostNetwork`` is reported and read as false, so the pod keeps its
+  rules. A pod whose identity, labels, spec or status cannot be read is rejected
+  (``InvalidObject``): it cannot be enforced, and it is reported.
+- Namespace, Node: unreadable identity or labels reject the object; a bad node address
+  is reported and left out.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ import ipaddress
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from agent.model.objects import (
@@ -36,6 +48,7 @@ from agent.model.objects import (
     Protocol,
     SelectorPeer,
 )
+from agent.model.reader import expand_documents
 from agent.model.selectors import LabelSelector, Operator, Requirement
 
 
@@ -50,7 +63,37 @@ class FieldError(ValueError):
         self.message = message
 
 
+# The API's validation patterns (k8s.io/apimachinery/pkg/util/validation).
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
+_LABEL_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]\Z")
 _PORT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+
+
+def shown(value: Any) -> str:
+    """``value`` for a message: quoted, escaped, and never longer than a line."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return type(value).__name__
+
+
+def _wrong_type(path: str, expected: str, value: Any) -> FieldError:
+    return FieldError(path, f"must be {expected}, got {_type_name(value)} {shown(value)}")
 
 
 def as_dict(obj: Any) -> Mapping[str, Any]:
@@ -63,59 +106,164 @@ def as_dict(obj: Any) -> Mapping[str, Any]:
         serialized = ApiClient().sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
         if isinstance(serialized, Mapping):
             return serialized
-    raise InvalidObject(f"not a Kubernetes object: {type(obj).__name__}")
+    raise InvalidObject(f"not a Kubernetes object: {_type_name(obj)} {shown(obj)}")
 
 
 _T = TypeVar("_T")
 
 
-def _shape_checked(kind: str, parse: Callable[[Mapping[str, Any]], _T], obj: Any) -> _T:
-    """Run ``parse``; a field of the wrong shape makes the object invalid, not a crash."""
+def _checked(kind: str, parse: Callable[[Mapping[str, Any]], _T], obj: Any) -> _T:
+    """Run ``parse``; a field error makes the object invalid, named by kind and key."""
     raw = as_dict(obj)
     try:
         return parse(raw)
-    except (AttributeError, TypeError) as error:
-        metadata = raw.get("metadata")
-        name = "?"
-        if isinstance(metadata, Mapping):
-            name = "/".join(
-                str(part) for part in (metadata.get("namespace"), metadata.get("name")) if part
-            )
-        raise InvalidObject(f"{kind} {name}: malformed object ({error})") from None
+    except FieldError as error:
+        raise InvalidObject(f"{kind} {_key_for_message(raw)}: {error}") from None
+    except InvalidObject:
+        raise
+    except (AttributeError, TypeError, ValueError) as error:  # a shape no check foresaw
+        raise InvalidObject(
+            f"{kind} {_key_for_message(raw)}: malformed object ({type(error).__name__})"
+        ) from None
+
+
+def _key_for_message(raw: Mapping[str, Any]) -> str:
+    metadata = raw.get("metadata")
+    if not isinstance(metadata, Mapping):
+        return "(unnamed)"
+    name, namespace = metadata.get("name"), metadata.get("namespace")
+    name_text = name if isinstance(name, str) and _DNS_SUBDOMAIN.match(name) else shown(name)
+    if namespace is None:
+        return name_text
+    namespace_text = (
+        namespace
+        if isinstance(namespace, str) and _DNS_LABEL.match(namespace)
+        else shown(namespace)
+    )
+    return f"{namespace_text}/{name_text}"
 
 
 def _metadata(raw: Mapping[str, Any], kind: str, namespaced: bool) -> tuple[str, str, str]:
-    metadata = raw.get("metadata") or {}
+    """(namespace, name, uid), validated as the API does; ``InvalidObject`` otherwise."""
+    metadata = raw.get("metadata")
+    if not isinstance(metadata, Mapping):
+        raise InvalidObject(
+            f"{kind} (unnamed): metadata: must be an object, got {_type_name(metadata)} "
+            f"{shown(metadata)}"
+        )
     name = metadata.get("name")
-    if not isinstance(name, str) or not name:
+    if name is None or name == "":
         raise InvalidObject(f"{kind} without metadata.name")
-    namespace = metadata.get("namespace") or ("default" if namespaced else "")
-    if not isinstance(namespace, str):
-        raise InvalidObject(f"{kind} {name}: metadata.namespace is not a string")
-    uid = metadata.get("uid") or ""
-    return namespace, name, str(uid)
+    if not isinstance(name, str) or len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
+        raise InvalidObject(
+            f"{kind} {shown(name)}: metadata.name: not a valid name (lowercase letters, "
+            "digits, '-' and '.', at most 253 characters)"
+        )
+    if kind == "Namespace" and (len(name) > 63 or not _DNS_LABEL.match(name)):
+        raise InvalidObject(
+            f"Namespace {shown(name)}: metadata.name: not a valid namespace name (lowercase "
+            "letters, digits and '-', at most 63 characters)"
+        )
+    namespace = ""
+    if namespaced:
+        given = metadata.get("namespace")
+        if given is None or given == "":
+            namespace = "default"
+        elif isinstance(given, str) and len(given) <= 63 and _DNS_LABEL.match(given):
+            namespace = given
+        else:
+            raise InvalidObject(
+                f"{kind} {shown(given)}/{name}: metadata.namespace: not a valid namespace name"
+            )
+    uid = metadata.get("uid")
+    if uid is None:
+        uid = ""
+    elif not isinstance(uid, str):
+        where = f"{namespace}/{name}" if namespaced else name
+        raise InvalidObject(f"{kind} {where}: {_wrong_type('metadata.uid', 'a string', uid)}")
+    return namespace, name, uid
 
 
-def _labels(raw: Any, where: str) -> dict[str, str]:
+def _label_key_problem(key: Any) -> str | None:
+    if not isinstance(key, str):
+        return f"must be a string, got {_type_name(key)}"
+    prefix, slash, name = key.rpartition("/")
+    if slash and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
+        return "has an invalid prefix (a DNS subdomain before '/')"
+    if not name or len(name) > 63 or not _LABEL_NAME.match(name):
+        return (
+            "is not a valid label key (at most 63 letters, digits, '-', '_' or '.', "
+            "starting and ending with a letter or digit)"
+        )
+    return None
+
+
+def _label_value_problem(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return f"must be a string, got {_type_name(value)} {shown(value)}"
+    if value and (len(value) > 63 or not _LABEL_NAME.match(value)):
+        return (
+            "is not a valid label value (empty, or at most 63 letters, digits, '-', '_' or "
+            "'.', starting and ending with a letter or digit)"
+        )
+    return None
+
+
+def _labels(raw: Any, path: str) -> dict[str, str]:
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
-        raise InvalidObject(f"{where}: labels must be a map")
-    # Interned: the same keys and values repeat across thousands of pods.
-    return {sys.intern(str(k)): sys.intern(str(v)) for k, v in raw.items()}
+        raise _wrong_type(path, "a map of strings", raw)
+    labels: dict[str, str] = {}
+    for key, value in raw.items():
+        problem = _label_key_problem(key)
+        if problem is not None:
+            raise FieldError(f"{path}[{shown(key)}]", f"label key {problem}")
+        problem = _label_value_problem(value)
+        if problem is not None:
+            raise FieldError(f"{path}.{key}", f"label value {problem}")
+        # Interned: the same keys and values repeat across thousands of pods.
+        labels[sys.intern(key)] = sys.intern(value)
+    return labels
 
 
-def _ip(text: Any) -> IPAddress:
-    return ipaddress.ip_address(str(text))
+def _ip(text: Any, path: str) -> IPAddress:
+    if not isinstance(text, str):
+        raise _wrong_type(path, "an IP address string", text)
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise FieldError(path, f"bad IP {shown(text)}") from None
+
+
+def _list(raw: Any, path: str) -> list[Any]:
+    """A list field: absent (null) is empty; any other type is an error."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise _wrong_type(path, "a list", raw)
+    return raw
+
+
+def _mapping(raw: Any, path: str) -> Mapping[str, Any]:
+    """An object field: absent (null) is empty; any other type is an error."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise _wrong_type(path, "an object", raw)
+    return raw
+
+
+# --- Namespace ---------------------------------------------------------------------------
 
 
 def parse_namespace(obj: Any) -> Namespace:
-    return _shape_checked("Namespace", _parse_namespace, obj)
+    return _checked("Namespace", _parse_namespace, obj)
 
 
 def _parse_namespace(raw: Mapping[str, Any]) -> Namespace:
     _, name, _ = _metadata(raw, "Namespace", namespaced=False)
-    labels = _labels((raw.get("metadata") or {}).get("labels"), f"Namespace {name}")
+    labels = _labels(raw["metadata"].get("labels"), "metadata.labels")
     # The API server sets this immutable label; file input may lack it.
     labels.setdefault(NAMESPACE_NAME_LABEL, name)
     return Namespace(name=name, labels=labels)
@@ -124,83 +272,183 @@ def _parse_namespace(raw: Mapping[str, Any]) -> Namespace:
 def _protocol(value: Any, path: str) -> Protocol:
     if value is None:
         return Protocol.TCP
-    try:
-        return Protocol(value)
-    except ValueError:
-        raise FieldError(path, f"unsupported protocol {value!r} (TCP, UDP or SCTP)") from None
+    if isinstance(value, str):
+        for protocol in Protocol:
+            if protocol.value == value:
+                return protocol
+    raise FieldError(path, f"unsupported protocol {shown(value)} (TCP, UDP or SCTP)")
 
 
-def _container_ports(spec: Mapping[str, Any]) -> tuple[ContainerPort, ...]:
+# --- Pod ---------------------------------------------------------------------------------
+
+
+def _port_name_ok(name: Any) -> bool:
+    return (
+        isinstance(name, str)
+        and len(name) <= 15
+        and bool(_PORT_NAME.match(name))
+        and "--" not in name
+        and any(c.isalpha() for c in name)
+    )
+
+
+def _container_ports(spec: Mapping[str, Any], problems: list[str]) -> tuple[ContainerPort, ...]:
+    """Every readable container port. A port that cannot be read is reported and left
+    out: a named port then resolves to nothing on this pod, which allows less."""
     ports: list[ContainerPort] = []
     # Restartable init containers (sidecars) serve ports too.
     for section in ("containers", "initContainers"):
-        for container in spec.get(section) or ():
-            for port in container.get("ports") or ():
-                number = port.get("containerPort")
-                if not isinstance(number, int) or not 1 <= number <= 65535:
-                    continue
+        try:
+            containers = _list(spec.get(section), f"spec.{section}")
+        except FieldError as error:
+            problems.append(f"{error}; its container ports are ignored")
+            continue
+        for c, container in enumerate(containers):
+            where = f"spec.{section}[{c}]"
+            try:
+                entries = _list(_mapping(container, where).get("ports"), f"{where}.ports")
+            except FieldError as error:
+                problems.append(f"{error}; its container ports are ignored")
+                continue
+            for p, port in enumerate(entries):
                 try:
-                    protocol = _protocol(port.get("protocol"), "ports.protocol")
-                except FieldError:
-                    continue
-                name = port.get("name")
-                ports.append(ContainerPort(number, protocol, sys.intern(name) if name else None))
+                    ports.append(_container_port(port, f"{where}.ports[{p}]"))
+                except FieldError as error:
+                    problems.append(f"{error}; that port is ignored")
     return tuple(ports)
 
 
+def _container_port(raw: Any, path: str) -> ContainerPort:
+    port = _mapping(raw, path)
+    number = _port_number(port.get("containerPort"), f"{path}.containerPort")
+    protocol = _protocol(port.get("protocol"), f"{path}.protocol")
+    name = port.get("name")
+    if name is None or name == "":
+        return ContainerPort(number, protocol, None)
+    if not _port_name_ok(name):
+        raise FieldError(f"{path}.name", f"{shown(name)} is not a valid port name")
+    return ContainerPort(number, protocol, sys.intern(name))
+
+
+def _pod_ips(status: Mapping[str, Any], problems: list[str]) -> tuple[IPAddress, ...]:
+    """The pod's addresses: every good entry of podIPs (podIP if there is none). A bad
+    entry is reported and left out; the good ones are kept."""
+    ips: list[IPAddress] = []
+    try:
+        entries = _list(status.get("podIPs"), "status.podIPs")
+    except FieldError as error:
+        problems.append(str(error))
+        entries = []
+    for i, entry in enumerate(entries):
+        try:
+            address = _ip(
+                _mapping(entry, f"status.podIPs[{i}]").get("ip"), f"status.podIPs[{i}].ip"
+            )
+        except FieldError as error:
+            problems.append(f"{error}; that address is ignored")
+            continue
+        if address not in ips:
+            ips.append(address)
+    primary = status.get("podIP")
+    if not ips and primary is not None and primary != "":
+        try:
+            ips.append(_ip(primary, "status.podIP"))
+        except FieldError as error:
+            problems.append(str(error))
+    if problems and not ips:
+        problems.append("no usable IP address: this pod cannot be enforced")
+    return tuple(ips)
+
+
+def _phase(status: Mapping[str, Any], problems: list[str]) -> PodPhase:
+    value = status.get("phase")
+    if value is None or value == "":
+        return PodPhase.PENDING
+    if isinstance(value, str):
+        for phase in PodPhase:
+            if phase.value == value:
+                return phase
+    problems.append(f"status.phase: unknown phase {shown(value)}; read as Unknown")
+    return PodPhase.UNKNOWN
+
+
 def parse_pod(obj: Any) -> Pod:
-    return _shape_checked("Pod", _parse_pod, obj)
+    return _checked("Pod", _parse_pod, obj)
 
 
 def _parse_pod(raw: Mapping[str, Any]) -> Pod:
     namespace, name, uid = _metadata(raw, "Pod", namespaced=True)
-    spec = raw.get("spec") or {}
-    status = raw.get("status") or {}
-    labels = _labels((raw.get("metadata") or {}).get("labels"), f"Pod {namespace}/{name}")
-    try:
-        phase = PodPhase(status.get("phase") or "Pending")
-    except ValueError:
-        phase = PodPhase.UNKNOWN
-    texts: list[Any] = [entry.get("ip") for entry in status.get("podIPs") or ()]
-    if not texts and status.get("podIP"):
-        texts = [status["podIP"]]
-    ips: list[IPAddress] = []
-    for text in texts:
-        try:
-            address = _ip(text)
-        except ValueError:
-            raise InvalidObject(f"Pod {namespace}/{name}: status.podIPs: bad IP {text!r}") from None
-        if address not in ips:
-            ips.append(address)
+    labels = _labels(raw["metadata"].get("labels"), "metadata.labels")
+    spec = _mapping(raw.get("spec"), "spec")
+    status = _mapping(raw.get("status"), "status")
+    problems: list[str] = []
     node_name = spec.get("nodeName")
+    if node_name == "":
+        node_name = None
+    if node_name is not None and not isinstance(node_name, str):
+        raise _wrong_type("spec.nodeName", "a string", node_name)
+    host_network = spec.get("hostNetwork")
+    if host_network is None:
+        host_network = False
+    elif not isinstance(host_network, bool):
+        # Read as false: the pod keeps its rules (dropping them would open it).
+        problems.append(
+            f"{_wrong_type('spec.hostNetwork', 'true or false', host_network)}; read as false"
+        )
+        host_network = False
+    phase = _phase(status, problems)
+    ips = _pod_ips(status, problems)
+    ports = _container_ports(spec, problems)
     return Pod(
         namespace=sys.intern(namespace),
         name=name,
         labels=labels,
         node_name=sys.intern(node_name) if node_name else None,
-        host_network=bool(spec.get("hostNetwork")),
+        host_network=host_network,
         phase=phase,
-        ips=tuple(ips),
-        ports=_container_ports(spec),
+        ips=ips,
+        ports=ports,
         uid=uid,
+        problems=tuple(f"Pod {namespace}/{name}: {p}" for p in problems),
     )
 
 
+# --- Node --------------------------------------------------------------------------------
+
+# Address types that name a host rather than give an address.
+_HOSTNAME_TYPES = frozenset({"Hostname", "InternalDNS", "ExternalDNS"})
+
+
 def parse_node(obj: Any) -> Node:
-    return _shape_checked("Node", _parse_node, obj)
+    return _checked("Node", _parse_node, obj)
 
 
 def _parse_node(raw: Mapping[str, Any]) -> Node:
     _, name, _ = _metadata(raw, "Node", namespaced=False)
+    problems: list[str] = []
     addresses: list[IPAddress] = []
-    for entry in (raw.get("status") or {}).get("addresses") or ():
+    try:
+        entries = _list(_mapping(raw.get("status"), "status").get("addresses"), "status.addresses")
+    except FieldError as error:
+        problems.append(str(error))
+        entries = []
+    for i, entry in enumerate(entries):
+        path = f"status.addresses[{i}]"
         try:
-            address = _ip(entry.get("address"))
-        except ValueError:
-            continue  # Hostname and friends
+            fields = _mapping(entry, path)
+            if fields.get("type") in _HOSTNAME_TYPES:
+                continue
+            address = _ip(fields.get("address"), f"{path}.address")
+        except FieldError as error:
+            problems.append(f"{error}; that address is ignored")
+            continue
         if address not in addresses:
             addresses.append(address)
-    return Node(name=name, addresses=tuple(addresses))
+    return Node(
+        name=name,
+        addresses=tuple(addresses),
+        problems=tuple(f"Node {name}: {p}" for p in problems),
+    )
 
 
 # --- NetworkPolicy -----------------------------------------------------------------
@@ -210,54 +458,68 @@ def parse_selector(raw: Any, path: str) -> LabelSelector:
     if raw is None:
         return LabelSelector()
     if not isinstance(raw, Mapping):
-        raise FieldError(path, "must be a label selector")
+        raise _wrong_type(path, "a label selector object", raw)
     requirements: list[Requirement] = []
-    match_labels = raw.get("matchLabels") or {}
-    if not isinstance(match_labels, Mapping):
-        raise FieldError(f"{path}.matchLabels", "must be a map")
-    for key, value in match_labels.items():
-        if not isinstance(value, str | int | bool) or value is None:
-            raise FieldError(f"{path}.matchLabels.{key}", "value must be a string")
-        requirements.append(Requirement(str(key), Operator.IN, frozenset({str(value)})))
-    for i, expression in enumerate(raw.get("matchExpressions") or ()):
-        where = f"{path}.matchExpressions[{i}]"
-        if not isinstance(expression, Mapping):
-            raise FieldError(where, "must be an object")
-        key = expression.get("key")
-        if not isinstance(key, str) or not key:
-            raise FieldError(f"{where}.key", "is required")
-        try:
-            operator = Operator(expression.get("operator"))
-        except ValueError:
-            raise FieldError(
-                f"{where}.operator",
-                f"unknown operator {expression.get('operator')!r} "
-                "(In, NotIn, Exists, DoesNotExist)",
-            ) from None
-        values = expression.get("values") or []
-        if operator in (Operator.IN, Operator.NOT_IN) and not values:
-            raise FieldError(f"{where}.values", f"must be non-empty for {operator.value}")
-        if operator in (Operator.EXISTS, Operator.DOES_NOT_EXIST) and values:
-            raise FieldError(f"{where}.values", f"must be empty for {operator.value}")
-        requirements.append(Requirement(key, operator, frozenset(str(v) for v in values)))
+    match_labels = raw.get("matchLabels")
+    if match_labels is not None and not isinstance(match_labels, Mapping):
+        raise _wrong_type(f"{path}.matchLabels", "a map of strings", match_labels)
+    for key, value in (match_labels or {}).items():
+        problem = _label_key_problem(key)
+        if problem is not None:
+            raise FieldError(f"{path}.matchLabels[{shown(key)}]", f"label key {problem}")
+        problem = _label_value_problem(value)
+        if problem is not None:
+            raise FieldError(f"{path}.matchLabels.{key}", f"label value {problem}")
+        requirements.append(Requirement(sys.intern(key), Operator.IN, frozenset({value})))
+    expressions = _list(raw.get("matchExpressions"), f"{path}.matchExpressions")
+    for i, expression in enumerate(expressions):
+        requirements.append(_requirement(expression, f"{path}.matchExpressions[{i}]"))
     return LabelSelector(tuple(requirements))
+
+
+def _requirement(expression: Any, where: str) -> Requirement:
+    if not isinstance(expression, Mapping):
+        raise _wrong_type(where, "an object", expression)
+    key = expression.get("key")
+    if key is None or key == "":
+        raise FieldError(f"{where}.key", "is required")
+    problem = _label_key_problem(key)
+    if problem is not None:
+        raise FieldError(f"{where}.key", f"label key {problem}")
+    raw_operator = expression.get("operator")
+    operator = next((op for op in Operator if op.value == raw_operator), None)
+    if operator is None:
+        raise FieldError(
+            f"{where}.operator",
+            f"unknown operator {shown(raw_operator)} (In, NotIn, Exists, DoesNotExist)",
+        )
+    values = _list(expression.get("values"), f"{where}.values")
+    for v, value in enumerate(values):
+        problem = _label_value_problem(value)
+        if problem is not None:
+            raise FieldError(f"{where}.values[{v}]", f"label value {problem}")
+    if operator in (Operator.IN, Operator.NOT_IN) and not values:
+        raise FieldError(f"{where}.values", f"must be non-empty for {operator.value}")
+    if operator in (Operator.EXISTS, Operator.DOES_NOT_EXIST) and values:
+        raise FieldError(f"{where}.values", f"must be empty for {operator.value}")
+    return Requirement(sys.intern(key), operator, frozenset(values))
 
 
 def _network(text: Any, path: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     if not isinstance(text, str):
-        raise FieldError(path, "must be a CIDR string")
+        raise _wrong_type(path, "a CIDR string", text)
     try:
         return ipaddress.ip_network(text, strict=False)
     except ValueError:
-        raise FieldError(path, f"invalid CIDR {text!r}") from None
+        raise FieldError(path, f"invalid CIDR {shown(text)}") from None
 
 
 def _ip_block(raw: Any, path: str) -> IPBlock:
     if not isinstance(raw, Mapping):
-        raise FieldError(path, "must be an object")
+        raise _wrong_type(path, "an object", raw)
     cidr = _network(raw.get("cidr"), f"{path}.cidr")
     excepts = []
-    for i, text in enumerate(raw.get("except") or ()):
+    for i, text in enumerate(_list(raw.get("except"), f"{path}.except")):
         where = f"{path}.except[{i}]"
         excluded = _network(text, where)
         if (
@@ -265,7 +527,7 @@ def _ip_block(raw: Any, path: str) -> IPBlock:
             or not excluded.subnet_of(cidr)  # type: ignore[arg-type]
             or excluded.prefixlen <= cidr.prefixlen
         ):
-            raise FieldError(where, f"{text!r} must be a strict subset of cidr {cidr}")
+            raise FieldError(where, f"{shown(text)} must be a strict subset of cidr {cidr}")
         excepts.append(excluded)
     return IPBlock(cidr=cidr, excepts=tuple(sorted(set(excepts), key=_network_sort_key)))
 
@@ -278,7 +540,7 @@ def _network_sort_key(
 
 def _peer(raw: Any, path: str) -> Peer:
     if not isinstance(raw, Mapping):
-        raise FieldError(path, "must be an object")
+        raise _wrong_type(path, "an object", raw)
     has_block = raw.get("ipBlock") is not None
     has_pods = raw.get("podSelector") is not None
     has_namespaces = raw.get("namespaceSelector") is not None
@@ -302,7 +564,7 @@ def _peer(raw: Any, path: str) -> Peer:
 
 def _port_number(value: Any, path: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise FieldError(path, f"must be an integer, got {value!r}")
+        raise _wrong_type(path, "an integer", value)
     if not 1 <= value <= 65535:
         raise FieldError(path, f"{value} is out of range 1-65535")
     return value
@@ -310,7 +572,7 @@ def _port_number(value: Any, path: str) -> int:
 
 def _policy_port(raw: Any, path: str) -> PolicyPort:
     if not isinstance(raw, Mapping):
-        raise FieldError(path, "must be an object")
+        raise _wrong_type(path, "an object", raw)
     protocol = _protocol(raw.get("protocol"), f"{path}.protocol")
     port = raw.get("port")
     end_port = raw.get("endPort")
@@ -319,14 +581,9 @@ def _policy_port(raw: Any, path: str) -> PolicyPort:
             raise FieldError(f"{path}.endPort", "requires port")
         return PolicyPort(protocol)
     if isinstance(port, str):
-        if not (
-            len(port) <= 15
-            and _PORT_NAME.match(port)
-            and "--" not in port
-            and any(c.isalpha() for c in port)
-        ):
+        if not _port_name_ok(port):
             raise FieldError(
-                f"{path}.port", f"{port!r} is neither a port number nor a valid port name"
+                f"{path}.port", f"{shown(port)} is neither a port number nor a valid port name"
             )
         if end_port is not None:
             raise FieldError(f"{path}.endPort", "cannot be used with a named port")
@@ -342,11 +599,12 @@ def _policy_port(raw: Any, path: str) -> PolicyPort:
 
 def _rule(raw: Any, index: int, direction: Direction, path: str) -> PolicyRule:
     if not isinstance(raw, Mapping):
-        raise FieldError(path, "must be an object")
+        raise _wrong_type(path, "an object", raw)
     peers_field = "from" if direction is Direction.INGRESS else "to"
-    raw_peers = raw.get(peers_field)
-    raw_ports = raw.get("ports")
-    # Missing and [] mean the same: every peer, every port.
+    # Absent and [] mean the same: every peer, every port. Any other type is an error
+    # (the rule is dropped), never "absent".
+    raw_peers = _list(raw.get(peers_field), f"{path}.{peers_field}")
+    raw_ports = _list(raw.get("ports"), f"{path}.ports")
     peers = (
         tuple(_peer(p, f"{path}.{peers_field}[{i}]") for i, p in enumerate(raw_peers))
         if raw_peers
@@ -366,7 +624,7 @@ def _rules(
     if raw is None:
         return ()
     if not isinstance(raw, list):
-        problems.append(f"{path}: must be a list")
+        problems.append(f"{_wrong_type(path, 'a list', raw)}; no rule of it allows anything")
         return ()
     rules: list[PolicyRule] = []
     for index, raw_rule in enumerate(raw):
@@ -381,43 +639,64 @@ def _rules(
 
 def _policy_types(spec: Mapping[str, Any], problems: list[str]) -> frozenset[Direction]:
     raw = spec.get("policyTypes")
-    if raw and not isinstance(raw, list):
-        problems.append("spec.policyTypes: must be a list; isolating both directions")
-        return frozenset(Direction)
-    if not raw:
+    if raw is None or raw == []:
         types = {Direction.INGRESS}
-        if spec.get("egress"):
+        egress = spec.get("egress")
+        # Egress rules, or an egress section of the wrong type: isolate egress too.
+        if egress is not None and egress != []:
             types.add(Direction.EGRESS)
         return frozenset(types)
+    if not isinstance(raw, list):
+        problems.append(
+            f"{_wrong_type('spec.policyTypes', 'a list', raw)}; isolating both directions"
+        )
+        return frozenset(Direction)
     types = set()
     for i, value in enumerate(raw):
-        try:
-            types.add(Direction(value))
-        except ValueError:
+        direction = next((d for d in Direction if d.value == value), None)
+        if direction is None:
             problems.append(
-                f"spec.policyTypes[{i}]: unknown policy type {value!r} (Ingress or Egress); "
-                "isolating both directions"
+                f"spec.policyTypes[{i}]: unknown policy type {shown(value)} (Ingress or "
+                "Egress); isolating both directions"
             )
             return frozenset(Direction)
+        types.add(direction)
     return frozenset(types)
 
 
 def parse_network_policy(obj: Any) -> NetworkPolicy:
     """Parse a NetworkPolicy; validation problems are recorded on the result.
 
-    Problems are prefixed with ``namespace/name``. A broken podSelector makes the
-    policy select its whole namespace; broken rules are dropped.
+    Problems are prefixed with ``namespace/name``. Only a policy without a readable
+    identity raises ``InvalidObject``.
     """
     raw = as_dict(obj)
     namespace, name, _ = _metadata(raw, "NetworkPolicy", namespaced=True)
-    spec = raw.get("spec") or {}
     problems: list[str] = []
-    pod_selector: LabelSelector | None
-    try:
-        pod_selector = parse_selector(spec.get("podSelector"), "spec.podSelector")
-    except FieldError as error:
-        problems.append(f"{error}; selecting every pod of namespace {namespace} (fail closed)")
-        pod_selector = None
+    spec = raw.get("spec")
+    pod_selector: LabelSelector | None = None
+    if spec is None:
+        spec = {}
+    if not isinstance(spec, Mapping):
+        problems.append(f"{_wrong_type('spec', 'an object', spec)}")
+    else:
+        try:
+            pod_selector = parse_selector(spec.get("podSelector"), "spec.podSelector")
+        except FieldError as error:
+            problems.append(str(error))
+    if pod_selector is None:
+        # Nobody can tell which pods this policy meant, nor what it allows them.
+        problems[-1] += (
+            f"; isolating every pod of namespace {namespace} in both directions, "
+            "allowing nothing through this policy (fail closed)"
+        )
+        return NetworkPolicy(
+            namespace=namespace,
+            name=name,
+            pod_selector=None,
+            policy_types=frozenset(Direction),
+            problems=tuple(f"NetworkPolicy {namespace}/{name}: {p}" for p in problems),
+        )
     policy_types = _policy_types(spec, problems)
     ingress = _rules(spec.get("ingress"), Direction.INGRESS, "spec.ingress", problems)
     egress = _rules(spec.get("egress"), Direction.EGRESS, "spec.egress", problems)
@@ -432,30 +711,48 @@ def parse_network_policy(obj: Any) -> NetworkPolicy:
     )
 
 
-def kind_of(obj: Any) -> str:
-    raw = as_dict(obj)
-    return str(raw.get("kind") or "")
+# --- many objects ------------------------------------------------------------------------
 
 
-def flatten_lists(
-    objects: Iterable[Any], problems: list[str] | None = None
-) -> Iterable[Mapping[str, Any]]:
-    """Expand ``kind: List`` / ``*List`` documents into their items.
+@dataclass(frozen=True, slots=True)
+class ParsedObjects:
+    namespaces: tuple[Namespace, ...]
+    pods: tuple[Pod, ...]
+    policies: tuple[NetworkPolicy, ...]
+    nodes: tuple[Node, ...]
+    problems: tuple[str, ...]
 
-    With ``problems`` given, what is not an object is reported there and skipped;
-    without, it raises ``InvalidObject``.
+
+def parse_objects(documents: Iterable[Any], origin: str = "input") -> ParsedObjects:
+    """Parse documents of any supported kind (``*List`` documents expanded).
+
+    What the agent cannot use is skipped and reported; the rest still applies.
     """
-    for obj in objects:
-        if obj is None:
-            continue
+    expanded = expand_documents(documents, origin)
+    problems = list(expanded.problems)
+    namespaces: list[Namespace] = []
+    pods: list[Pod] = []
+    policies: list[NetworkPolicy] = []
+    nodes: list[Node] = []
+    for raw in expanded.objects:
+        kind = raw["kind"]
         try:
-            raw = as_dict(obj)
+            if kind == "Namespace":
+                namespaces.append(parse_namespace(raw))
+            elif kind == "Pod":
+                pod = parse_pod(raw)
+                pods.append(pod)
+                problems.extend(pod.problems)
+            elif kind == "NetworkPolicy":
+                policy = parse_network_policy(raw)
+                policies.append(policy)
+                problems.extend(policy.problems)
+            else:
+                node = parse_node(raw)
+                nodes.append(node)
+                problems.extend(node.problems)
         except InvalidObject as error:
-            if problems is None:
-                raise
             problems.append(f"{error}; skipped")
-            continue
-        if str(raw.get("kind", "")).endswith("List") and isinstance(raw.get("items"), list):
-            yield from flatten_lists(raw["items"], problems)
-        else:
-            yield raw
+    return ParsedObjects(
+        tuple(namespaces), tuple(pods), tuple(policies), tuple(nodes), tuple(problems)
+    )

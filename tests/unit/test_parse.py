@@ -492,9 +492,19 @@ def test_named_container_ports_include_init_containers() -> None:
     assert pod.resolve_named_port("metrics", Protocol.TCP) is None
 
 
-def test_pod_with_a_bad_ip_is_invalid() -> None:
-    with pytest.raises(InvalidObject, match=r"Pod prod/web.*podIPs.*not-an-ip"):
-        parse_pod(b.pod("prod/web", "not-an-ip"))
+def test_pod_with_a_bad_ip_keeps_its_good_address_and_reports_the_bad_one() -> None:
+    raw = b.pod("prod/web", "10.0.0.5")
+    raw["status"]["podIPs"].insert(0, {"ip": "not-an-ip"})
+    pod = parse_pod(raw)
+    assert [str(ip) for ip in pod.ips] == ["10.0.0.5"]
+    (problem,) = pod.problems
+    assert problem.startswith("Pod prod/web: status.podIPs[0].ip") and "not-an-ip" in problem
+
+
+def test_pod_without_any_usable_ip_says_it_cannot_be_enforced() -> None:
+    pod = parse_pod(b.pod("prod/web", "not-an-ip"))
+    assert pod.ips == () and not pod.is_selectable
+    assert any("cannot be enforced" in p for p in pod.problems)
 
 
 def test_pod_without_a_name_is_invalid() -> None:
@@ -504,10 +514,14 @@ def test_pod_without_a_name_is_invalid() -> None:
         parse_pod(raw)
 
 
-def test_pod_with_a_field_of_the_wrong_shape_is_invalid_not_a_crash() -> None:
+def test_pod_with_a_field_of_the_wrong_shape_is_reported_not_a_crash() -> None:
     raw = b.pod("prod/web")
     raw["status"]["podIPs"] = ["10.0.0.5"]  # strings, not {"ip": ...}
-    with pytest.raises(InvalidObject, match="Pod prod/web"):
+    pod = parse_pod(raw)
+    assert pod.ips == ()
+    assert any("status.podIPs[0]: must be an object" in p for p in pod.problems)
+    raw["status"] = "Running"
+    with pytest.raises(InvalidObject, match=r"Pod prod/web: status: must be an object"):
         parse_pod(raw)
 
 
@@ -531,22 +545,26 @@ def test_build_state_skips_unknown_kinds_and_keeps_the_rest() -> None:
     assert list(built.state.pods) == ["prod/web"]
     assert list(built.state.namespaces) == ["prod"]
     (problem,) = built.problems
-    assert "Service svc" in problem and "skipped" in problem
+    assert "'Service' svc" in problem and "skipped" in problem
 
 
 def test_build_state_skips_invalid_objects_with_a_clear_problem() -> None:
-    bad_ip = b.pod("prod/bad", "300.0.0.1")
-    wrong_shape = b.pod("prod/shape")
+    bad_name = b.pod("prod/Bad_Name", "10.0.0.1")
+    wrong_shape = b.pod("prod/shape", "10.0.0.2")
     wrong_shape["spec"]["containers"] = [{"name": "c", "ports": ["http"]}]
     built = build_state(
-        [bad_ip, wrong_shape, "just a string", b.pod("prod/good", "10.0.0.5"), b.node("n1")]
+        [bad_name, wrong_shape, "just a string", b.pod("prod/good", "10.0.0.5"), b.node("n1")]
     )
-    assert list(built.state.pods) == ["prod/good"]
+    assert list(built.state.pods) == ["prod/shape", "prod/good"]
+    assert built.state.pods["prod/shape"].ports == ()
     assert list(built.state.nodes) == ["n1"]
     assert len(built.problems) == 3
-    assert any("Pod prod/bad" in p and "300.0.0.1" in p for p in built.problems)
-    assert any("Pod prod/shape" in p for p in built.problems)
-    assert any("not a Kubernetes object" in p for p in built.problems)
+    assert any("Pod 'Bad_Name'" in p and "metadata.name" in p for p in built.problems)
+    assert any(
+        "Pod prod/shape: spec.containers[0].ports[0]: must be an object" in p
+        for p in built.problems
+    )
+    assert any("document 3: not an object (got a string)" in p for p in built.problems)
 
 
 def test_build_state_keeps_a_policy_with_problems_and_reports_them() -> None:
