@@ -22,7 +22,7 @@ from agent.compiler.config import (
 from agent.compiler.ruleset import Family
 from agent.model.objects import IPAddress, Protocol
 from agent.policy.explain import EndpointError, Verdict, explain, resolve_endpoint
-from agent.policy.state import BuiltState, build_state
+from agent.policy.state import BuiltState, ClusterState
 
 log = logging.getLogger("netpol-agent")
 
@@ -36,14 +36,15 @@ class UsageError(Exception):
 
 def load_state_file(path: str) -> BuiltState:
     """The state in ``path`` (YAML or JSON, any ``*List``), read as ``run`` reads it."""
+    from agent.model.parse import parse_read
     from agent.model.reader import ReadError, read_file
 
     try:
-        read = read_file(path)
+        parsed = parse_read(read_file(path))
     except ReadError as error:
         raise UsageError(str(error)) from None
-    built = build_state(read.objects)
-    return BuiltState(built.state, read.problems + built.problems)
+    state = ClusterState.of(parsed.namespaces, parsed.pods, parsed.policies, parsed.nodes)
+    return BuiltState(state, parsed.problems)
 
 
 def _report_problems(built: BuiltState) -> None:

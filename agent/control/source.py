@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from agent.model.reader import strictly_equal
+
 
 class Kind(enum.Enum):
     POD = "Pod"
@@ -140,11 +142,14 @@ def _metadata(obj: Mapping[str, Any], *, namespaced: bool, uid: bool, labels: bo
     return trimmed
 
 
-def _trim_list(value: Any, trim_item: Callable[[Any], Any | None]) -> Any:
-    """``value`` with each item trimmed (None: dropped); a non-list is kept as it is."""
+_DROPPED = object()  # what an item trimmer returns for an item not worth keeping
+
+
+def _trim_list(value: Any, trim_item: Callable[[Any], Any]) -> Any:
+    """``value`` with each item trimmed (or dropped); a non-list is kept as it is."""
     if not isinstance(value, list):
         return value
-    return [kept for kept in (trim_item(item) for item in value) if kept is not None]
+    return [kept for kept in (trim_item(item) for item in value) if kept is not _DROPPED]
 
 
 def _trim_port(port: Any) -> Any:
@@ -153,13 +158,13 @@ def _trim_port(port: Any) -> Any:
     return _copy_fields(port, ("containerPort", "name", "protocol"))
 
 
-def _trim_container(container: Any) -> Any | None:
+def _trim_container(container: Any) -> Any:
     # Only containers that declare ports matter (named ports in policies resolve against
     # them); the rest of a container spec is by far the largest part of a pod.
     if not isinstance(container, Mapping):
         return container
     if container.get("ports") is None or container.get("ports") == []:
-        return None
+        return _DROPPED
     return {"ports": _trim_list(container["ports"], _trim_port)}
 
 
@@ -176,7 +181,7 @@ def trim_pod(obj: Mapping[str, Any]) -> dict[str, Any]:
         trimmed_spec = _copy_fields(spec, ("nodeName", "hostNetwork"))
         for section in ("containers", "initContainers"):
             containers = _trim_list(spec.get(section), _trim_container)
-            if containers:
+            if containers is not None and containers != []:
                 trimmed_spec[section] = containers
         trimmed["spec"] = trimmed_spec
     elif spec is not None:
@@ -265,8 +270,11 @@ def _without_resource_version(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def same_content(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    """True if two trimmed objects differ at most in resourceVersion (nothing to recompile)."""
-    return _without_resource_version(old) == _without_resource_version(new)
+    """True if two trimmed objects differ at most in resourceVersion (nothing to recompile).
+
+    Types count: ``containerPort: 80.0`` or ``hostNetwork: 0`` is a change to report.
+    """
+    return strictly_equal(_without_resource_version(old), _without_resource_version(new))
 
 
 def diff_stores(

@@ -24,6 +24,7 @@ means "all"). What an error does depends on what fails closed:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import sys
@@ -48,7 +49,7 @@ from agent.model.objects import (
     Protocol,
     SelectorPeer,
 )
-from agent.model.reader import expand_documents
+from agent.model.reader import ReadResult, expand_documents
 from agent.model.selectors import LabelSelector, Operator, Requirement
 
 
@@ -178,15 +179,22 @@ def _metadata(raw: Mapping[str, Any], kind: str, namespaced: bool) -> tuple[str,
     uid = metadata.get("uid")
     if uid is None:
         uid = ""
-    elif not isinstance(uid, str):
+    elif not isinstance(uid, str) or not uid.isprintable():
         where = f"{namespace}/{name}" if namespaced else name
-        raise InvalidObject(f"{kind} {where}: {_wrong_type('metadata.uid', 'a string', uid)}")
+        raise InvalidObject(
+            f"{kind} {where}: {_wrong_type('metadata.uid', 'a printable string', uid)}"
+        )
     return namespace, name, uid
 
 
 def _label_key_problem(key: Any) -> str | None:
     if not isinstance(key, str):
         return f"must be a string, got {_type_name(key)}"
+    return _label_key_text_problem(key)
+
+
+@functools.lru_cache(maxsize=65536)  # keys repeat across thousands of objects
+def _label_key_text_problem(key: str) -> str | None:
     prefix, slash, name = key.rpartition("/")
     if slash and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
         return "has an invalid prefix (a DNS subdomain before '/')"
@@ -201,6 +209,11 @@ def _label_key_problem(key: Any) -> str | None:
 def _label_value_problem(value: Any) -> str | None:
     if not isinstance(value, str):
         return f"must be a string, got {_type_name(value)} {shown(value)}"
+    return _label_value_text_problem(value)
+
+
+@functools.lru_cache(maxsize=65536)  # values repeat across thousands of objects
+def _label_value_text_problem(value: str) -> str | None:
     if value and (len(value) > 63 or not _LABEL_NAME.match(value)):
         return (
             "is not a valid label value (empty, or at most 63 letters, digits, '-', '_' or "
@@ -245,6 +258,13 @@ def _list(raw: Any, path: str) -> list[Any]:
     return raw
 
 
+def _entry(raw: Any, path: str) -> Mapping[str, Any]:
+    """An object in a list: null is an error here (it is no object at all)."""
+    if not isinstance(raw, Mapping):
+        raise _wrong_type(path, "an object", raw)
+    return raw
+
+
 def _mapping(raw: Any, path: str) -> Mapping[str, Any]:
     """An object field: absent (null) is empty; any other type is an error."""
     if raw is None:
@@ -269,13 +289,17 @@ def _parse_namespace(raw: Mapping[str, Any]) -> Namespace:
     return Namespace(name=name, labels=labels)
 
 
+_PROTOCOLS = {protocol.value: protocol for protocol in Protocol}
+_PHASES = {phase.value: phase for phase in PodPhase}
+_OPERATORS = {operator.value: operator for operator in Operator}
+_DIRECTIONS = {direction.value: direction for direction in Direction}
+
+
 def _protocol(value: Any, path: str) -> Protocol:
     if value is None:
         return Protocol.TCP
-    if isinstance(value, str):
-        for protocol in Protocol:
-            if protocol.value == value:
-                return protocol
+    if type(value) is str and value in _PROTOCOLS:
+        return _PROTOCOLS[value]
     raise FieldError(path, f"unsupported protocol {shown(value)} (TCP, UDP or SCTP)")
 
 
@@ -306,7 +330,7 @@ def _container_ports(spec: Mapping[str, Any], problems: list[str]) -> tuple[Cont
         for c, container in enumerate(containers):
             where = f"spec.{section}[{c}]"
             try:
-                entries = _list(_mapping(container, where).get("ports"), f"{where}.ports")
+                entries = _list(_entry(container, where).get("ports"), f"{where}.ports")
             except FieldError as error:
                 problems.append(f"{error}; its container ports are ignored")
                 continue
@@ -319,7 +343,7 @@ def _container_ports(spec: Mapping[str, Any], problems: list[str]) -> tuple[Cont
 
 
 def _container_port(raw: Any, path: str) -> ContainerPort:
-    port = _mapping(raw, path)
+    port = _entry(raw, path)
     number = _port_number(port.get("containerPort"), f"{path}.containerPort")
     protocol = _protocol(port.get("protocol"), f"{path}.protocol")
     name = port.get("name")
@@ -334,6 +358,8 @@ def _pod_ips(status: Mapping[str, Any], problems: list[str]) -> tuple[IPAddress,
     """The pod's addresses: every good entry of podIPs (podIP if there is none). A bad
     entry is reported and left out; the good ones are kept."""
     ips: list[IPAddress] = []
+    good_texts: set[str] = set()
+    problems_before = len(problems)
     try:
         entries = _list(status.get("podIPs"), "status.podIPs")
     except FieldError as error:
@@ -341,21 +367,23 @@ def _pod_ips(status: Mapping[str, Any], problems: list[str]) -> tuple[IPAddress,
         entries = []
     for i, entry in enumerate(entries):
         try:
-            address = _ip(
-                _mapping(entry, f"status.podIPs[{i}]").get("ip"), f"status.podIPs[{i}].ip"
-            )
+            address = _ip(_entry(entry, f"status.podIPs[{i}]").get("ip"), f"status.podIPs[{i}].ip")
         except FieldError as error:
             problems.append(f"{error}; that address is ignored")
             continue
+        good_texts.add(entry["ip"])
         if address not in ips:
             ips.append(address)
     primary = status.get("podIP")
-    if not ips and primary is not None and primary != "":
+    if primary is not None and not (isinstance(primary, str) and primary in good_texts | {""}):
         try:
-            ips.append(_ip(primary, "status.podIP"))
+            address = _ip(primary, "status.podIP")
         except FieldError as error:
-            problems.append(str(error))
-    if problems and not ips:
+            problems.append(f"{error}; that address is ignored")
+        else:
+            if not ips:  # podIP is podIPs[0]; it matters only without podIPs
+                ips.append(address)
+    if len(problems) > problems_before and not ips:
         problems.append("no usable IP address: this pod cannot be enforced")
     return tuple(ips)
 
@@ -364,10 +392,8 @@ def _phase(status: Mapping[str, Any], problems: list[str]) -> PodPhase:
     value = status.get("phase")
     if value is None or value == "":
         return PodPhase.PENDING
-    if isinstance(value, str):
-        for phase in PodPhase:
-            if phase.value == value:
-                return phase
+    if type(value) is str and value in _PHASES:
+        return _PHASES[value]
     problems.append(f"status.phase: unknown phase {shown(value)}; read as Unknown")
     return PodPhase.UNKNOWN
 
@@ -385,8 +411,12 @@ def _parse_pod(raw: Mapping[str, Any]) -> Pod:
     node_name = spec.get("nodeName")
     if node_name == "":
         node_name = None
-    if node_name is not None and not isinstance(node_name, str):
-        raise _wrong_type("spec.nodeName", "a string", node_name)
+    if node_name is not None and (
+        not isinstance(node_name, str)
+        or len(node_name) > 253
+        or not _DNS_SUBDOMAIN.match(node_name)
+    ):
+        raise FieldError("spec.nodeName", f"not a valid node name: {shown(node_name)}")
     host_network = spec.get("hostNetwork")
     if host_network is None:
         host_network = False
@@ -417,6 +447,7 @@ def _parse_pod(raw: Mapping[str, Any]) -> Pod:
 
 # Address types that name a host rather than give an address.
 _HOSTNAME_TYPES = frozenset({"Hostname", "InternalDNS", "ExternalDNS"})
+_ADDRESS_TYPES = frozenset({"InternalIP", "ExternalIP"})
 
 
 def parse_node(obj: Any) -> Node:
@@ -435,9 +466,15 @@ def _parse_node(raw: Mapping[str, Any]) -> Node:
     for i, entry in enumerate(entries):
         path = f"status.addresses[{i}]"
         try:
-            fields = _mapping(entry, path)
-            if fields.get("type") in _HOSTNAME_TYPES:
+            fields = _entry(entry, path)
+            address_type = fields.get("type")
+            if address_type in _HOSTNAME_TYPES:
                 continue
+            if address_type not in _ADDRESS_TYPES:
+                raise FieldError(
+                    f"{path}.type",
+                    f"unknown address type {shown(address_type)} (InternalIP, ExternalIP, ...)",
+                )
             address = _ip(fields.get("address"), f"{path}.address")
         except FieldError as error:
             problems.append(f"{error}; that address is ignored")
@@ -487,7 +524,7 @@ def _requirement(expression: Any, where: str) -> Requirement:
     if problem is not None:
         raise FieldError(f"{where}.key", f"label key {problem}")
     raw_operator = expression.get("operator")
-    operator = next((op for op in Operator if op.value == raw_operator), None)
+    operator = _OPERATORS.get(raw_operator) if type(raw_operator) is str else None
     if operator is None:
         raise FieldError(
             f"{where}.operator",
@@ -653,7 +690,7 @@ def _policy_types(spec: Mapping[str, Any], problems: list[str]) -> frozenset[Dir
         return frozenset(Direction)
     types = set()
     for i, value in enumerate(raw):
-        direction = next((d for d in Direction if d.value == value), None)
+        direction = _DIRECTIONS.get(value) if type(value) is str else None
         if direction is None:
             problems.append(
                 f"spec.policyTypes[{i}]: unknown policy type {shown(value)} (Ingress or "
@@ -728,13 +765,17 @@ def parse_objects(documents: Iterable[Any], origin: str = "input") -> ParsedObje
 
     What the agent cannot use is skipped and reported; the rest still applies.
     """
-    expanded = expand_documents(documents, origin)
+    return parse_read(expand_documents(documents, origin))
+
+
+def parse_read(expanded: ReadResult) -> ParsedObjects:
+    """Parse what the reader found; its problems come first."""
     problems = list(expanded.problems)
     namespaces: list[Namespace] = []
     pods: list[Pod] = []
     policies: list[NetworkPolicy] = []
     nodes: list[Node] = []
-    for raw in expanded.objects:
+    for raw, where in zip(expanded.objects, expanded.origins, strict=True):
         kind = raw["kind"]
         try:
             if kind == "Namespace":
@@ -752,7 +793,7 @@ def parse_objects(documents: Iterable[Any], origin: str = "input") -> ParsedObje
                 nodes.append(node)
                 problems.extend(node.problems)
         except InvalidObject as error:
-            problems.append(f"{error}; skipped")
+            problems.append(f"{where}: {error}; skipped")
     return ParsedObjects(
         tuple(namespaces), tuple(pods), tuple(policies), tuple(nodes), tuple(problems)
     )

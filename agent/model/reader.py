@@ -61,6 +61,8 @@ class ReadResult:
 
     objects: tuple[Mapping[str, Any], ...]
     problems: tuple[str, ...]
+    # Where each object came from ("FILE: document 2 item 5"), in the order of objects.
+    origins: tuple[str, ...] = ()
 
 
 def read_file(path: str | os.PathLike[str]) -> ReadResult:
@@ -317,6 +319,7 @@ def expand_documents(documents: Iterable[Any], origin: str = "<input>") -> ReadR
     and skipped. Duplicates are resolved as the module docstring says.
     """
     objects: list[Mapping[str, Any]] = []
+    origins: list[str] = []
     problems: list[str] = []
     first_seen: dict[tuple[str, str], int] = {}  # (kind, key) -> index in objects
     replaced: set[tuple[str, str]] = set()
@@ -328,14 +331,16 @@ def expand_documents(documents: Iterable[Any], origin: str = "<input>") -> ReadR
             identity = _identity(kind, obj)
             if identity is None:
                 objects.append(obj)  # parsing reports the broken metadata
+                origins.append(where)
                 continue
             seen = first_seen.get(identity)
             if seen is None:
                 first_seen[identity] = len(objects)
                 objects.append(obj)
+                origins.append(where)
                 continue
             name = identity[1]
-            if objects[seen] == obj or identity in replaced:
+            if strictly_equal(objects[seen], obj) or identity in replaced:
                 problems.append(f"{where}: {kind} {name} is given more than once; kept once")
             elif kind == "NetworkPolicy":
                 namespace, _, policy_name = name.partition("/")
@@ -351,7 +356,7 @@ def expand_documents(documents: Iterable[Any], origin: str = "<input>") -> ReadR
                     f"{where}: {kind} {name} is given more than once with different content; "
                     "the first one is kept"
                 )
-    return ReadResult(tuple(objects), tuple(problems))
+    return ReadResult(tuple(objects), tuple(problems), tuple(origins))
 
 
 def _expand(
@@ -386,6 +391,27 @@ def _expand(
         yield where, value
 
 
+def strictly_equal(left: Any, right: Any) -> bool:
+    """``==`` that also tells ``1`` from ``True`` and ``80`` from ``80.0``: a value of the
+    wrong type is a different value, even where Python calls them equal."""
+    stack = [(left, right)]
+    while stack:
+        a, b = stack.pop()
+        if type(a) is not type(b):
+            return False
+        if isinstance(a, dict):
+            if a.keys() != b.keys():
+                return False
+            stack.extend((a[key], b[key]) for key in a)
+        elif isinstance(a, list):
+            if len(a) != len(b):
+                return False
+            stack.extend(zip(a, b, strict=True))
+        elif a != b:
+            return False
+    return True
+
+
 def _identity(kind: str, obj: Mapping[str, Any]) -> tuple[str, str] | None:
     metadata = obj.get("metadata")
     if not isinstance(metadata, Mapping):
@@ -416,9 +442,9 @@ def isolate_namespace_policy(namespace: str, name: str) -> dict[str, Any]:
 def _type_name(value: Any) -> str:
     if value is None:
         return "null"
-    return {str: "a string", bool: "a boolean", int: "a number", float: "a number"}.get(
-        type(value), type(value).__name__
-    )
+    names = {str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    names |= {list: "a list", dict: "an object"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _describe_kind(kind: Any) -> str:
