@@ -82,8 +82,18 @@ def read_bytes(data: bytes, origin: str = "<input>") -> ReadResult:
 def load_documents(data: bytes, origin: str = "<input>") -> list[Any]:
     """The documents of a YAML or JSON file, as plain Python values."""
     text = _decode(data, origin)
-    if _looks_like_json(text, origin):
+    if origin.endswith(".json"):
         return _load_json(text, origin)
+    if text.lstrip()[:1] in ("{", "["):
+        # JSON (kubectl -o json) or a YAML flow collection: JSON first, it is faster and
+        # its error is the useful one for a truncated JSON file.
+        try:
+            return _load_json(text, origin)
+        except ReadError as json_error:
+            try:
+                return _load_yaml(text, origin)
+            except ReadError:
+                raise json_error from None
     return _load_yaml(text, origin)
 
 
@@ -97,13 +107,6 @@ def _decode(data: bytes, origin: str) -> str:
             f"{data[error.start : error.start + 1]!r} ({error.reason})"
         ) from None
     return text.removeprefix("\ufeff")  # a byte order mark is allowed, and meaningless
-
-
-def _looks_like_json(text: str, origin: str) -> bool:
-    if origin.endswith(".json"):
-        return True
-    start = text.lstrip()[:1]
-    return start in ("{", "[") and text.rstrip().endswith(("}", "]")) and "\n---" not in text
 
 
 def _load_json(text: str, origin: str) -> list[Any]:

@@ -8,6 +8,7 @@ and the field path) and never widens what the policy allows.
 from __future__ import annotations
 
 import ipaddress
+import json
 from typing import Any
 
 import pytest
@@ -594,3 +595,220 @@ def test_build_state_flattens_list_documents() -> None:
     assert list(built.state.namespaces) == ["prod"]
     assert list(built.state.pods) == ["prod/a"]
     assert list(built.state.policies) == ["prod/np"]
+
+
+# --- strict shapes: the cases ------------------------------------------------------
+
+# Each: a spec that used to crash or to be read as "absent" (often "all").
+WRONG_TYPES_IN_POLICIES = {
+    "ports: 5": ({"ingress": [{"ports": 5}]}, "spec.ingress[0].ports"),
+    "ports: 0 (not all ports)": ({"ingress": [{"ports": 0}]}, "spec.ingress[0].ports"),
+    "from: 5": ({"ingress": [{"from": 5}]}, "spec.ingress[0].from"),
+    "from: 0 (not every peer)": ({"ingress": [{"from": 0}]}, "spec.ingress[0].from"),
+    "from: ''": ({"ingress": [{"from": ""}]}, "spec.ingress[0].from"),
+    "matchExpressions: 5": (
+        {"ingress": [{"from": [{"podSelector": {"matchExpressions": 5}}]}]},
+        "spec.ingress[0].from[0].podSelector.matchExpressions",
+    ),
+    "values: 5": (
+        {"ingress": [{"from": [{"podSelector": {"matchExpressions": [
+            {"key": "a", "operator": "In", "values": 5}]}}]}]},
+        "matchExpressions[0].values",
+    ),
+    "values: admin (not the letters a, d, m, i, n)": (
+        {"ingress": [{"from": [{"podSelector": {"matchExpressions": [
+            {"key": "a", "operator": "In", "values": "admin"}]}}]}]},
+        "matchExpressions[0].values",
+    ),
+    "values: [null] (not 'None')": (
+        {"ingress": [{"from": [{"podSelector": {"matchExpressions": [
+            {"key": "a", "operator": "In", "values": [None]}]}}]}]},
+        "matchExpressions[0].values[0]",
+    ),
+    "except: 5": (
+        {"ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": 5}}]}]},
+        "ipBlock.except",
+    ),
+    "except: 0 (not no excepts)": (
+        {"ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": 0}}]}]},
+        "ipBlock.except",
+    ),
+    "matchLabels: [] (not every pod)": (
+        {"ingress": [{"from": [{"podSelector": {"matchLabels": []}}]}]},
+        "podSelector.matchLabels",
+    ),
+    "matchLabels value 5": (
+        {"ingress": [{"from": [{"podSelector": {"matchLabels": {"app": 5}}}]}]},
+        "podSelector.matchLabels.app",
+    ),
+    "ingress rule null": ({"ingress": [None]}, "spec.ingress[0]"),
+    "port: true": ({"ingress": [{"ports": [{"port": True}]}]}, "ports[0].port"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(WRONG_TYPES_IN_POLICIES))
+def test_wrong_type_in_a_rule_is_an_error_and_drops_the_rule(case: str) -> None:
+    spec, field = WRONG_TYPES_IN_POLICIES[case]
+    policy = parse(policyTypes=["Ingress"], **spec)
+    assert policy.ingress == ()  # the rule allows nothing; the pods stay isolated
+    assert policy.policy_types == INGRESS_ONLY
+    (problem,) = policy.problems
+    assert problem.startswith("NetworkPolicy prod/np: ") and field in problem
+
+
+@pytest.mark.parametrize("spec", [5, False, "", [], "x"])
+def test_spec_of_the_wrong_type_isolates_the_namespace_both_ways(spec: Any) -> None:
+    raw = b.policy("prod/np")
+    raw["spec"] = spec
+    policy = parse_network_policy(raw)
+    assert policy.pod_selector is None and policy.policy_types == BOTH
+    assert policy.ingress == () and policy.egress == ()
+    (problem,) = policy.problems
+    assert "NetworkPolicy prod/np: spec: must be an object" in problem and "fail closed" in problem
+
+
+def test_broken_pod_selector_allows_nothing_through_that_policy() -> None:
+    # Before, the rules of a policy with a broken selector applied to the whole namespace.
+    policy = parse(podSelector={"matchLabels": []}, ingress=[{}], egress=[{}])
+    assert policy.pod_selector is None and policy.policy_types == BOTH
+    assert policy.ingress == () and policy.egress == ()
+
+
+def test_egress_of_the_wrong_type_without_policy_types_still_isolates_egress() -> None:
+    assert parse(egress=0).policy_types == BOTH
+    assert parse(policyTypes=0).policy_types == BOTH
+
+
+@pytest.mark.parametrize(
+    "metadata", ["x", 5, [], {"name": "\ud800", "namespace": "prod"}, {"name": "Web"}]
+)
+def test_unreadable_identity_is_invalid_with_a_printable_message(metadata: Any) -> None:
+    raw = b.policy("prod/np")
+    raw["metadata"] = metadata
+    with pytest.raises(InvalidObject) as caught:
+        parse_network_policy(raw)
+    assert str(caught.value).isprintable()
+    assert "metadata" in str(caught.value)
+
+
+def test_pod_host_network_of_the_wrong_type_keeps_the_pod_enforced() -> None:
+    raw = b.pod("prod/web", "10.0.0.5")
+    raw["spec"]["hostNetwork"] = "false"
+    pod = parse_pod(raw)
+    assert not pod.host_network and pod.is_selectable
+    assert any("spec.hostNetwork: must be true or false" in p for p in pod.problems)
+
+
+def test_container_port_true_is_not_port_1() -> None:
+    pod = parse_pod(b.pod("prod/web", "10.0.0.5", ports=[{"name": "http", "containerPort": True}]))
+    assert pod.ports == ()
+    assert any("containerPort: must be an integer" in p for p in pod.problems)
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "field"),
+    [
+        ("status", "Running", "status: must be an object"),
+        ("spec", 5, "spec: must be an object"),
+    ],
+)
+def test_pod_with_unreadable_spec_or_status_is_invalid(
+    section: str, value: Any, field: str
+) -> None:
+    raw = b.pod("prod/web", "10.0.0.5")
+    raw[section] = value
+    with pytest.raises(InvalidObject, match=f"Pod prod/web: {field}"):
+        parse_pod(raw)
+
+
+def test_pod_ips_and_containers_of_the_wrong_type_are_reported() -> None:
+    raw = b.pod("prod/web", "10.0.0.5")
+    raw["status"]["podIPs"] = 5
+    raw["status"]["podIP"] = "10.0.0.5"
+    raw["spec"]["containers"] = 5
+    pod = parse_pod(raw)
+    assert [str(ip) for ip in pod.ips] == ["10.0.0.5"]  # podIP still counts
+    assert any("status.podIPs: must be a list" in p for p in pod.problems)
+    assert any("spec.containers: must be a list" in p for p in pod.problems)
+
+
+# --- the reader -----------------------------------------------------------------------------
+
+
+def test_reader_expands_every_list_kind_and_reports_what_it_skips() -> None:
+    from agent.model.reader import read_bytes
+
+    data = json.dumps(
+        {
+            "kind": "List",
+            "items": [
+                {"kind": "PodList", "items": [b.pod("prod/a", "10.0.0.1")]},
+                {"kind": "NamespaceList", "items": [b.namespace("prod")]},
+                {"kind": "Service", "metadata": {"name": "svc"}},
+                7,
+            ],
+        }
+    ).encode()
+    read = read_bytes(data, "s.json")
+    assert [obj["kind"] for obj in read.objects] == ["Pod", "Namespace"]
+    assert read.problems == (
+        "s.json: document 1 item 2: kind 'Service' svc is not a kind the agent reads "
+        "(Namespace, NetworkPolicy, Node, Pod, or a List of them); skipped",
+        "s.json: document 1 item 3: not an object (got a number); skipped",
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"kind: Pod\nmetadata: {name: \xff}\n", "not UTF-8: byte offset 27 (line 2)"),
+        (b"a: " + b"[" * 500 + b"]" * 500, "nested deeper than 100 levels"),
+        (b"a: &a [*a]\n", "an alias refers to a node that contains it"),
+        (
+            b"a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+            + b"".join(
+                b"%c: &%c [%s]\n" % (98 + i, 98 + i, b", ".join([b"*%c" % (97 + i)] * 10))
+                for i in range(8)
+            ),
+            "aliases expand to more than",
+        ),
+        (b"kind: Pod\nkind: Pod\n", "duplicate key 'kind'"),
+        (b"a: [\n", "invalid YAML"),
+        (b'{"kind": "List", "items": [', "invalid JSON"),
+    ],
+    ids=["not-utf8", "deep", "recursive-alias", "alias-bomb", "duplicate-key", "yaml", "json"],
+)
+def test_reader_rejects_an_unusable_file_naming_it(data: bytes, message: str) -> None:
+    from agent.model.reader import ReadError, read_bytes
+
+    with pytest.raises(ReadError, match=r"^s\.yaml: ") as caught:
+        read_bytes(data, "s.yaml")
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize("data", [b"", b"---\n", b"---\n---\n", b"# comment\n", b"[]"])
+def test_empty_files_are_valid_empty_states(data: bytes) -> None:
+    from agent.model.reader import read_bytes
+
+    assert read_bytes(data, "s.yaml") == read_bytes(b"", "s.yaml")
+    assert read_bytes(data, "s.yaml").objects == ()
+
+
+def test_duplicates_keep_one_and_a_differing_policy_fails_closed() -> None:
+    built = build_state(
+        [
+            b.pod("prod/a", "10.0.0.1", labels={"v": "1"}),
+            b.pod("prod/a", "10.0.0.1", labels={"v": "2"}),
+            b.policy("prod/np", ingress=[{}]),
+            b.policy("prod/np", ingress=[{}]),
+            b.policy("prod/other", ingress=[{}]),
+            b.policy("prod/other", podSelector={"matchLabels": {"v": "1"}}, ingress=[{}]),
+        ]
+    )
+    assert built.state.pods["prod/a"].labels == {"v": "1"}  # the first one
+    assert built.state.policies["prod/np"].ingress != ()  # identical copies: kept once
+    other = built.state.policies["prod/other"]
+    assert other.pod_selector == LabelSelector() and other.policy_types == BOTH
+    assert other.ingress == () and other.egress == ()
+    assert len(built.problems) == 3
+    assert any("prod/other" in p and "fail closed" in p for p in built.problems)
