@@ -274,7 +274,8 @@ def same_content(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
 
     Types count: ``containerPort: 80.0`` or ``hostNetwork: 0`` is a change to report.
     """
-    return strictly_equal(_without_resource_version(old), _without_resource_version(new))
+    old_content, new_content = _without_resource_version(old), _without_resource_version(new)
+    return old_content == new_content and strictly_equal(old_content, new_content)
 
 
 def diff_stores(

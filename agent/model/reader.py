@@ -137,29 +137,33 @@ def _check_depth(document: Any, origin: str) -> None:
                 stack.append((child, depth + 1))
 
 
-_RESOLVED_FIRST_CHARACTERS = frozenset(
-    first for first in _SAFE_LOADER.yaml_implicit_resolvers if first is not None
-)
+def loader_class(base: type[Any]) -> type[Any]:
+    """``base`` (a PyYAML safe loader) with a memoized tag resolver: keys and label values
+    repeat thousands of times, and resolving a plain scalar runs regular expressions."""
+    resolved_first_characters = frozenset(
+        first for first in base.yaml_implicit_resolvers if first is not None
+    )
+
+    class Loader(base):  # type: ignore[misc]
+        def __init__(self, stream: str) -> None:
+            super().__init__(stream)
+            self._resolved: dict[tuple[str, bool], str] = {}
+
+        def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+            if kind is not yaml.ScalarNode or not implicit[0]:
+                return super().resolve(kind, value, implicit)
+            if value and value[0] not in resolved_first_characters:
+                return _STR_TAG  # no implicit type (int, bool, null...) starts this way
+            key = (value, bool(implicit[1]))
+            tag = self._resolved.get(key)
+            if tag is None:
+                tag = self._resolved[key] = super().resolve(kind, value, implicit)
+            return tag
+
+    return Loader
 
 
-class _Loader(_SAFE_LOADER):  # type: ignore[misc]
-    """The safe loader with a memoized tag resolver: keys and label values repeat
-    thousands of times, and resolving a plain scalar runs regular expressions."""
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._resolved: dict[tuple[str, bool], str] = {}
-
-    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
-        if kind is not yaml.ScalarNode or not implicit[0]:
-            return super().resolve(kind, value, implicit)
-        if value and value[0] not in _RESOLVED_FIRST_CHARACTERS:
-            return _STR_TAG  # no implicit type (int, bool, null...) starts this way
-        key = (value, bool(implicit[1]))
-        tag = self._resolved.get(key)
-        if tag is None:
-            tag = self._resolved[key] = super().resolve(kind, value, implicit)
-        return tag
+_Loader = loader_class(_SAFE_LOADER)
 
 
 def _load_yaml(text: str, origin: str) -> list[Any]:

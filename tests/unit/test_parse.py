@@ -812,3 +812,30 @@ def test_duplicates_keep_one_and_a_differing_policy_fails_closed() -> None:
     assert other.ingress == () and other.egress == ()
     assert len(built.problems) == 3
     assert any("prod/other" in p and "fail closed" in p for p in built.problems)
+
+
+def test_reader_without_libyaml_gives_the_same_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    from agent.model import reader
+
+    cases = [
+        b"kind: Namespace\nmetadata: {name: a}\n---\n",
+        b"a: " + b"[" * 600 + b"]" * 600,
+        b"a: &a [*a]\n",
+        b"a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+        + b"".join(
+            b"%c: &%c [%s]\n" % (98 + i, 98 + i, b", ".join([b"*%c" % (97 + i)] * 10))
+            for i in range(8)
+        ),
+    ]
+
+    def outcome(data: bytes) -> object:
+        try:
+            return reader.read_bytes(data, "s.yaml")
+        except reader.ReadError as error:
+            return str(error).split(":")[1]  # the kind of error, not the C/Python wording
+
+    with_libyaml = [outcome(data) for data in cases]
+    monkeypatch.setattr(reader, "_Loader", reader.loader_class(yaml.SafeLoader))
+    assert [outcome(data) for data in cases] == with_libyaml
