@@ -730,6 +730,30 @@ def parse_network_policy(obj: Any) -> NetworkPolicy:
     """
     raw = as_dict(obj)
     namespace, name, _ = _metadata(raw, "NetworkPolicy", namespaced=True)
+    try:
+        return _parse_policy_spec(raw, namespace, name)
+    except (AttributeError, TypeError, ValueError) as error:  # a shape no check foresaw
+        return _isolating(
+            namespace,
+            name,
+            [f"spec: malformed ({type(error).__name__}); isolating every pod of namespace "
+             f"{namespace} in both directions, allowing nothing through this policy "
+             "(fail closed)"],
+        )  # fmt: skip
+
+
+def _isolating(namespace: str, name: str, problems: list[str]) -> NetworkPolicy:
+    """A policy that isolates its whole namespace both ways and allows nothing."""
+    return NetworkPolicy(
+        namespace=namespace,
+        name=name,
+        pod_selector=None,
+        policy_types=frozenset(Direction),
+        problems=tuple(f"NetworkPolicy {namespace}/{name}: {p}" for p in problems),
+    )
+
+
+def _parse_policy_spec(raw: Mapping[str, Any], namespace: str, name: str) -> NetworkPolicy:
     problems: list[str] = []
     spec = raw.get("spec")
     pod_selector: LabelSelector | None = None
@@ -748,13 +772,7 @@ def parse_network_policy(obj: Any) -> NetworkPolicy:
             f"; isolating every pod of namespace {namespace} in both directions, "
             "allowing nothing through this policy (fail closed)"
         )
-        return NetworkPolicy(
-            namespace=namespace,
-            name=name,
-            pod_selector=None,
-            policy_types=frozenset(Direction),
-            problems=tuple(f"NetworkPolicy {namespace}/{name}: {p}" for p in problems),
-        )
+        return _isolating(namespace, name, problems)
     policy_types = _policy_types(spec, problems)
     ingress = _rules(spec.get("ingress"), Direction.INGRESS, "spec.ingress", problems)
     egress = _rules(spec.get("egress"), Direction.EGRESS, "spec.egress", problems)

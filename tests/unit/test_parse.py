@@ -839,3 +839,18 @@ def test_reader_without_libyaml_gives_the_same_answers(monkeypatch: pytest.Monke
     with_libyaml = [outcome(data) for data in cases]
     monkeypatch.setattr(reader, "_Loader", reader.loader_class(yaml.SafeLoader))
     assert [outcome(data) for data in cases] == with_libyaml
+
+
+def test_an_unforeseen_shape_in_a_policy_isolates_its_namespace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from agent.model import parse as parse_module
+
+    def broken(*args: Any) -> Any:
+        raise TypeError("a shape no check foresaw")
+
+    monkeypatch.setattr(parse_module, "_rules", broken)
+    policy = parse(ingress=[{}])
+    assert policy.pod_selector is None and policy.policy_types == BOTH
+    assert policy.ingress == () and policy.egress == ()
+    assert "malformed (TypeError)" in policy.problems[0]
