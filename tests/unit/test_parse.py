@@ -844,7 +844,7 @@ def test_reader_without_libyaml_gives_the_same_answers(monkeypatch: pytest.Monke
 def test_an_unforeseen_shape_in_a_policy_isolates_its_namespace(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from agent.model import parse as parse_module
+    from agent.model import parse_policy as parse_module
 
     def broken(*args: Any) -> Any:
         raise TypeError("a shape no check foresaw")
