@@ -199,14 +199,20 @@ def judge_state(
     # A pod address the mutated state no longer has cannot be enforced.
     present = {str(ip) for pod in state.pods.values() for ip in pod.ips}
     lost = {ip for ip, key in base.owner.items() if key in touched and ip not in present}
-    mutated = verdicts(state, base.probes)
+    judged = []
     for probe in base.probes:
+        source, destination = base.owner[probe[0]], base.owner[probe[1]]
+        if (source in touched or destination in touched) and (
+            rejected or probe[0] in lost or probe[1] in lost
+        ):
+            tally.counts["probes not judged (rejected object)"] += 1
+        else:
+            judged.append(probe)
+    mutated = verdicts(state, judged)
+    for probe in judged:
         source, destination = base.owner[probe[0]], base.owner[probe[1]]
         before, after = base.verdicts[probe], mutated[probe]
         if source in touched or destination in touched:
-            if rejected or probe[0] in lost or probe[1] in lost:
-                tally.counts["probes not judged (rejected object)"] += 1
-                continue
             tally.counts["probes judged (touched: may only lose allows)"] += 1
             if after and not before:
                 tally.fail(case, f"fails open: {probe} allowed, the baseline denies it")
@@ -334,7 +340,12 @@ def run_commands(
                 tally.fail(case, f"render exit {code}: {err[-300:]}")
             if command == "explain":
                 # An empty state isolates nothing: everything is allowed.
-                allowed = result.verdicts[probe] if result.verdicts is not None else True
+                if result.verdicts is None:
+                    allowed = True
+                elif probe in result.verdicts:
+                    allowed = result.verdicts[probe]
+                else:  # a probe (a) did not judge: ask explain on (a)'s state
+                    allowed = verdicts(result.built.state, [probe])[probe]
                 expected = 0 if allowed else 1
                 if code != expected:
                     tally.fail(case, f"explain exit {code}, (a) says {expected}: {err[-300:]}")
