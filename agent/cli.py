@@ -34,7 +34,7 @@ from agent.model.objects import Protocol
 from agent.observability.logs import configure_logging
 from agent.observability.rulelog import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES
 from agent.policy.explain import EndpointError, Verdict, explain, resolve_endpoint
-from agent.policy.state import BuiltState, build_state
+from agent.policy.state import BuiltState, ClusterState
 
 log = logging.getLogger("netpol-agent")
 
@@ -46,16 +46,16 @@ class UsageError(Exception):
 
 
 def load_state_file(path: str) -> BuiltState:
-    import yaml  # only file mode needs it
+    """The state in ``path`` (YAML or JSON, any ``*List``), read as ``run`` reads it."""
+    from agent.model.parse import parse_read
+    from agent.model.reader import ReadError, read_file
 
     try:
-        with open(path, encoding="utf-8") as stream:
-            documents = [d for d in yaml.safe_load_all(stream) if d is not None]
-    except OSError as error:
-        raise UsageError(f"cannot read {path}: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        raise UsageError(f"{path} is not valid YAML: {error}") from None
-    return build_state(documents)
+        parsed = parse_read(read_file(path))
+    except ReadError as error:
+        raise UsageError(str(error)) from None
+    state = ClusterState.of(parsed.namespaces, parsed.pods, parsed.policies, parsed.nodes)
+    return BuiltState(state, parsed.problems)
 
 
 def _report_problems(built: BuiltState) -> None:

@@ -1,14 +1,17 @@
-"""Cluster state from a YAML file: the embedded default source (``--source-file``).
+"""Cluster state from a file: the embedded default source (``--source-file``).
 
-The file holds any number of YAML documents, each a Namespace, Pod, NetworkPolicy or
-Node (or a ``kind: List`` of them, as ``kubectl get -o yaml`` writes). Objects are
-trimmed exactly as the Kubernetes source trims them, and delivered as the same
-``Change`` batches: everything at start, then the difference whenever the file changes.
+The file is read by :mod:`agent.model.reader`, exactly as ``render`` and ``explain`` read
+it: multi-document YAML or JSON, any ``*List`` expanded. Objects are trimmed exactly as
+the Kubernetes source trims them, and delivered as the same ``Change`` batches: everything
+at start, then the difference whenever the file changes.
 
-A file that cannot be read or parsed, or is empty, never changes what was delivered:
-the previous state stays in force and the error is reported (log + health), because
-emitting "everything was deleted" for a half-written file would drop every policy.
-Writers should replace the file atomically (write a temporary file, then rename).
+A file that cannot be read or parsed never changes what was delivered: the previous state
+stays in force (fail static) and the error is reported once per distinct failure (one log
+line, and ``health`` until a good version is read), because emitting "everything was
+deleted" for a half-written file would drop every policy. For the same reason an empty
+file (0 bytes) after a good one is treated as a half-written file; a file meant to hold no
+objects says so with ``---``. Writers should replace the file atomically (write a
+temporary file, then rename).
 """
 
 from __future__ import annotations
@@ -23,8 +26,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from agent.control.source import (
     Change,
     ChangeSink,
@@ -35,6 +36,7 @@ from agent.control.source import (
     object_key,
     trim,
 )
+from agent.model.reader import ReadError, read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -56,61 +58,42 @@ class _FileStamp:
     mtime_ns: int
 
 
-def parse_state(text: str, origin: str = "<string>") -> State:
-    """Parse and trim a multi-document YAML. Unknown kinds are logged and skipped.
+@dataclass(frozen=True, slots=True)
+class ParsedFile:
+    """The trimmed objects of one version of the file, and what had to be skipped."""
 
-    Raises ``FileSourceError`` if the YAML itself is broken.
-    """
+    state: State
+    problems: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A new version of the file, read and diffed, not yet delivered."""
+
+    state: State
+    stamp: _FileStamp
+    digest: bytes
+    changes: tuple[Change, ...]
+
+
+def parse_state(data: bytes, origin: str = "<input>") -> ParsedFile:
+    """Read and trim a state file's bytes. Raises ``FileSourceError`` if it is unusable."""
     try:
-        documents = list(yaml.safe_load_all(text))
-    except yaml.YAMLError as error:
-        raise FileSourceError(f"{origin}: invalid YAML: {error}") from error
+        read = read_bytes(data, origin)
+    except ReadError as error:
+        raise FileSourceError(str(error)) from None
     state: State = {kind: {} for kind in Kind}
-    for index, document in enumerate(documents, start=1):
-        for obj in _expand_lists(document):
-            _add_object(state, obj, f"{origin} document {index}")
-    return state
-
-
-def _expand_lists(document: Any) -> list[Any]:
-    if document is None:  # an empty document, e.g. a trailing "---"
-        return []
-    if isinstance(document, Mapping) and document.get("kind") == "List":
-        items = document.get("items") or []
-        return list(items) if isinstance(items, list) else [items]
-    return [document]
-
-
-def _add_object(state: State, obj: Any, where: str) -> None:
-    if not isinstance(obj, Mapping):
-        log.warning("%s: not an object (got %s); skipped", where, type(obj).__name__)
-        return
-    kind = KINDS_BY_NAME.get(str(obj.get("kind")))
-    if kind is None:
-        log.warning("%s: unsupported kind %r; skipped", where, obj.get("kind"))
-        return
-    metadata = obj.get("metadata")
-    if not isinstance(metadata, Mapping) or not metadata.get("name"):
-        log.warning("%s: %s without metadata.name; skipped", where, kind.value)
-        return
-    trimmed = trim(kind, obj)
-    key = object_key(kind, trimmed)
-    if key in state[kind]:
-        log.warning("%s: duplicate %s %s; the later one wins", where, kind.value, key)
-    state[kind][key] = trimmed
-
-
-def load_state(path: str | os.PathLike[str]) -> State:
-    """Read and parse a state file once (for ``--once``). Raises ``FileSourceError``."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise FileSourceError(f"{path}: cannot read: {error}") from error
-    return parse_state(text, str(path))
+    for obj in read.objects:
+        kind = KINDS_BY_NAME[obj["kind"]]
+        trimmed = trim(kind, obj)
+        # The reader resolved duplicates already; a key shared by two unusable objects is
+        # rejected by parsing either way.
+        state[kind][object_key(kind, trimmed)] = trimmed
+    return ParsedFile(state, read.problems)
 
 
 class FileSource:
-    """A ``Source`` backed by a YAML file, polled for changes every ``poll_interval``.
+    """A ``Source`` backed by a state file, polled for changes every ``poll_interval``.
 
     ``start()`` reads the file synchronously and delivers the full initial batch before
     it returns (so ``--once`` needs no waiting); it raises ``FileSourceError`` if that
@@ -121,13 +104,14 @@ class FileSource:
     def __init__(self, path: str | os.PathLike[str], poll_interval: float | None = 1.0) -> None:
         self._path = Path(path)
         self._poll_interval = poll_interval
-        self._lock = threading.Lock()  # one check at a time: the thread vs check_now()
+        self._checking = threading.Lock()  # one check at a time: the thread vs check_now()
+        self._lock = threading.Lock()  # the fields below, for health() from other threads
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._sink: ChangeSink | None = None
         self._state: State = {kind: {} for kind in Kind}
-        self._stamp: _FileStamp | None = None  # the version last looked at
-        self._delivered_stamp: _FileStamp | None = None  # the version last delivered
+        self._stamp: _FileStamp | None = None
+        self._delivered_stamp: _FileStamp | None = None
         self._digest = b""
         self._loaded = False
         self._health = KindHealth()
@@ -142,13 +126,15 @@ class FileSource:
         self._sink = sink
         with self._lock:
             stamp = self._stat()
-            text, digest = self._read()
-            state = parse_state(text, str(self._path))
-            # One batch per kind, like the API source's initial lists; recorded only once
-            # delivered.
-            for kind in Kind:
-                sink([Change(kind, key, obj) for key, obj in state[kind].items()])
-            self._commit(state, stamp, digest)
+            data, digest = self._read()
+            parsed = parse_state(data, str(self._path))
+            self._log_problems(parsed)
+        # One batch per kind, like the API source's initial lists; the version is recorded
+        # only once every batch was taken.
+        for kind in Kind:
+            sink([Change(kind, key, obj) for key, obj in parsed.state[kind].items()])
+        with self._lock:
+            self._commit(parsed.state, stamp, digest)
             self._loaded = True
             self._health = replace(self._health, listed=True, connected=True)
         if self._poll_interval is not None:
@@ -166,88 +152,94 @@ class FileSource:
 
     @property
     def health(self) -> SourceHealth:
+        """Per kind; while the file is unusable every kind has ``connected=False`` and
+        ``last_error`` saying why (the previous state stays in force)."""
         with self._lock:
             kinds = {kind: replace(self._health, objects=len(self._state[kind])) for kind in Kind}
         return SourceHealth(kinds)
 
     def check_now(self) -> list[Change]:
-        """Look at the file once; deliver and return the changes (empty if none/broken)."""
+        """Look at the file once; deliver and return the changes (empty if none/broken).
+
+        The new version becomes the one changes are computed from only once the sink has
+        taken its batch: if the sink raises, the next check delivers the changes again.
+        """
         if self._sink is None:
             raise RuntimeError("FileSource.check_now() before start()")
-        with self._lock:
-            found = self._check()
-            if found is None:
+        with self._checking:
+            with self._lock:
+                pending = self._check()
+            if pending is None:
                 return []
-            changes, state, stamp, digest = found
-            if changes and not self._stopping.is_set():
+            if pending.changes and not self._stopping.is_set():
                 try:
-                    self._sink(changes)
+                    self._sink(pending.changes)
                 except Exception as error:
-                    # Not recorded as delivered: the next poll reads the file again and
-                    # delivers the same batch whole.
-                    self._report_error(
-                        FileSourceError(f"{self._path}: applying the changes failed: {error}")
-                    )
+                    with self._lock:
+                        self._stamp = None  # read this version again next time
+                        self._report_error(
+                            FileSourceError(f"{self._path}: applying the changes failed: {error}")
+                        )
                     raise
-            self._commit(state, stamp, digest)
-            self._recovered()
-            if changes:
-                log.info("%s changed: %d object changes", self._path, len(changes))
-        return changes
+            with self._lock:
+                self._commit(pending.state, pending.stamp, pending.digest)
+                self._recovered()
+            log.info("%s changed: %d object changes", self._path, len(pending.changes))
+            return list(pending.changes)
 
     def _poll_loop(self) -> None:
         assert self._poll_interval is not None
+        last_failure = ""
         while not self._stopping.wait(self._poll_interval):
             try:
                 self.check_now()
-            except Exception:  # the poller must survive a consumer bug; reported above
-                log.debug("%s: checking for changes failed", self._path, exc_info=True)
+                last_failure = ""
+            except Exception as error:  # the poller must survive a consumer bug
+                failure = f"{type(error).__name__}: {error}"
+                if failure != last_failure:  # one line per distinct failure, not per poll
+                    log.error("%s: delivering changes failed (%s); retrying", self._path, failure)
+                    log.debug("delivering changes failed", exc_info=True)
+                last_failure = failure
 
-    def _check(self) -> tuple[list[Change], State, _FileStamp, bytes] | None:
-        """The changes since the last delivered version and what to commit once they are
-        delivered; None when there is nothing to deliver (unchanged or broken)."""
+    def _check(self) -> _Pending | None:
         try:
             stamp = self._stat()
-            if stamp == self._stamp:
-                if stamp == self._delivered_stamp:
-                    self._recovered()  # back as delivered (e.g. moved away and back)
-                return None
-            text, digest = self._read()
         except FileSourceError as error:
             self._report_error(error)
             return None
-        if digest == self._digest:  # touched or rewritten with the same bytes
-            self._stamp = stamp
-            self._recovered()  # e.g. readable again after a permission fix
+        if stamp == self._stamp:
+            if stamp == self._delivered_stamp:
+                self._recovered()  # back as delivered (e.g. moved away and back)
             return None
-        if not text:
-            # Most likely caught between truncate and write by a non-atomic writer (write
-            # to a temporary file and rename it instead); a file meant to hold no objects
-            # can say so with "---".
-            self._stamp = stamp
-            self._report_error(FileSourceError(f"{self._path}: file is empty"))
-            return None
+        # From here on, this version of the file is looked at once: a broken version is
+        # reported once, not every poll; the next write changes the stamp.
+        self._stamp = stamp
         try:
-            state = parse_state(text, str(self._path))
-        except Exception as error:
-            # Remember the stamp so one broken version is reported once, not every poll;
-            # the next write changes the stamp and is read again.
-            self._stamp = stamp
+            data, digest = self._read()
+            if digest == self._digest:  # touched, or rewritten with the same bytes
+                self._recovered()
+                return None
+            if not data:
+                # Most likely caught between truncate and write by a non-atomic writer.
+                raise FileSourceError(
+                    f"{self._path}: file is empty (write '---' for a state with no objects)"
+                )
+            parsed = parse_state(data, str(self._path))
+        except FileSourceError as error:
+            self._report_error(error)
+            return None
+        except Exception as error:  # a reader bug must not lose the state nor loop loudly
             self._report_error(
-                error
-                if isinstance(error, FileSourceError)
-                else FileSourceError(f"{self._path}: cannot parse: {type(error).__name__}")
+                FileSourceError(f"{self._path}: cannot parse: {type(error).__name__}: {error}")
             )
             return None
-        changes = [
-            change for kind in Kind for change in diff_stores(kind, self._state[kind], state[kind])
-        ]
-        return changes, state, stamp, digest
-
-    def _recovered(self) -> None:
-        if self._health.last_error is not None:
-            log.info("%s: readable again", self._path)
-        self._health = replace(self._health, connected=True, last_error=None)
+        self._log_problems(parsed)
+        changes = tuple(
+            change
+            for kind in Kind
+            for change in diff_stores(kind, self._state[kind], parsed.state[kind])
+        )
+        return _Pending(parsed.state, stamp, digest, changes)
 
     def _commit(self, state: State, stamp: _FileStamp, digest: bytes) -> None:
         self._state = state
@@ -256,12 +248,24 @@ class FileSource:
         self._digest = digest
         self._health = replace(self._health, last_event_time=time.time())
 
+    def _log_problems(self, parsed: ParsedFile) -> None:
+        # Once per version of the file: each version is parsed once.
+        for problem in parsed.problems:
+            log.warning("%s", problem)
+
+    def _recovered(self) -> None:
+        if self._health.last_error is not None:
+            log.info("%s: readable again; applying it", self._path)
+        self._health = replace(self._health, connected=True, last_error=None)
+
     def _report_error(self, error: FileSourceError) -> None:
-        log.error("%s; keeping the previous state", error)
+        message = str(error)
+        if message != self._health.last_error:  # one line per distinct failure
+            log.error("%s; keeping the previous state", message)
         self._health = replace(
             self._health,
             connected=False,
-            last_error=str(error),
+            last_error=message,
             list_errors=self._health.list_errors + 1,
         )
 
@@ -269,12 +273,12 @@ class FileSource:
         try:
             status = self._path.stat()
         except OSError as error:
-            raise FileSourceError(f"{self._path}: cannot stat: {error}") from error
+            raise FileSourceError(f"{self._path}: cannot stat: {error.strerror}") from None
         return _FileStamp(status.st_ino, status.st_size, status.st_mtime_ns)
 
-    def _read(self) -> tuple[str, bytes]:
+    def _read(self) -> tuple[bytes, bytes]:
         try:
             data = self._path.read_bytes()
-            return data.decode("utf-8"), hashlib.sha256(data).digest()
-        except (OSError, UnicodeDecodeError) as error:
-            raise FileSourceError(f"{self._path}: cannot read: {error}") from error
+        except OSError as error:
+            raise FileSourceError(f"{self._path}: cannot read: {error.strerror}") from None
+        return data, hashlib.sha256(data).digest()

@@ -480,7 +480,10 @@ class _KindWatcher:
                 store.clear()
                 continue_token = ""
                 continue
-            for item in page.get("items") or ():
+            items = page.get("items")
+            if items is not None and not isinstance(items, list):
+                raise StreamError(f"unexpected list response: items is {type(items).__name__}")
+            for item in items or ():
                 trimmed = trim(self._kind, item)
                 store[object_key(self._kind, trimmed)] = trimmed
             metadata = page.get("metadata") or {}
@@ -607,7 +610,9 @@ class _KindWatcher:
             if error.status == 410:
                 raise ResourceGoneError(error.status, error.reason, error.message)
             raise error
-        resource_version = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+        metadata = obj.get("metadata") if isinstance(obj, Mapping) else None
+        version = metadata.get("resourceVersion") if isinstance(metadata, Mapping) else None
+        resource_version = version if isinstance(version, str) else ""
         if resource_version:
             self._resource_version = resource_version
         self._update_health(resource_version=self._resource_version, last_event_time=time.time())

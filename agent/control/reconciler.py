@@ -207,9 +207,8 @@ class Reconciler:
                 )
             log.warning("%s %s ignored: %s", change.kind.value, change.key, reason)
             return None
-        if isinstance(new, NetworkPolicy):
-            for problem in new.problems:
-                log.warning("%s", problem)
+        for problem in getattr(new, "problems", ()):
+            log.warning("%s", problem)
         return new
 
     def on_node_addresses(self, _: tuple[IPAddress, ...]) -> None:

@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from agent.model.reader import strictly_equal
+
 
 class Kind(enum.Enum):
     POD = "Pod"
@@ -86,107 +88,113 @@ class Source(Protocol):
 
 
 # ---------------------------------------------------------------------------------------
-# Trimming. Label keys and values repeat across thousands of pods ("app", "team", the
-# namespace name...), so they are interned: each distinct string is stored once.
+# Trimming. It keeps the fields the compiler reads *as they are*: a field of the wrong type
+# is kept so that parsing reports it with its path (turning it into "absent" here could
+# mean "all"), and trimming itself never fails on any shape. Label keys and values repeat
+# across thousands of pods ("app", "team", the namespace name...), so strings are interned:
+# each distinct string is stored once.
+
+# Deeper than this, a policy spec is kept as it is rather than copied (no valid spec nests
+# half as deep; parsing rejects whatever sits there).
+_MAX_INTERN_DEPTH = 32
 
 
-def _intern_labels(labels: Any) -> dict[str, str]:
+def _interned(value: Any) -> Any:
+    return sys.intern(value) if type(value) is str else value
+
+
+def _intern_labels(labels: Any) -> Any:
     if not isinstance(labels, Mapping):
-        return {}
-    return {sys.intern(str(key)): sys.intern(str(value)) for key, value in labels.items()}
+        return labels  # wrong type: parsing reports it
+    return {_interned(key): _interned(value) for key, value in labels.items()}
 
 
-def _intern_tree(value: Any) -> Any:
+def _intern_tree(value: Any, depth: int = 0) -> Any:
     """Copy a JSON value, interning every string (policy specs are mostly selectors)."""
-    if isinstance(value, str):
+    if type(value) is str:
         return sys.intern(value)
+    if depth > _MAX_INTERN_DEPTH:
+        return value
     if isinstance(value, Mapping):
-        return {sys.intern(str(key)): _intern_tree(item) for key, item in value.items()}
+        return {_interned(key): _intern_tree(item, depth + 1) for key, item in value.items()}
     if isinstance(value, list):
-        return [_intern_tree(item) for item in value]
+        return [_intern_tree(item, depth + 1) for item in value]
     return value
 
 
-def _metadata(
-    obj: Mapping[str, Any], *, namespaced: bool, uid: bool, labels: bool
-) -> dict[str, Any]:
-    source = obj.get("metadata") or {}
-    trimmed: dict[str, Any] = {}
+def _copy_fields(source: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """The fields of ``source`` that are present (not null), strings interned."""
+    return {name: _interned(source[name]) for name in names if source.get(name) is not None}
+
+
+def _metadata(obj: Mapping[str, Any], *, namespaced: bool, uid: bool, labels: bool) -> Any:
+    source = obj.get("metadata")
+    if not isinstance(source, Mapping):
+        return source  # wrong type: parsing reports it
+    fields = ["name", "resourceVersion"]
     if namespaced:
-        trimmed["namespace"] = sys.intern(str(source.get("namespace") or "default"))
-    trimmed["name"] = str(source.get("name") or "")
-    if uid and source.get("uid"):
-        trimmed["uid"] = str(source["uid"])
-    if source.get("resourceVersion"):
-        trimmed["resourceVersion"] = str(source["resourceVersion"])
-    if labels:
-        trimmed["labels"] = _intern_labels(source.get("labels"))
+        fields.append("namespace")
+    if uid:
+        fields.append("uid")
+    trimmed = _copy_fields(source, fields)
+    if labels and source.get("labels") is not None:
+        trimmed["labels"] = _intern_labels(source["labels"])
     return trimmed
 
 
-def _trim_ports(container: Mapping[str, Any]) -> list[dict[str, Any]]:
-    ports = []
-    for port in container.get("ports") or ():
-        if not isinstance(port, Mapping) or "containerPort" not in port:
-            continue
-        trimmed: dict[str, Any] = {"containerPort": port["containerPort"]}
-        if port.get("name"):
-            trimmed["name"] = sys.intern(str(port["name"]))
-        trimmed["protocol"] = sys.intern(str(port.get("protocol") or "TCP"))
-        ports.append(trimmed)
-    return ports
+_DROPPED = object()  # what an item trimmer returns for an item not worth keeping
 
 
-def _trim_containers(containers: Any, *, keep_restart_policy: bool) -> list[dict[str, Any]]:
+def _trim_list(value: Any, trim_item: Callable[[Any], Any]) -> Any:
+    """``value`` with each item trimmed (or dropped); a non-list is kept as it is."""
+    if not isinstance(value, list):
+        return value
+    return [kept for kept in (trim_item(item) for item in value) if kept is not _DROPPED]
+
+
+def _trim_port(port: Any) -> Any:
+    if not isinstance(port, Mapping):
+        return port
+    return _copy_fields(port, ("containerPort", "name", "protocol"))
+
+
+def _trim_container(container: Any) -> Any:
     # Only containers that declare ports matter (named ports in policies resolve against
     # them); the rest of a container spec is by far the largest part of a pod.
-    trimmed = []
-    for container in containers or ():
-        if not isinstance(container, Mapping):
-            continue
-        ports = _trim_ports(container)
-        if not ports:
-            continue
-        entry: dict[str, Any] = {"ports": ports}
-        if keep_restart_policy and container.get("restartPolicy"):
-            # restartPolicy: Always marks a sidecar that keeps serving; the compiler decides
-            # whether a plain init container's ports count.
-            entry["restartPolicy"] = sys.intern(str(container["restartPolicy"]))
-        trimmed.append(entry)
-    return trimmed
+    if not isinstance(container, Mapping):
+        return container
+    if container.get("ports") is None or container.get("ports") == []:
+        return _DROPPED
+    return {"ports": _trim_list(container["ports"], _trim_port)}
+
+
+def _trim_pod_ip(entry: Any) -> Any:
+    if not isinstance(entry, Mapping):
+        return entry
+    return _copy_fields(entry, ("ip",))
 
 
 def trim_pod(obj: Mapping[str, Any]) -> dict[str, Any]:
-    spec = obj.get("spec") or {}
-    status = obj.get("status") or {}
-    trimmed_spec: dict[str, Any] = {}
-    if spec.get("nodeName"):
-        trimmed_spec["nodeName"] = sys.intern(str(spec["nodeName"]))
-    if spec.get("hostNetwork"):
-        trimmed_spec["hostNetwork"] = True
-    containers = _trim_containers(spec.get("containers"), keep_restart_policy=False)
-    if containers:
-        trimmed_spec["containers"] = containers
-    init_containers = _trim_containers(spec.get("initContainers"), keep_restart_policy=True)
-    if init_containers:
-        trimmed_spec["initContainers"] = init_containers
-    trimmed_status: dict[str, Any] = {}
-    if status.get("phase"):
-        trimmed_status["phase"] = sys.intern(str(status["phase"]))
-    if status.get("podIP"):
-        trimmed_status["podIP"] = str(status["podIP"])
-    pod_ips = [
-        {"ip": str(entry["ip"])}
-        for entry in status.get("podIPs") or ()
-        if isinstance(entry, Mapping) and entry.get("ip")
-    ]
-    if pod_ips:
-        trimmed_status["podIPs"] = pod_ips
-    return {
-        "metadata": _metadata(obj, namespaced=True, uid=True, labels=True),
-        "spec": trimmed_spec,
-        "status": trimmed_status,
-    }
+    trimmed: dict[str, Any] = {"metadata": _metadata(obj, namespaced=True, uid=True, labels=True)}
+    spec = obj.get("spec")
+    if isinstance(spec, Mapping):
+        trimmed_spec = _copy_fields(spec, ("nodeName", "hostNetwork"))
+        for section in ("containers", "initContainers"):
+            containers = _trim_list(spec.get(section), _trim_container)
+            if containers is not None and containers != []:
+                trimmed_spec[section] = containers
+        trimmed["spec"] = trimmed_spec
+    elif spec is not None:
+        trimmed["spec"] = spec
+    status = obj.get("status")
+    if isinstance(status, Mapping):
+        trimmed_status = _copy_fields(status, ("phase", "podIP"))
+        if status.get("podIPs") is not None:
+            trimmed_status["podIPs"] = _trim_list(status["podIPs"], _trim_pod_ip)
+        trimmed["status"] = trimmed_status
+    elif status is not None:
+        trimmed["status"] = status
+    return trimmed
 
 
 def trim_namespace(obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -194,23 +202,29 @@ def trim_namespace(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def trim_network_policy(obj: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "metadata": _metadata(obj, namespaced=True, uid=True, labels=False),
-        "spec": _intern_tree(obj.get("spec") or {}),
-    }
+    trimmed: dict[str, Any] = {"metadata": _metadata(obj, namespaced=True, uid=True, labels=False)}
+    if obj.get("spec") is not None:
+        trimmed["spec"] = _intern_tree(obj["spec"])
+    return trimmed
+
+
+def _trim_address(entry: Any) -> Any:
+    if not isinstance(entry, Mapping):
+        return entry
+    return _copy_fields(entry, ("type", "address"))
 
 
 def trim_node(obj: Mapping[str, Any]) -> dict[str, Any]:
-    status = obj.get("status") or {}
-    addresses = [
-        {"type": sys.intern(str(entry.get("type") or "")), "address": str(entry["address"])}
-        for entry in status.get("addresses") or ()
-        if isinstance(entry, Mapping) and entry.get("address")
-    ]
-    return {
-        "metadata": _metadata(obj, namespaced=False, uid=False, labels=False),
-        "status": {"addresses": addresses},
+    trimmed: dict[str, Any] = {
+        "metadata": _metadata(obj, namespaced=False, uid=False, labels=False)
     }
+    status = obj.get("status")
+    if isinstance(status, Mapping):
+        if status.get("addresses") is not None:
+            trimmed["status"] = {"addresses": _trim_list(status["addresses"], _trim_address)}
+    elif status is not None:
+        trimmed["status"] = status
+    return trimmed
 
 
 _TRIMMERS: dict[Kind, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
@@ -221,29 +235,47 @@ _TRIMMERS: dict[Kind, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
 }
 
 
-def trim(kind: Kind, obj: Mapping[str, Any]) -> dict[str, Any]:
-    """Reduce a full API object (as parsed JSON) to the fields the compiler needs."""
+def trim(kind: Kind, obj: Any) -> dict[str, Any]:
+    """Reduce a full API object (as parsed JSON) to the fields the compiler needs.
+
+    Never fails: what is not an object becomes an object whose metadata parsing rejects.
+    """
+    if not isinstance(obj, Mapping):
+        return {"metadata": obj}
     return _TRIMMERS[kind](obj)
 
 
 def object_key(kind: Kind, obj: Mapping[str, Any]) -> str:
-    """The store key of a full or trimmed object: "namespace/name" or "name"."""
-    metadata = obj.get("metadata") or {}
-    name = str(metadata.get("name") or "")
+    """The store key of a full or trimmed object: "namespace/name" or "name".
+
+    Any shape gives a key; an unusable object is then rejected when it is parsed.
+    """
+    metadata = obj.get("metadata")
+    if not isinstance(metadata, Mapping):
+        metadata = {}
+    name = metadata.get("name")
+    name = name if isinstance(name, str) else repr(name)
     if kind.namespaced:
-        return f"{metadata.get('namespace') or 'default'}/{name}"
+        namespace = metadata.get("namespace") or "default"
+        namespace = namespace if isinstance(namespace, str) else repr(namespace)
+        return f"{namespace}/{name}"
     return name
 
 
 def _without_resource_version(obj: Mapping[str, Any]) -> dict[str, Any]:
-    metadata = dict(obj.get("metadata") or {})
-    metadata.pop("resourceVersion", None)
-    return {**obj, "metadata": metadata}
+    metadata = obj.get("metadata")
+    if not isinstance(metadata, Mapping):
+        return dict(obj)
+    return {**obj, "metadata": {k: v for k, v in metadata.items() if k != "resourceVersion"}}
 
 
 def same_content(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    """True if two trimmed objects differ at most in resourceVersion (nothing to recompile)."""
-    return _without_resource_version(old) == _without_resource_version(new)
+    """True if two trimmed objects differ at most in resourceVersion (nothing to recompile).
+
+    Types count: ``containerPort: 80.0`` or ``hostNetwork: 0`` is a change to report.
+    """
+    old_content, new_content = _without_resource_version(old), _without_resource_version(new)
+    return old_content == new_content and strictly_equal(old_content, new_content)
 
 
 def diff_stores(

@@ -70,6 +70,8 @@ class Pod:
     ips: tuple[IPAddress, ...]
     ports: tuple[ContainerPort, ...] = ()
     uid: str = ""
+    # What parsing had to leave out (bad addresses, ports...), "Pod ns/name: ..." each.
+    problems: tuple[str, ...] = field(default=(), compare=False, repr=False)
     # Derived once: the compiler asks for these hundreds of thousands of times.
     key: str = field(init=False, repr=False, compare=False)
     ipv4: tuple[IPAddress, ...] = field(init=False, repr=False, compare=False)
@@ -105,6 +107,7 @@ class Pod:
 class Node:
     name: str
     addresses: tuple[IPAddress, ...]
+    problems: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

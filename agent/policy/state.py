@@ -182,36 +182,12 @@ class BuiltState:
     problems: tuple[str, ...]
 
 
-def build_state(objects: Iterable[Mapping[str, object]]) -> BuiltState:
-    """Parse API objects of any supported kind into a snapshot.
-
-    Objects the agent cannot use are skipped and reported; the rest still apply.
+def build_state(objects: Iterable[object]) -> BuiltState:
+    """Parse API objects of any supported kind (``*List`` documents expanded) into a
+    snapshot. Objects the agent cannot use are skipped and reported; the rest still apply.
     """
-    from agent.model import parse  # the policy layer builds on the model layer
+    from agent.model.parse import parse_objects  # the policy layer builds on the model
 
-    namespaces: list[Namespace] = []
-    pods: list[Pod] = []
-    policies: list[NetworkPolicy] = []
-    nodes: list[Node] = []
-    problems: list[str] = []
-    for raw in parse.flatten_lists(objects, problems):
-        kind = str(raw.get("kind") or "")
-        try:
-            if kind == "Namespace":
-                namespaces.append(parse.parse_namespace(raw))
-            elif kind == "Pod":
-                pods.append(parse.parse_pod(raw))
-            elif kind == "NetworkPolicy":
-                policy = parse.parse_network_policy(raw)
-                policies.append(policy)
-                problems.extend(policy.problems)
-            elif kind == "Node":
-                nodes.append(parse.parse_node(raw))
-            else:
-                name = (raw.get("metadata") or {}).get("name", "?")
-                problems.append(
-                    f"{kind or 'object without kind'} {name}: not a kind the agent reads; skipped"
-                )
-        except parse.InvalidObject as error:
-            problems.append(f"{error}; skipped")
-    return BuiltState(ClusterState.of(namespaces, pods, policies, nodes), tuple(problems))
+    parsed = parse_objects(objects)
+    state = ClusterState.of(parsed.namespaces, parsed.pods, parsed.policies, parsed.nodes)
+    return BuiltState(state, parsed.problems)

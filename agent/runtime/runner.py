@@ -112,15 +112,17 @@ class BoundedFrequencyRunner:
             reason = Reason.RETRY
         elif not self._succeeded_once:
             reason = Reason.FIRST
-        elif self._last_full is None or now - self._last_full >= self.resync_period:
+        elif self._last_full is None or now >= self._last_full + self.resync_period:
             reason = Reason.RESYNC
         else:
             with self._lock:
                 requested = self._requested
             if not requested:
+                # Compared as deadlines, so a wait is never rounded down to zero (which
+                # would spin): for floats, a > b implies a - b > 0.
                 return None, self._last_full + self.resync_period - now
             reason = Reason.REQUEST
-        if self._last_run is not None and now - self._last_run < self.min_interval:
+        if self._last_run is not None and now < self._last_run + self.min_interval:
             return None, self._last_run + self.min_interval - now
         return reason, 0.0
 

@@ -133,7 +133,7 @@ def test_invalid_yaml_exits_2_with_a_clear_message(
     code = main(["explain", "-f", str(path), "--from", "x/a", "--to", "y/b", "--port", "80"])
     err = capsys.readouterr().err
     assert code == 2
-    assert "netpol-agent explain:" in err and "not valid YAML" in err
+    assert "netpol-agent explain:" in err and "invalid YAML" in err
 
 
 def explain(capsys: pytest.CaptureFixture[str], path: str, *args: str) -> tuple[int, str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.control.file_source import FileSource, FileSourceError, load_state
+from agent.control.file_source import FileSource, FileSourceError, State, parse_state
 from agent.control.source import Change, Kind
 
 NAMESPACE = """\
@@ -121,7 +122,7 @@ def test_initial_batch_per_kind_trimmed(state_file: Path) -> None:
         "metadata": {"namespace": "prod", "name": "web", "uid": "u-1", "labels": {"app": "web"}},
         "spec": {
             "nodeName": "node-1",
-            "containers": [{"ports": [{"containerPort": 80, "name": "http", "protocol": "TCP"}]}],
+            "containers": [{"ports": [{"containerPort": 80, "name": "http"}]}],
         },
         "status": {"phase": "Running", "podIP": "10.0.0.5", "podIPs": [{"ip": "10.0.0.5"}]},
     }
@@ -190,29 +191,96 @@ def test_broken_yaml_keeps_previous_state(
     assert source.health.connected
 
 
-def test_unknown_kind_warns_and_is_skipped(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def load(path: Path) -> State:
+    return parse_state(path.read_bytes(), str(path)).state
+
+
+def test_unknown_kind_is_reported_and_skipped(tmp_path: Path) -> None:
     path = tmp_path / "state.yaml"
     service = "apiVersion: v1\nkind: Service\nmetadata: {name: svc}\n"
     nameless = "apiVersion: v1\nkind: Pod\nmetadata: {namespace: x}\n"
     write(path, service, NAMESPACE, nameless)
-    with caplog.at_level(logging.WARNING):
-        state = load_state(path)
-    assert "unsupported kind 'Service'" in caplog.text
-    assert "without metadata.name" in caplog.text
-    assert set(state[Kind.NAMESPACE]) == {"prod"}
-    assert state[Kind.POD] == {}
+    parsed = parse_state(path.read_bytes(), str(path))
+    (problem,) = parsed.problems
+    assert "document 1: kind 'Service' svc is not a kind the agent reads" in problem
+    assert set(parsed.state[Kind.NAMESPACE]) == {"prod"}
+    # Trimmed as is: the reconciler's parsing rejects it, naming the missing field.
+    assert list(parsed.state[Kind.POD]) == ["x/None"]
 
 
 def test_kubectl_list_and_default_namespace(tmp_path: Path) -> None:
     path = tmp_path / "state.yaml"
     pod_without_namespace = POD.replace("  namespace: prod\n", "")
-    items = "\n".join("- " + line if i == 0 else "  " + line
-                      for i, line in enumerate(pod_without_namespace.splitlines()))
+    items = "\n".join(
+        "- " + line if i == 0 else "  " + line
+        for i, line in enumerate(pod_without_namespace.splitlines())
+    )
     path.write_text(f"apiVersion: v1\nkind: List\nitems:\n{items}\n")
-    state = load_state(path)
-    assert set(state[Kind.POD]) == {"default/web"}
+    assert set(load(path)[Kind.POD]) == {"default/web"}
+
+
+def test_typed_lists_and_json_are_read_as_render_reads_them(tmp_path: Path) -> None:
+    # A PodList used to render but not run: one reader now serves both.
+    path = tmp_path / "state.json"
+    pod = {"kind": "Pod", "metadata": {"name": "web", "namespace": "prod"}}
+    path.write_text(json.dumps({"kind": "List", "items": [{"kind": "PodList", "items": [pod]}]}))
+    assert set(load(path)[Kind.POD]) == {"prod/web"}
+
+
+def test_a_failing_consumer_gets_the_batch_again(state_file: Path) -> None:
+    batches: list[list[Change]] = []
+    fail = [False]
+
+    def sink(changes: Sequence[Change]) -> None:
+        if fail[0] and any(c.kind is Kind.NETWORK_POLICY for c in changes):
+            fail[0] = False
+            raise RuntimeError("consumer bug")
+        batches.append(list(changes))
+
+    source = FileSource(state_file, poll_interval=None)
+    source.start(sink)
+    batches.clear()
+    fail[0] = True
+    write(state_file, NAMESPACE, POD, NODE)  # policy removed
+    with pytest.raises(RuntimeError):
+        source.check_now()
+    # Not recorded as delivered: the next check delivers the deletion again.
+    assert [(c.kind, c.key, c.obj) for c in source.check_now()] == [
+        (Kind.NETWORK_POLICY, "prod/deny-all", None)
+    ]
+    assert len(batches) == 1
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"a: " + b"[" * 600 + b"]" * 600 + b"\n",  # deep nesting (a RecursionError before)
+        b"a: &a [*a]\n",  # a recursive alias
+        b"kind: Pod\nmetadata: {name: \xff}\n",  # not UTF-8
+    ],
+    ids=["deep", "recursive-alias", "not-utf8"],
+)
+def test_unusable_file_is_one_log_line_and_health_keeps_saying_why(
+    state_file: Path, caplog: pytest.LogCaptureFixture, content: bytes
+) -> None:
+    source = FileSource(state_file, poll_interval=None)
+    source.start(Recorder())
+    state_file.write_bytes(content)
+    bump_mtime(state_file)
+    with caplog.at_level(logging.DEBUG):
+        for _ in range(5):
+            assert source.check_now() == []
+            bump_mtime(state_file)  # touched again: still the same failure
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, [r.getMessage() for r in errors]
+    assert "Traceback" not in caplog.text
+    assert str(state_file) in errors[0].getMessage()
+    health = source.health
+    assert not health.connected
+    assert all(
+        kind.last_error == health.kinds[Kind.POD].last_error for kind in health.kinds.values()
+    )
+    assert health.kinds[Kind.POD].objects == 1  # the last good state stays
 
 
 def test_broken_file_at_start_raises(tmp_path: Path) -> None:
@@ -233,9 +301,7 @@ def test_polling_thread_picks_up_changes_and_stops(state_file: Path) -> None:
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and len(recorder.batches) == initial_batches:
         time.sleep(0.01)
-    assert [(c.kind, c.key, c.obj) for c in recorder.batches[-1]] == [
-        (Kind.NODE, "node-1", None)
-    ]
+    assert [(c.kind, c.key, c.obj) for c in recorder.batches[-1]] == [(Kind.NODE, "node-1", None)]
     started = time.monotonic()
     source.stop()
     assert time.monotonic() - started < 1

@@ -8,6 +8,7 @@ and the field path) and never widens what the policy allows.
 from __future__ import annotations
 
 import ipaddress
+import json
 from typing import Any
 
 import pytest
@@ -492,9 +493,19 @@ def test_named_container_ports_include_init_containers() -> None:
     assert pod.resolve_named_port("metrics", Protocol.TCP) is None
 
 
-def test_pod_with_a_bad_ip_is_invalid() -> None:
-    with pytest.raises(InvalidObject, match=r"Pod prod/web.*podIPs.*not-an-ip"):
-        parse_pod(b.pod("prod/web", "not-an-ip"))
+def test_pod_with_a_bad_ip_keeps_its_good_address_and_reports_the_bad_one() -> None:
+    raw = b.pod("prod/web", "10.0.0.5")
+    raw["status"]["podIPs"].insert(0, {"ip": "not-an-ip"})
+    pod = parse_pod(raw)
+    assert [str(ip) for ip in pod.ips] == ["10.0.0.5"]
+    (problem,) = pod.problems
+    assert problem.startswith("Pod prod/web: status.podIPs[0].ip") and "not-an-ip" in problem
+
+
+def test_pod_without_any_usable_ip_says_it_cannot_be_enforced() -> None:
+    pod = parse_pod(b.pod("prod/web", "not-an-ip"))
+    assert pod.ips == () and not pod.is_selectable
+    assert any("cannot be enforced" in p for p in pod.problems)
 
 
 def test_pod_without_a_name_is_invalid() -> None:
@@ -504,10 +515,14 @@ def test_pod_without_a_name_is_invalid() -> None:
         parse_pod(raw)
 
 
-def test_pod_with_a_field_of_the_wrong_shape_is_invalid_not_a_crash() -> None:
+def test_pod_with_a_field_of_the_wrong_shape_is_reported_not_a_crash() -> None:
     raw = b.pod("prod/web")
     raw["status"]["podIPs"] = ["10.0.0.5"]  # strings, not {"ip": ...}
-    with pytest.raises(InvalidObject, match="Pod prod/web"):
+    pod = parse_pod(raw)
+    assert pod.ips == ()
+    assert any("status.podIPs[0]: must be an object" in p for p in pod.problems)
+    raw["status"] = "Running"
+    with pytest.raises(InvalidObject, match=r"Pod prod/web: status: must be an object"):
         parse_pod(raw)
 
 
@@ -531,22 +546,26 @@ def test_build_state_skips_unknown_kinds_and_keeps_the_rest() -> None:
     assert list(built.state.pods) == ["prod/web"]
     assert list(built.state.namespaces) == ["prod"]
     (problem,) = built.problems
-    assert "Service svc" in problem and "skipped" in problem
+    assert "'Service' svc" in problem and "skipped" in problem
 
 
 def test_build_state_skips_invalid_objects_with_a_clear_problem() -> None:
-    bad_ip = b.pod("prod/bad", "300.0.0.1")
-    wrong_shape = b.pod("prod/shape")
+    bad_name = b.pod("prod/Bad_Name", "10.0.0.1")
+    wrong_shape = b.pod("prod/shape", "10.0.0.2")
     wrong_shape["spec"]["containers"] = [{"name": "c", "ports": ["http"]}]
     built = build_state(
-        [bad_ip, wrong_shape, "just a string", b.pod("prod/good", "10.0.0.5"), b.node("n1")]
+        [bad_name, wrong_shape, "just a string", b.pod("prod/good", "10.0.0.5"), b.node("n1")]
     )
-    assert list(built.state.pods) == ["prod/good"]
+    assert list(built.state.pods) == ["prod/shape", "prod/good"]
+    assert built.state.pods["prod/shape"].ports == ()
     assert list(built.state.nodes) == ["n1"]
     assert len(built.problems) == 3
-    assert any("Pod prod/bad" in p and "300.0.0.1" in p for p in built.problems)
-    assert any("Pod prod/shape" in p for p in built.problems)
-    assert any("not a Kubernetes object" in p for p in built.problems)
+    assert any("Pod 'Bad_Name'" in p and "metadata.name" in p for p in built.problems)
+    assert any(
+        "Pod prod/shape: spec.containers[0].ports[0]: must be an object" in p
+        for p in built.problems
+    )
+    assert any("document 3: not an object (got a string)" in p for p in built.problems)
 
 
 def test_build_state_keeps_a_policy_with_problems_and_reports_them() -> None:
@@ -576,3 +595,262 @@ def test_build_state_flattens_list_documents() -> None:
     assert list(built.state.namespaces) == ["prod"]
     assert list(built.state.pods) == ["prod/a"]
     assert list(built.state.policies) == ["prod/np"]
+
+
+# --- strict shapes: the cases ------------------------------------------------------
+
+# Each: a spec that used to crash or to be read as "absent" (often "all").
+WRONG_TYPES_IN_POLICIES = {
+    "ports: 5": ({"ingress": [{"ports": 5}]}, "spec.ingress[0].ports"),
+    "ports: 0 (not all ports)": ({"ingress": [{"ports": 0}]}, "spec.ingress[0].ports"),
+    "from: 5": ({"ingress": [{"from": 5}]}, "spec.ingress[0].from"),
+    "from: 0 (not every peer)": ({"ingress": [{"from": 0}]}, "spec.ingress[0].from"),
+    "from: ''": ({"ingress": [{"from": ""}]}, "spec.ingress[0].from"),
+    "matchExpressions: 5": (
+        {"ingress": [{"from": [{"podSelector": {"matchExpressions": 5}}]}]},
+        "spec.ingress[0].from[0].podSelector.matchExpressions",
+    ),
+    "values: 5": (
+        {"ingress": [{"from": [{"podSelector": {"matchExpressions": [
+            {"key": "a", "operator": "In", "values": 5}]}}]}]},
+        "matchExpressions[0].values",
+    ),
+    "values: admin (not the letters a, d, m, i, n)": (
+        {"ingress": [{"from": [{"podSelector": {"matchExpressions": [
+            {"key": "a", "operator": "In", "values": "admin"}]}}]}]},
+        "matchExpressions[0].values",
+    ),
+    "values: [null] (not 'None')": (
+        {"ingress": [{"from": [{"podSelector": {"matchExpressions": [
+            {"key": "a", "operator": "In", "values": [None]}]}}]}]},
+        "matchExpressions[0].values[0]",
+    ),
+    "except: 5": (
+        {"ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": 5}}]}]},
+        "ipBlock.except",
+    ),
+    "except: 0 (not no excepts)": (
+        {"ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": 0}}]}]},
+        "ipBlock.except",
+    ),
+    "matchLabels: [] (not every pod)": (
+        {"ingress": [{"from": [{"podSelector": {"matchLabels": []}}]}]},
+        "podSelector.matchLabels",
+    ),
+    "matchLabels value 5": (
+        {"ingress": [{"from": [{"podSelector": {"matchLabels": {"app": 5}}}]}]},
+        "podSelector.matchLabels.app",
+    ),
+    "ingress rule null": ({"ingress": [None]}, "spec.ingress[0]"),
+    "port: true": ({"ingress": [{"ports": [{"port": True}]}]}, "ports[0].port"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(WRONG_TYPES_IN_POLICIES))
+def test_wrong_type_in_a_rule_is_an_error_and_drops_the_rule(case: str) -> None:
+    spec, field = WRONG_TYPES_IN_POLICIES[case]
+    policy = parse(policyTypes=["Ingress"], **spec)
+    assert policy.ingress == ()  # the rule allows nothing; the pods stay isolated
+    assert policy.policy_types == INGRESS_ONLY
+    (problem,) = policy.problems
+    assert problem.startswith("NetworkPolicy prod/np: ") and field in problem
+
+
+@pytest.mark.parametrize("spec", [5, False, "", [], "x"])
+def test_spec_of_the_wrong_type_isolates_the_namespace_both_ways(spec: Any) -> None:
+    raw = b.policy("prod/np")
+    raw["spec"] = spec
+    policy = parse_network_policy(raw)
+    assert policy.pod_selector is None and policy.policy_types == BOTH
+    assert policy.ingress == () and policy.egress == ()
+    (problem,) = policy.problems
+    assert "NetworkPolicy prod/np: spec: must be an object" in problem and "fail closed" in problem
+
+
+def test_broken_pod_selector_allows_nothing_through_that_policy() -> None:
+    # Before, the rules of a policy with a broken selector applied to the whole namespace.
+    policy = parse(podSelector={"matchLabels": []}, ingress=[{}], egress=[{}])
+    assert policy.pod_selector is None and policy.policy_types == BOTH
+    assert policy.ingress == () and policy.egress == ()
+
+
+def test_egress_of_the_wrong_type_without_policy_types_still_isolates_egress() -> None:
+    assert parse(egress=0).policy_types == BOTH
+    assert parse(policyTypes=0).policy_types == BOTH
+
+
+@pytest.mark.parametrize(
+    "metadata", ["x", 5, [], {"name": "\ud800", "namespace": "prod"}, {"name": "Web"}]
+)
+def test_unreadable_identity_is_invalid_with_a_printable_message(metadata: Any) -> None:
+    raw = b.policy("prod/np")
+    raw["metadata"] = metadata
+    with pytest.raises(InvalidObject) as caught:
+        parse_network_policy(raw)
+    assert str(caught.value).isprintable()
+    assert "metadata" in str(caught.value)
+
+
+def test_pod_host_network_of_the_wrong_type_keeps_the_pod_enforced() -> None:
+    raw = b.pod("prod/web", "10.0.0.5")
+    raw["spec"]["hostNetwork"] = "false"
+    pod = parse_pod(raw)
+    assert not pod.host_network and pod.is_selectable
+    assert any("spec.hostNetwork: must be true or false" in p for p in pod.problems)
+
+
+def test_container_port_true_is_not_port_1() -> None:
+    pod = parse_pod(b.pod("prod/web", "10.0.0.5", ports=[{"name": "http", "containerPort": True}]))
+    assert pod.ports == ()
+    assert any("containerPort: must be an integer" in p for p in pod.problems)
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "field"),
+    [
+        ("status", "Running", "status: must be an object"),
+        ("spec", 5, "spec: must be an object"),
+    ],
+)
+def test_pod_with_unreadable_spec_or_status_is_invalid(
+    section: str, value: Any, field: str
+) -> None:
+    raw = b.pod("prod/web", "10.0.0.5")
+    raw[section] = value
+    with pytest.raises(InvalidObject, match=f"Pod prod/web: {field}"):
+        parse_pod(raw)
+
+
+def test_pod_ips_and_containers_of_the_wrong_type_are_reported() -> None:
+    raw = b.pod("prod/web", "10.0.0.5")
+    raw["status"]["podIPs"] = 5
+    raw["status"]["podIP"] = "10.0.0.5"
+    raw["spec"]["containers"] = 5
+    pod = parse_pod(raw)
+    assert [str(ip) for ip in pod.ips] == ["10.0.0.5"]  # podIP still counts
+    assert any("status.podIPs: must be a list" in p for p in pod.problems)
+    assert any("spec.containers: must be a list" in p for p in pod.problems)
+
+
+# --- the reader -----------------------------------------------------------------------------
+
+
+def test_reader_expands_every_list_kind_and_reports_what_it_skips() -> None:
+    from agent.model.reader import read_bytes
+
+    data = json.dumps(
+        {
+            "kind": "List",
+            "items": [
+                {"kind": "PodList", "items": [b.pod("prod/a", "10.0.0.1")]},
+                {"kind": "NamespaceList", "items": [b.namespace("prod")]},
+                {"kind": "Service", "metadata": {"name": "svc"}},
+                7,
+            ],
+        }
+    ).encode()
+    read = read_bytes(data, "s.json")
+    assert [obj["kind"] for obj in read.objects] == ["Pod", "Namespace"]
+    assert read.problems == (
+        "s.json: document 1 item 2: kind 'Service' svc is not a kind the agent reads "
+        "(Namespace, NetworkPolicy, Node, Pod, or a List of them); skipped",
+        "s.json: document 1 item 3: not an object (got a number); skipped",
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"kind: Pod\nmetadata: {name: \xff}\n", "not UTF-8: byte offset 27 (line 2)"),
+        (b"a: " + b"[" * 500 + b"]" * 500, "nested deeper than 100 levels"),
+        (b"a: &a [*a]\n", "an alias refers to a node that contains it"),
+        (
+            b"a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+            + b"".join(
+                b"%c: &%c [%s]\n" % (98 + i, 98 + i, b", ".join([b"*%c" % (97 + i)] * 10))
+                for i in range(8)
+            ),
+            "aliases expand to more than",
+        ),
+        (b"kind: Pod\nkind: Pod\n", "duplicate key 'kind'"),
+        (b"a: [\n", "invalid YAML"),
+        (b'{"kind": "List", "items": [', "invalid JSON"),
+    ],
+    ids=["not-utf8", "deep", "recursive-alias", "alias-bomb", "duplicate-key", "yaml", "json"],
+)
+def test_reader_rejects_an_unusable_file_naming_it(data: bytes, message: str) -> None:
+    from agent.model.reader import ReadError, read_bytes
+
+    with pytest.raises(ReadError, match=r"^s\.yaml: ") as caught:
+        read_bytes(data, "s.yaml")
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize("data", [b"", b"---\n", b"---\n---\n", b"# comment\n", b"[]"])
+def test_empty_files_are_valid_empty_states(data: bytes) -> None:
+    from agent.model.reader import read_bytes
+
+    assert read_bytes(data, "s.yaml") == read_bytes(b"", "s.yaml")
+    assert read_bytes(data, "s.yaml").objects == ()
+
+
+def test_duplicates_keep_one_and_a_differing_policy_fails_closed() -> None:
+    built = build_state(
+        [
+            b.pod("prod/a", "10.0.0.1", labels={"v": "1"}),
+            b.pod("prod/a", "10.0.0.1", labels={"v": "2"}),
+            b.policy("prod/np", ingress=[{}]),
+            b.policy("prod/np", ingress=[{}]),
+            b.policy("prod/other", ingress=[{}]),
+            b.policy("prod/other", podSelector={"matchLabels": {"v": "1"}}, ingress=[{}]),
+        ]
+    )
+    assert built.state.pods["prod/a"].labels == {"v": "1"}  # the first one
+    assert built.state.policies["prod/np"].ingress != ()  # identical copies: kept once
+    other = built.state.policies["prod/other"]
+    assert other.pod_selector == LabelSelector() and other.policy_types == BOTH
+    assert other.ingress == () and other.egress == ()
+    assert len(built.problems) == 3
+    assert any("prod/other" in p and "fail closed" in p for p in built.problems)
+
+
+def test_reader_without_libyaml_gives_the_same_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    from agent.model import reader
+
+    cases = [
+        b"kind: Namespace\nmetadata: {name: a}\n---\n",
+        b"a: " + b"[" * 600 + b"]" * 600,
+        b"a: &a [*a]\n",
+        b"a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+        + b"".join(
+            b"%c: &%c [%s]\n" % (98 + i, 98 + i, b", ".join([b"*%c" % (97 + i)] * 10))
+            for i in range(8)
+        ),
+    ]
+
+    def outcome(data: bytes) -> object:
+        try:
+            return reader.read_bytes(data, "s.yaml")
+        except reader.ReadError as error:
+            return str(error).split(":")[1]  # the kind of error, not the C/Python wording
+
+    with_libyaml = [outcome(data) for data in cases]
+    monkeypatch.setattr(reader, "_Loader", reader.loader_class(yaml.SafeLoader))
+    assert [outcome(data) for data in cases] == with_libyaml
+
+
+def test_an_unforeseen_shape_in_a_policy_isolates_its_namespace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from agent.model import parse_policy as parse_module
+
+    def broken(*args: Any) -> Any:
+        raise TypeError("a shape no check foresaw")
+
+    monkeypatch.setattr(parse_module, "_rules", broken)
+    policy = parse(ingress=[{}])
+    assert policy.pod_selector is None and policy.policy_types == BOTH
+    assert policy.ingress == () and policy.egress == ()
+    assert "malformed (TypeError)" in policy.problems[0]
