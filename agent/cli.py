@@ -19,10 +19,10 @@ from agent.compiler.config import (
     NodeContext,
     node_addresses,
 )
-from agent.compiler.ruleset import Family
 from agent.model.objects import IPAddress, Protocol
 from agent.policy.explain import EndpointError, Verdict, explain, resolve_endpoint
 from agent.policy.state import BuiltState, build_state
+from agent.rules import Family
 
 log = logging.getLogger("netpol-agent")
 

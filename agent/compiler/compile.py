@@ -47,7 +47,6 @@ from typing import NamedTuple, TypeVar
 from agent.compiler import cidr
 from agent.compiler.config import NEIGHBOUR_DISCOVERY_TYPES, CompilerConfig, NodeContext
 from agent.compiler.ports import named_port_signature, resolve_rule_ports
-from agent.compiler.ruleset import Chain, Family, Match, Rule, Ruleset
 from agent.model.objects import (
     Direction,
     IPAddress,
@@ -59,6 +58,7 @@ from agent.model.objects import (
     SelectorPeer,
 )
 from agent.policy.state import ClusterState
+from agent.rules import Chain, Family, Match, Rule, Ruleset
 
 T = TypeVar("T")
 

@@ -22,7 +22,6 @@ from typing import Any
 
 from agent.compiler.compile import NodeCompiler
 from agent.compiler.config import CompilerConfig, node_addresses
-from agent.compiler.ruleset import Family, Ruleset
 from agent.control.node_addresses import compare_with_node_object
 from agent.control.outcome import (
     Cause,
@@ -37,6 +36,7 @@ from agent.dataplane.table import Dataplane, DataplaneSyncError, SyncReport
 from agent.model import parse
 from agent.model.objects import Direction, IPAddress, Namespace, NetworkPolicy, Node, Pod
 from agent.policy.state import ClusterState
+from agent.rules import Family, Ruleset
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ from types import FrameType
 from typing import Any
 
 from agent.compiler.config import CompilerConfig
-from agent.compiler.ruleset import Family
 from agent.control.node_addresses import AddressWatcher
 from agent.control.outcome import Cause, SyncObserver
 from agent.control.reconciler import Reconciler, ReconcilerConfig
@@ -20,6 +19,7 @@ from agent.control.source import Source
 from agent.dataplane.backend import Backend, BackendError
 from agent.dataplane.table import Dataplane
 from agent.observability.health import HealthState
+from agent.rules import Family
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 from agent.compiler import compile as builder
 from agent.compiler.compile import NodeCompiler
 from agent.compiler.config import CompilerConfig
-from agent.compiler.ruleset import Family
 from agent.model import parse
 from agent.model.objects import Namespace, NetworkPolicy, Pod, PodPhase, Protocol
 from agent.policy.state import ClusterState
+from agent.rules import Family
 
 NODE = "node-a"
 NAMESPACES = ("x", "y", "z")

@@ -7,12 +7,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from agent.compiler.ruleset import Family, Ruleset
 from agent.control.outcome import Cause
 from agent.control.reconciler import Reconciler, ReconcilerConfig
 from agent.control.source import Change, Kind, SourceHealth
 from agent.dataplane.backend import BackendError
 from agent.dataplane.table import SyncReport
+from agent.rules import Family, Ruleset
 
 
 class Source:
