@@ -42,7 +42,7 @@ class CompilerConfig:
 
     def hashed_name(self, kind: str, key: str) -> str:
         length = min(16, 28 - len(self.chain_prefix) - len(kind) - 2)
-        digest = hashlib.sha256(key.encode()).hexdigest().upper()
+        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest().upper()
         return f"{self.chain_prefix}-{kind}-{digest[:length]}"
 
     @property

@@ -3,6 +3,7 @@
 Imports nothing of the agent: the compiler and the dataplane both build on it.
 """
 
+from agent.rules.comment import escape_comment
 from agent.rules.ruleset import (
     HASH_LEN,
     HASH_PREFIX,
@@ -25,4 +26,5 @@ __all__ = [
     "Match",
     "Rule",
     "Ruleset",
+    "escape_comment",
 ]

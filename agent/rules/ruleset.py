@@ -6,7 +6,8 @@ the same rule from the same fields, and so every rule renders to one canonical t
 
 Every rule carries a comment. Its first word is a content hash chained over the chain
 name and the previous rule (the scheme Calico uses), so the dataplane can tell which
-chains differ from what is programmed by reading back only the comments.
+chains differ from what is programmed by reading back only the comments. The hash covers
+the rule's body and its comment exactly as written (escaped and cut, see comment.py).
 """
 
 from __future__ import annotations
@@ -16,9 +17,13 @@ import hashlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+from agent.rules.comment import MAX_COMMENT_BYTES, escape_comment
+
 HASH_PREFIX = "npa:"
 HASH_LEN = 16
-MAX_COMMENT = 256
+MAX_COMMENT = MAX_COMMENT_BYTES
+# What is left of a comment after "npa:<hash> ".
+MAX_COMMENT_TEXT = MAX_COMMENT - len(HASH_PREFIX) - HASH_LEN - 1
 MAX_CHAIN_NAME = 28
 
 
@@ -76,7 +81,12 @@ class Rule:
 
     def comment_text(self, rule_hash: str) -> str:
         """The comment as programmed (unquoted): what a libiptc writer sets directly."""
-        return _sanitize_comment(f"{HASH_PREFIX}{rule_hash} {self.comment}")[:MAX_COMMENT]
+        return f"{HASH_PREFIX}{rule_hash} {self.written_comment}"
+
+    @property
+    def written_comment(self) -> str:
+        """The comment after the hash as it is written: escaped and cut to fit."""
+        return escape_comment(self.comment, MAX_COMMENT_TEXT)
 
     def _parts(self, comment: str | None) -> list[str]:
         parts: list[str] = []
@@ -102,11 +112,6 @@ def _chained_hash(chain: str, previous: str, body: str, comment: str) -> str:
     return digest[:HASH_LEN]
 
 
-def _sanitize_comment(text: str) -> str:
-    # iptables-restore has no escape for a double quote inside a quoted comment.
-    return text.replace('"', "'").replace("\n", " ")
-
-
 @dataclass(frozen=True, slots=True)
 class Chain:
     name: str
@@ -124,7 +129,7 @@ class Chain:
         hashes: list[str] = []
         previous = ""
         for rule in self.rules:
-            previous = _chained_hash(self.name, previous, rule.render_body(), rule.comment)
+            previous = _chained_hash(self.name, previous, rule.render_body(), rule.written_comment)
             hashes.append(previous)
         object.__setattr__(self, "hashes", tuple(hashes))
         object.__setattr__(self, "targets", frozenset(rule.target for rule in self.rules))
