@@ -11,7 +11,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from agent.compiler.compile import compile_node
 from agent.compiler.config import (
     DEFAULT_CHAIN_PREFIX,
     DEFAULT_MARK,
@@ -19,6 +18,7 @@ from agent.compiler.config import (
     NodeContext,
     node_addresses,
 )
+from agent.compiler.node import compile_node
 from agent.model.objects import IPAddress, Protocol
 from agent.policy.explain import EndpointError, Verdict, explain, resolve_endpoint
 from agent.policy.state import BuiltState, build_state

@@ -55,8 +55,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.compiler.compile import NodeCompiler
 from agent.compiler.config import CompilerConfig
+from agent.compiler.node import NodeCompiler
 from agent.dataplane.detect import make_backend
 from agent.dataplane.state import canonical_jump_spec
 from agent.dataplane.table import Dataplane

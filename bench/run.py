@@ -134,8 +134,8 @@ def _incremental_cases(objects: list[dict[str, Any]]) -> dict[str, tuple[list[An
 
 def measure_inside(size_name: str, backend_name: str, prefix: str, runs: int) -> dict[str, Any]:
     """Run in the benchmark's network namespace; returns the figures as a dict."""
-    from agent.compiler.compile import NodeCompiler
     from agent.compiler.config import CompilerConfig, node_addresses
+    from agent.compiler.node import NodeCompiler
     from agent.control.outcome import Cause
     from agent.control.reconciler import Reconciler, ReconcilerConfig
     from agent.dataplane.detect import make_backend
@@ -269,7 +269,7 @@ def measure_compile(size_name: str, runs: int) -> dict[str, Any]:
 
 
 def _full_compile(state: Any, addresses: Any, config: Any) -> Any:
-    from agent.compiler.compile import NodeCompiler
+    from agent.compiler.node import NodeCompiler
     from agent.rules import Family
 
     return {
@@ -325,8 +325,8 @@ def run_size(size_name: str, backend: str, runs: int) -> dict[str, Any]:
 
 def traversal_of(size_name: str) -> dict[str, Any]:
     """Rules compared by the first packet of connections to and from node-0's pods."""
-    from agent.compiler.compile import NodeCompiler
     from agent.compiler.config import node_addresses
+    from agent.compiler.node import NodeCompiler
     from agent.policy.state import build_state
     from agent.rules import Family
     from bench.traversal import measure

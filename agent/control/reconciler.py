@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.compiler.compile import NodeCompiler
 from agent.compiler.config import CompilerConfig, node_addresses
+from agent.compiler.node import NodeCompiler
 from agent.control.node_addresses import compare_with_node_object
 from agent.control.outcome import (
     Cause,

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from agent.compiler.compile import compile_node
 from agent.compiler.config import CompilerConfig, NodeContext
+from agent.compiler.node import compile_node
 from agent.compiler.ports import MULTIPORT_LIMIT, PortMatch, merge_ranges
 from agent.compiler.walk import Packet, validate, walk
 from agent.model.objects import Protocol

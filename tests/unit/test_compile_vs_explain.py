@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from agent.compiler import compile
+from agent.compiler import node as compile
 from agent.compiler.config import CompilerConfig, NodeContext
 from agent.compiler.walk import Packet, validate, verdict_across_nodes
 from agent.model.objects import IPAddress, Protocol

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.compiler import compile as builder
-from agent.compiler.compile import NodeCompiler
+from agent.compiler import addresses as builder
 from agent.compiler.config import CompilerConfig
+from agent.compiler.node import NodeCompiler
 from agent.model import parse
 from agent.model.objects import Namespace, NetworkPolicy, Pod, PodPhase, Protocol
 from agent.policy.state import ClusterState

@@ -8,8 +8,8 @@ import shlex
 
 import pytest
 
-from agent.compiler.compile import compile_node
 from agent.compiler.config import NodeContext
+from agent.compiler.node import compile_node
 from agent.policy.state import ClusterState
 from agent.rules import MAX_COMMENT, Chain, Family, Rule, Ruleset
 from agent.rules.comment import escape_comment

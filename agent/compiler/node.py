@@ -1,0 +1,423 @@
+"""The node compiler: cluster state → one node's chains for one family, recomputing only
+what a change touches.
+
+Layout (``P`` is the chain prefix)::
+
+    FORWARD -> P-FORWARD  established/related RETURN, [IPv6: neighbour discovery RETURN],
+                          node exemptions, clear mark, -j P-EGRESS, clear mark,
+                          -j P-INGRESS, clear mark
+    P-EGRESS / P-INGRESS  dispatch by the local pod's address  -> -g P-E-/P-I-<pod>
+    P-E-/P-I-<pod>        self RETURN, then -g P-SE-/P-SI-<set of policies selecting it>
+    P-SE-/P-SI-<set>      per policy: -j P-PE-/P-PI-<policy>,
+                          mark? RETURN; then DROP (or REJECT)
+    P-PE-/P-PI-<policy>   per rule: [port match] -j P-G-<peer> | [port] [-s cidr] set mark;
+                          mark? RETURN between rules
+    P-G-<group>           the addresses of a selector peer  -> set mark (peers.py)
+    P-B-<block>           ipBlock with except: RETURN per except, then the cidr -> set mark
+    P-T-<…>               subtrees of a long dispatch or group chain (addresses.py)
+
+Policy chains are shared by every pod a policy selects, verdict (set) chains by every
+pod the same policies select, and peer groups by every rule naming the peer.
+
+``NodeCompiler`` only tracks what depends on what: it keeps every unit (a thing's
+chains) keyed by what it was built from, and on the next ``compile`` rebuilds only the
+peer groups, policy chains and pod chains a change can affect. Rendering is render.py's,
+names are naming.py's. The result is always equal to a compile from scratch; the tests
+check exactly that.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from agent.compiler import named_ports
+from agent.compiler.addresses import DISPATCH_DEPTH, build_tree
+from agent.compiler.config import CompilerConfig, NodeContext
+from agent.compiler.named_ports import NamedScope
+from agent.compiler.naming import ChainNames, block_key, selector_key
+from agent.compiler.peers import GroupSpec, PeerGroups, PodChange
+from agent.compiler.ports import named_port_signature, resolve_rule_ports
+from agent.compiler.render import Renderer, Unit
+from agent.model.objects import Direction, IPAddress, IPBlock, NetworkPolicy, Pod, PolicyRule
+from agent.policy.state import ClusterState
+from agent.rules import Chain, Family, Rule, Ruleset
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class _PolicyEntry:
+    policy: NetworkPolicy
+    unit: Unit | None  # None: the policy allows nothing for this target
+    # Egress named ports: (destinations in scope, port name). Their numbers come from the
+    # destination pods, so a pod change inside a scope can change this chain.
+    named_scopes: tuple[NamedScope, ...]
+    target: Pod
+
+
+@dataclass(frozen=True, slots=True)
+class _PodEntry:
+    pod: Pod
+    inputs: tuple[str | None, ...]
+    unit: Unit
+
+
+@dataclass(frozen=True, slots=True)
+class _SelectingEntry:
+    pod: Pod
+    epoch: int
+    policies: tuple[NetworkPolicy, ...]
+
+
+def _diff(previous: Mapping[str, T], current: Mapping[str, T]) -> list[tuple[T | None, T | None]]:
+    """(old, new) for every key whose object is not the very same one in both."""
+    if previous is current:
+        return []
+    changed: list[tuple[T | None, T | None]] = [
+        (previous.get(key), value)
+        for key, value in current.items()
+        if previous.get(key) is not value
+    ]
+    changed.extend((value, None) for key, value in previous.items() if key not in current)
+    return changed
+
+
+class NodeCompiler:
+    """Compiles one node's chains for one family, incrementally across calls."""
+
+    def __init__(
+        self, node_name: str, family: Family, config: CompilerConfig | None = None
+    ) -> None:
+        self.node_name = node_name
+        self.family = family
+        self.config = config or CompilerConfig()
+        self.version = family.version
+        self._render = Renderer(self.config, self.version)
+        self._names = ChainNames(self.config, family)
+        self._groups = PeerGroups(self._render, self._names, self._register)
+        self._previous: ClusterState | None = None
+        self._blocks: dict[str, Unit] = {}
+        self._policies: dict[str, _PolicyEntry] = {}
+        self._pods: dict[tuple[str, Direction], _PodEntry] = {}
+        self._selecting: dict[tuple[str, Direction], _SelectingEntry] = {}
+        self._namespace_epoch: dict[str, int] = defaultdict(int)
+        self._dispatch: dict[Direction, tuple[tuple[tuple[str, str], ...], Unit]] = {}
+        self._index: dict[str, Unit] = {}  # every cached unit by its root chain
+        self._local: dict[str, Pod] = {}  # selectable pods on this node, kept by deltas
+        # Which pod chains may differ from the last compile: only a policy change or an
+        # egress named-port rebuild (for the pods of its namespace) or a change to the
+        # local pod itself can alter one. Peer-group rebuilds keep chain names, so other
+        # changes skip the walk over the node's pods.
+        self._dirty_namespaces: set[str] = set()
+        self._dirty_pods: set[str] = set()
+        self.isolated: dict[Direction, int] = {}  # local pods isolated, by direction
+
+    # --- public ---------------------------------------------------------------------
+
+    def compile(self, state: ClusterState, node_addresses: Sequence[IPAddress] = ()) -> Ruleset:
+        if self._previous is not None:
+            self._invalidate(self._previous, state)
+        else:
+            self._local = {pod.key: pod for pod in state.local_pods(self.node_name)}
+        self._previous = state
+        for direction in Direction:
+            cached = self._dispatch.get(direction)
+            if self._dirty_namespaces or self._dirty_pods or cached is None:
+                self._register(self._dispatch_unit(state, direction))
+            else:
+                self._register(cached[1])
+        self._dirty_namespaces.clear()
+        self._dirty_pods.clear()
+        entry = self._render.unit([self._render.entry_chain(node_addresses)])
+        # Everything reachable from the entry chain, and nothing else.
+        units: dict[str, Unit] = {}
+        pending = [entry]
+        while pending:
+            unit = pending.pop()
+            if unit.root in units:
+                continue
+            units[unit.root] = unit
+            pending.extend(self._index[name] for name in unit.children if name not in units)
+        self._evict(set(units))
+        chains = [chain for unit in units.values() for chain in unit.chains]
+        return Ruleset.of(self.family, self.config.entry_chain, chains)
+
+    @property
+    def local_pod_count(self) -> int:
+        return len(self._local)
+
+    # --- invalidation ---------------------------------------------------------------
+
+    def _invalidate(self, previous: ClusterState, state: ClusterState) -> None:
+        """Rebuild, against ``state``, every cached chain whose inputs changed.
+
+        Chain names never depend on content, so a cached unit that jumps to a rebuilt
+        chain stays valid; rebuilt chains replace the old ones in the index. Pod changes
+        are applied as deltas first; namespace relabels then rebuild what they touch from
+        scratch (a delta on top of a fresh rebuild would count twice).
+        """
+        for old_policy, new_policy in _diff(previous.policies, state.policies):
+            changed = new_policy or old_policy
+            assert changed is not None
+            self._namespace_epoch[changed.namespace] += 1  # selection there may change
+            self._dirty_namespaces.add(changed.namespace)
+        pod_changes = _diff(previous.pods, state.pods)
+        if pod_changes:
+            self._track_local_pods(pod_changes)
+            self._groups.apply_pod_changes(previous, state, pod_changes)
+            self._rebuild_named_egress(
+                state,
+                lambda scope: scope.count_changes(previous, state, pod_changes, self.version),
+            )
+        relabelled = [
+            (previous.namespace_labels(name), state.namespace_labels(name))
+            for name in {
+                (new or old).name  # type: ignore[union-attr]
+                for old, new in _diff(previous.namespaces, state.namespaces)
+            }
+        ]
+        relabelled = [(old, new) for old, new in relabelled if old != new]
+        if relabelled:
+
+            def scoped(spec: GroupSpec) -> bool:
+                selector = spec.peer.namespace_selector if spec.peer is not None else None
+                return selector is not None and any(
+                    selector.matches(old) or selector.matches(new) for old, new in relabelled
+                )
+
+            self._groups.rebuild_where(state, scoped)  # membership from scratch
+            self._rebuild_named_egress(state, lambda scope: scoped(scope.spec))
+
+    def _track_local_pods(self, pod_changes: Sequence[PodChange]) -> None:
+        for old, new in pod_changes:
+            if old is not None and self._local.pop(old.key, None) is not None:
+                self._dirty_pods.add(old.key)
+            if new is not None and new.node_name == self.node_name and new.is_selectable:
+                self._local[new.key] = new
+                self._dirty_pods.add(new.key)
+
+    def _rebuild_named_egress(
+        self, state: ClusterState, affected: Callable[[NamedScope], bool]
+    ) -> None:
+        for name, entry in list(self._policies.items()):
+            # Every scope must see the changes (they keep counts), so no short circuit.
+            if [affected(scope) for scope in entry.named_scopes].count(True):
+                del self._policies[name]
+                self._index.pop(name, None)
+                self._policy(state, entry.policy, Direction.EGRESS, entry.target)
+                # The chain may have become empty or non-empty: verdict chains list
+                # only policies that can allow something.
+                self._dirty_namespaces.add(entry.policy.namespace)
+
+    def _evict(self, reachable: set[str]) -> None:
+        self._groups.keep_only(reachable)
+        self._blocks = {k: v for k, v in self._blocks.items() if k in reachable}
+        self._policies = {
+            k: v for k, v in self._policies.items() if v.unit is None or k in reachable
+        }
+        self._index = {k: v for k, v in self._index.items() if k in reachable}
+
+    def _register(self, unit: Unit) -> Unit:
+        self._index[unit.root] = unit
+        return unit
+
+    # --- policies -------------------------------------------------------------------
+
+    def _block(self, direction: Direction, block: IPBlock) -> str:
+        name = self._names("B", f"{direction.value}|{block_key(block)}")
+        if name not in self._blocks:
+            chain = self._render.block_chain(name, direction, block)
+            self._blocks[name] = self._register(self._render.unit([chain]))
+        return name
+
+    def _policy(
+        self, state: ClusterState, policy: NetworkPolicy, direction: Direction, target: Pod
+    ) -> str | None:
+        signature = named_port_signature(policy, target) if direction is Direction.INGRESS else ""
+        kind = "PI" if direction is Direction.INGRESS else "PE"
+        name = self._names(kind, f"{policy.key}|{signature}")
+        entry = self._policies.get(name)
+        if entry is not None and entry.policy is policy:
+            return entry.unit.root if entry.unit is not None else None
+        blocks: list[list[Rule]] = []
+        named_egress: list[NamedScope] = []
+        for rule in policy.rules(direction):
+            comment = f"{policy.key} {direction.short}[{rule.index}]"
+            named_target = target if direction is Direction.INGRESS else None
+            block = self._rule_block(
+                state, policy, direction, rule, named_target, comment, named_egress
+            )
+            if block:
+                blocks.append(block)
+        chain = self._render.policy_chain(name, policy.key, direction, blocks)
+        unit = self._register(self._render.unit([chain])) if chain is not None else None
+        self._policies[name] = _PolicyEntry(policy, unit, tuple(named_egress), target)
+        return name if unit is not None else None
+
+    def _rule_block(
+        self,
+        state: ClusterState,
+        policy: NetworkPolicy,
+        direction: Direction,
+        rule: PolicyRule,
+        named_target: Pod | None,
+        comment: str,
+        named_egress: list[NamedScope],
+    ) -> list[Rule]:
+        ports = resolve_rule_ports(rule.ports, named_target)
+        if ports.is_empty:
+            return []  # every port was a name this pod does not serve: allows nothing
+        port_fields = [f for match in ports.matches for f in match.rule_fields()]
+        out: list[Rule] = []
+        if port_fields:
+            # Each peer: an address that sets the mark here, or a chain that sets it.
+            peers: list[tuple[str | None, str | None]] = []
+            if rule.peers is None:
+                peers.append((None, None))
+            else:
+                for peer in rule.peers:
+                    if isinstance(peer, IPBlock):
+                        if peer.cidr.version != self.version:
+                            continue
+                        if peer.excepts:
+                            peers.append((None, self._block(direction, peer)))
+                        else:
+                            peers.append((str(peer.cidr), None))
+                    else:
+                        spec = GroupSpec(direction, policy.namespace, peer)
+                        key = selector_key(peer, policy.namespace)
+                        peers.append((None, self._groups.group(state, spec, key)))
+            out = self._render.rule_block(direction, policy.key, comment, port_fields, peers)
+        for port in ports.named:
+            out.extend(
+                named_ports.egress_rules(
+                    state,
+                    self._groups,
+                    self._render,
+                    policy,
+                    rule,
+                    port.protocol,
+                    port.name,
+                    comment,
+                    named_egress,
+                )
+            )
+        return out
+
+    # --- pods, dispatch -------------------------------------------------------------
+
+    def _policies_selecting(
+        self, state: ClusterState, pod: Pod, direction: Direction
+    ) -> tuple[NetworkPolicy, ...]:
+        key = (pod.key, direction)
+        epoch = self._namespace_epoch[pod.namespace]
+        entry = self._selecting.get(key)
+        if entry is not None and entry.pod is pod and entry.epoch == epoch:
+            return entry.policies
+        policies = state.policies_selecting(pod, direction)
+        self._selecting[key] = _SelectingEntry(pod, epoch, policies)
+        return policies
+
+    def _pod_unit(
+        self, state: ClusterState, pod: Pod, direction: Direction, policies: Sequence[NetworkPolicy]
+    ) -> Unit:
+        chain_names = tuple(self._policy(state, policy, direction, pod) for policy in policies)
+        inputs = (*(p.key for p in policies), *chain_names)
+        key = (pod.key, direction)
+        entry = self._pods.get(key)
+        if entry is not None and entry.pod is pod and entry.inputs == inputs:
+            self._set_unit(policies, chain_names, direction)  # re-registers it if evicted
+            return self._register(entry.unit)
+        kind = "I" if direction is Direction.INGRESS else "E"
+        verdict = self._set_unit(policies, chain_names, direction)
+        chain = self._render.pod_chain(
+            self._names(kind, pod.key), direction, pod.key, pod.ips_of(self.version), verdict.root
+        )
+        unit = self._register(self._render.unit([chain]))
+        self._pods[key] = _PodEntry(pod, inputs, unit)
+        return unit
+
+    def _set_unit(
+        self,
+        policies: Sequence[NetworkPolicy],
+        chain_names: Sequence[str | None],
+        direction: Direction,
+    ) -> Unit:
+        """The verdict chain shared by every local pod that the same policies select
+        (with the same named-port resolution): rules grow with pods plus policies."""
+        live = [(p.key, c) for p, c in zip(policies, chain_names, strict=True) if c is not None]
+        kind = "SI" if direction is Direction.INGRESS else "SE"
+        keys = ",".join(p.key for p in policies)
+        name = self._names(kind, f"{keys}|{','.join(c for _, c in live)}")
+        known = self._index.get(name)
+        if known is not None:
+            return known
+        chain = self._render.verdict_chain(name, direction, [p.key for p in policies], live)
+        return self._register(self._render.unit([chain]))
+
+    def _dispatch_unit(self, state: ClusterState, direction: Direction) -> Unit:
+        targets: dict[IPAddress, tuple[str, str]] = {}
+        live = set()
+        for _, pod in sorted(self._local.items()):
+            addresses = pod.ips_of(self.version)
+            if not addresses:
+                continue
+            known = self._pods.get((pod.key, direction))
+            if (
+                known is not None
+                and known.pod is pod
+                and pod.key not in self._dirty_pods
+                and pod.namespace not in self._dirty_namespaces
+            ):
+                live.add((pod.key, direction))
+                root = self._register(known.unit).root
+                for ip in addresses:
+                    targets.setdefault(ip, (root, pod.key))
+                continue
+            policies = self._policies_selecting(state, pod, direction)
+            if not policies:
+                continue
+            live.add((pod.key, direction))
+            unit = self._pod_unit(state, pod, direction, policies)
+            for ip in addresses:
+                targets.setdefault(ip, (unit.root, pod.key))
+        self.isolated[direction] = len(live)
+        for key in [k for k in self._pods if k[1] is direction and k not in live]:
+            del self._pods[key]
+        signature = tuple((str(ip), chain) for ip, (chain, _) in sorted(targets.items()))
+        cached = self._dispatch.get(direction)
+        if cached is not None and cached[0] == signature:
+            return cached[1]
+        by_address = {int(ip): target for ip, target in targets.items()}
+        own_end = Direction.EGRESS if direction is Direction.INGRESS else Direction.INGRESS
+
+        def leaf_rules(addresses: Sequence[int]) -> list[Rule]:
+            return self._render.dispatch_leaf(direction, by_address, addresses)
+
+        chains: list[Chain] = build_tree(
+            self._render,
+            self._names,
+            self.config.name(direction.name),
+            sorted(by_address),
+            leaf_rules,
+            own_end,
+            f"{direction.short} dispatch",
+            DISPATCH_DEPTH,
+            {},  # a full rebuild: dispatch has a node's pods at most
+        )
+        unit = self._render.unit(chains)
+        self._dispatch[direction] = (signature, unit)
+        return unit
+
+
+def compile_node(
+    state: ClusterState,
+    node: NodeContext,
+    family: Family,
+    config: CompilerConfig | None = None,
+) -> Ruleset:
+    """All chains ``node`` needs for ``family``, compiled from scratch. Pure."""
+    return NodeCompiler(node.name, family, config).compile(state, node.addresses)
