@@ -377,6 +377,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--smoke", action="store_true", help="tiny size, one run: proves the code runs"
     )
     parser.add_argument("--no-dataplane", action="store_true", help="skip the conn/s measurement")
+    parser.add_argument(
+        "--no-soak", action="store_true", help="skip the memory soak (bench/soak.py, minutes)"
+    )
     parser.add_argument("--json", default=str(RESULTS / "bench.json"))
     parser.add_argument(
         "--compile-only",
@@ -431,6 +434,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             1 if args.smoke else 5,
             args.backends.split(","),
         )
+    if not args.no_soak:
+        from bench import soak
+
+        print("... soak: memory under churn", file=sys.stderr, flush=True)
+        if args.smoke:
+            document["soak"] = soak.run(
+                "tiny", 300, 30, batch=20, pod_population=20, policy_population=4
+            )
+        else:
+            document["soak"] = soak.run()
+        print()
+        soak.print_result(document["soak"])
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(document, indent=2))
     print(

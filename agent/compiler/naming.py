@@ -9,6 +9,8 @@ ipBlock with excepts, ``T`` a subtree of a long address list.
 
 from __future__ import annotations
 
+from collections.abc import Set
+
 from agent.compiler.config import CompilerConfig
 from agent.model.objects import IPBlock, SelectorPeer
 from agent.rules import Family
@@ -31,9 +33,10 @@ class ChainNames:
             self._names[memo_key] = name
         return name
 
-    def keep_only(self, live: set[str]) -> None:
-        """Forget every memoized name not in ``live``."""
-        if len(self._names) > len(live):
+    def keep_only(self, live: Set[str]) -> None:
+        """Forget every memoized name not in ``live``, once the memo has grown to twice
+        the live names (so the sweep's cost is spread over the passes that grew it)."""
+        if len(self._names) > 2 * len(live) + 256:
             self._names = {k: v for k, v in self._names.items() if v in live}
 
     def __len__(self) -> int:

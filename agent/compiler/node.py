@@ -141,13 +141,26 @@ class NodeCompiler:
                 continue
             units[unit.root] = unit
             pending.extend(self._index[name] for name in unit.children if name not in units)
-        self._evict(set(units))
+        self._evict(state, set(units))
         chains = [chain for unit in units.values() for chain in unit.chains]
         return Ruleset.of(self.family, self.config.entry_chain, chains)
 
     @property
     def local_pod_count(self) -> int:
         return len(self._local)
+
+    def cache_sizes(self) -> dict[str, int]:
+        """Entries held between compiles, by cache: they follow the cluster as it is."""
+        return {
+            "names": len(self._names),
+            "units": len(self._index),
+            "groups": len(self._groups.groups),
+            "blocks": len(self._blocks),
+            "policies": len(self._policies),
+            "pods": len(self._pods),
+            "selecting": len(self._selecting),
+            "local": len(self._local),
+        }
 
     # --- invalidation ---------------------------------------------------------------
 
@@ -195,6 +208,8 @@ class NodeCompiler:
         for old, new in pod_changes:
             if old is not None and self._local.pop(old.key, None) is not None:
                 self._dirty_pods.add(old.key)
+                for direction in Direction:  # what was cached for it goes with it
+                    self._selecting.pop((old.key, direction), None)
             if new is not None and new.node_name == self.node_name and new.is_selectable:
                 self._local[new.key] = new
                 self._dirty_pods.add(new.key)
@@ -212,13 +227,20 @@ class NodeCompiler:
                 # only policies that can allow something.
                 self._dirty_namespaces.add(entry.policy.namespace)
 
-    def _evict(self, reachable: set[str]) -> None:
+    def _evict(self, state: ClusterState, reachable: set[str]) -> None:
+        """Forget everything the chains no longer reach, so memory follows the cluster
+        as it is, not every object ever seen."""
         self._groups.keep_only(reachable)
         self._blocks = {k: v for k, v in self._blocks.items() if k in reachable}
+        # A policy that allows nothing for a target has no chain but is remembered while
+        # it lives, so the next pass need not build it again.
         self._policies = {
-            k: v for k, v in self._policies.items() if v.unit is None or k in reachable
+            k: v
+            for k, v in self._policies.items()
+            if k in reachable or (v.unit is None and state.policies.get(v.policy.key) is v.policy)
         }
         self._index = {k: v for k, v in self._index.items() if k in reachable}
+        self._names.keep_only(reachable | self._policies.keys())
 
     def _register(self, unit: Unit) -> Unit:
         self._index[unit.root] = unit

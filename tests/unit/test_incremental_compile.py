@@ -236,3 +236,29 @@ def test_a_new_pod_serving_a_named_port_makes_the_egress_policy_live_for_other_p
     added = changed.pods.keys() - state.pods.keys()
     assert [changed.pods[key].resolve_named_port("http", Protocol.TCP) for key in added] == [80]
     assert compiler.compile(changed) == NodeCompiler(NODE, Family.IPV4, CONFIG).compile(changed)
+
+
+def test_caches_follow_the_cluster_not_every_object_ever_seen() -> None:
+    """Pods and policies come and go (CronJobs); once they are gone, so is what the
+    compiler remembered about them."""
+    state = _initial(5, 40)
+    compiler = NodeCompiler(NODE, Family.IPV4, CONFIG)
+    compiler.compile(state)
+    rng = random.Random(5)
+    for serial in range(300):
+        pods = dict(state.pods)
+        policies = dict(state.policies)
+        pod = dataclasses.replace(_pod(500 + serial % 50, rng), name=f"job-{serial}")
+        pods[pod.key] = dataclasses.replace(pod, node_name=NODE)
+        policy = dataclasses.replace(_policy(serial, NAMESPACES[serial % 3]), name=f"p-{serial}")
+        policies[policy.key] = policy
+        churned = ClusterState(state.namespaces, pods, policies, state.nodes)
+        compiler.compile(churned)
+    compiler.compile(state)
+    fresh = NodeCompiler(NODE, Family.IPV4, CONFIG)
+    fresh.compile(state)
+    sizes, expected = compiler.cache_sizes(), fresh.cache_sizes()
+    assert sizes["names"] <= 2 * expected["names"] + 256
+    assert {k: v for k, v in sizes.items() if k != "names"} == {
+        k: v for k, v in expected.items() if k != "names"
+    }
