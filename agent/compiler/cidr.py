@@ -57,6 +57,7 @@ def halves(block: Block, version: int) -> tuple[Block, Block]:
 
 
 _TEXT: dict[tuple[int, int, int], str] = {}
+_TEXT_LIMIT = 1 << 16
 
 
 def text(block: Block, version: int) -> str:
@@ -68,6 +69,9 @@ def text(block: Block, version: int) -> str:
             ipaddress.IPv4Address(block[0]) if version == 4 else ipaddress.IPv6Address(block[0])
         )
         found = f"{address}/{block[1]}"
-        if len(_TEXT) < 1_000_000:  # addresses recur across syncs; bound the cache anyway
-            _TEXT[key] = found
+        if len(_TEXT) >= _TEXT_LIMIT:
+            # Addresses recur across syncs, but pods come and go: start over rather than
+            # keep every address ever seen.
+            _TEXT.clear()
+        _TEXT[key] = found
     return found

@@ -25,7 +25,7 @@ from agent.model.objects import (
     Protocol,
     SelectorPeer,
 )
-from agent.policy.state import ClusterState
+from agent.policy.view import PeerMatcher, PolicyView
 from agent.rules import Rule
 
 
@@ -41,29 +41,38 @@ class NamedScope:
 
     def count_changes(
         self,
-        previous: ClusterState,
-        state: ClusterState,
+        previous: PeerMatcher,
+        state: PeerMatcher,
         pod_changes: Sequence[PodChange],
         version: int,
     ) -> bool:
         """Count pod changes into the scope; True if a number appears or vanishes."""
-        moved = False
+        net: dict[int, int] = {}
+        spec = self.spec
         for old, new in pod_changes:
             for pod, view, step in ((old, previous, -1), (new, state, +1)):
-                if pod is None or not self.spec.matches(view, pod, version):
+                if pod is None or not spec.matches(view, pod, version):
                     continue
                 number = pod.resolve_named_port(self.port_name, self.protocol)
-                if number is None:
-                    continue
-                before = self.holders.get(number, 0)
-                self.holders[number] = before + step
-                if (before == 0) != (before + step == 0):
-                    moved = True
+                if number is not None:
+                    net[number] = net.get(number, 0) + step
+        moved = False
+        for number, step in net.items():
+            if not step:
+                continue
+            before = self.holders.get(number, 0)
+            after = before + step
+            if after:
+                self.holders[number] = after
+            else:
+                self.holders.pop(number, None)
+            if (before == 0) != (after == 0):
+                moved = True
         return moved
 
 
 def egress_rules(
-    state: ClusterState,
+    state: PolicyView,
     groups: PeerGroups,
     render: Renderer,
     policy: NetworkPolicy,

@@ -29,9 +29,8 @@ check exactly that.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, KeysView, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 from agent.compiler import named_ports
 from agent.compiler.addresses import DISPATCH_DEPTH, build_tree
@@ -42,10 +41,10 @@ from agent.compiler.peers import GroupSpec, PeerGroups, PodChange
 from agent.compiler.ports import named_port_signature, resolve_rule_ports
 from agent.compiler.render import Renderer, Unit
 from agent.model.objects import Direction, IPAddress, IPBlock, NetworkPolicy, Pod, PolicyRule
+from agent.policy.index import ClusterIndex
 from agent.policy.state import ClusterState
+from agent.policy.view import Before, Delta, PeerMatcher, PolicyView
 from agent.rules import Chain, Family, Rule, Ruleset
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,19 +71,6 @@ class _SelectingEntry:
     policies: tuple[NetworkPolicy, ...]
 
 
-def _diff(previous: Mapping[str, T], current: Mapping[str, T]) -> list[tuple[T | None, T | None]]:
-    """(old, new) for every key whose object is not the very same one in both."""
-    if previous is current:
-        return []
-    changed: list[tuple[T | None, T | None]] = [
-        (previous.get(key), value)
-        for key, value in current.items()
-        if previous.get(key) is not value
-    ]
-    changed.extend((value, None) for key, value in previous.items() if key not in current)
-    return changed
-
-
 class NodeCompiler:
     """Compiles one node's chains for one family, incrementally across calls."""
 
@@ -96,7 +82,13 @@ class NodeCompiler:
         self.config = config or CompilerConfig()
         self.version = family.version
         self._render = Renderer(self.config, self.version)
-        self._names = ChainNames(self.config, family)
+        self._generation = -1  # of the ClusterIndex last compiled
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget everything: the next compile starts from scratch."""
+        self._compiled = False
+        self._names = ChainNames(self.config, self.family)
         self._groups = PeerGroups(self._render, self._names, self._register)
         self._previous: ClusterState | None = None
         self._blocks: dict[str, Unit] = {}
@@ -106,6 +98,11 @@ class NodeCompiler:
         self._namespace_epoch: dict[str, int] = defaultdict(int)
         self._dispatch: dict[Direction, tuple[tuple[tuple[str, str], ...], Unit]] = {}
         self._index: dict[str, Unit] = {}  # every cached unit by its root chain
+        # Units registered since the last compile, with what was there before (None: new).
+        self._changed: dict[str, Unit | None] = {}
+        # The last output: the units reachable from the entry chain, and their chains.
+        self._reachable: dict[str, Unit] = {}
+        self._chains: dict[str, Chain] = {}
         self._local: dict[str, Pod] = {}  # selectable pods on this node, kept by deltas
         # Which pod chains may differ from the last compile: only a policy change or an
         # egress named-port rebuild (for the pods of its namespace) or a change to the
@@ -117,12 +114,37 @@ class NodeCompiler:
 
     # --- public ---------------------------------------------------------------------
 
-    def compile(self, state: ClusterState, node_addresses: Sequence[IPAddress] = ()) -> Ruleset:
-        if self._previous is not None:
-            self._invalidate(self._previous, state)
+    def compile_index(
+        self, index: ClusterIndex, node_addresses: Sequence[IPAddress] = ()
+    ) -> Ruleset:
+        """Compile what ``index`` changed since this compiler last saw it (from scratch
+        if it missed a generation)."""
+        delta = index.delta_since(self._generation)
+        self._generation = index.generation
+        if delta is None:
+            self._reset()
+        return self.compile(index, node_addresses, delta)
+
+    def compile(
+        self,
+        state: PolicyView,
+        node_addresses: Sequence[IPAddress] = (),
+        delta: Delta | None = None,
+    ) -> Ruleset:
+        """``delta``: what changed since the last compile. Without one, a snapshot is
+        compared with the previous snapshot by identity; anything else starts over."""
+        if self._compiled and delta is None:
+            if self._previous is not None:
+                delta = Delta.between(self._previous, state)
+            else:
+                self._reset()
+        if self._compiled and delta is not None:
+            self._invalidate(state, delta)
         else:
             self._local = {pod.key: pod for pod in state.local_pods(self.node_name)}
-        self._previous = state
+        self._compiled = True
+        # An index changes in place: only a snapshot can be compared with later.
+        self._previous = state if isinstance(state, ClusterState) else None
         for direction in Direction:
             cached = self._dispatch.get(direction)
             if self._dirty_namespaces or self._dirty_pods or cached is None:
@@ -131,19 +153,20 @@ class NodeCompiler:
                 self._register(cached[1])
         self._dirty_namespaces.clear()
         self._dirty_pods.clear()
-        entry = self._render.unit([self._render.entry_chain(node_addresses)])
-        # Everything reachable from the entry chain, and nothing else.
-        units: dict[str, Unit] = {}
-        pending = [entry]
-        while pending:
-            unit = pending.pop()
-            if unit.root in units:
-                continue
-            units[unit.root] = unit
-            pending.extend(self._index[name] for name in unit.children if name not in units)
-        self._evict(state, set(units))
-        chains = [chain for unit in units.values() for chain in unit.chains]
-        return Ruleset.of(self.family, self.config.entry_chain, chains)
+        self._register(self._render.unit([self._render.entry_chain(node_addresses)]))
+        if self._same_graph():
+            # Only contents changed: swap the changed units' chains.
+            for root in self._changed:
+                old, new = self._reachable[root], self._index[root]
+                for chain in old.chains:
+                    del self._chains[chain.name]
+                for chain in new.chains:
+                    self._chains[chain.name] = chain
+                self._reachable[root] = new
+        else:
+            self._walk(state)
+        self._changed.clear()
+        return Ruleset(self.family, self.config.entry_chain, dict(self._chains))
 
     @property
     def local_pod_count(self) -> int:
@@ -162,72 +185,42 @@ class NodeCompiler:
             "local": len(self._local),
         }
 
-    # --- invalidation ---------------------------------------------------------------
+    # --- the chain graph ------------------------------------------------------------
 
-    def _invalidate(self, previous: ClusterState, state: ClusterState) -> None:
-        """Rebuild, against ``state``, every cached chain whose inputs changed.
+    def _register(self, unit: Unit) -> Unit:
+        old = self._index.get(unit.root)
+        if old is not unit:
+            self._changed.setdefault(unit.root, old)
+            self._index[unit.root] = unit
+        return unit
 
-        Chain names never depend on content, so a cached unit that jumps to a rebuilt
-        chain stays valid; rebuilt chains replace the old ones in the index. Pod changes
-        are applied as deltas first; namespace relabels then rebuild what they touch from
-        scratch (a delta on top of a fresh rebuild would count twice).
-        """
-        for old_policy, new_policy in _diff(previous.policies, state.policies):
-            changed = new_policy or old_policy
-            assert changed is not None
-            self._namespace_epoch[changed.namespace] += 1  # selection there may change
-            self._dirty_namespaces.add(changed.namespace)
-        pod_changes = _diff(previous.pods, state.pods)
-        if pod_changes:
-            self._track_local_pods(pod_changes)
-            self._groups.apply_pod_changes(previous, state, pod_changes)
-            self._rebuild_named_egress(
-                state,
-                lambda scope: scope.count_changes(previous, state, pod_changes, self.version),
-            )
-        relabelled = [
-            (previous.namespace_labels(name), state.namespace_labels(name))
-            for name in {
-                (new or old).name  # type: ignore[union-attr]
-                for old, new in _diff(previous.namespaces, state.namespaces)
-            }
-        ]
-        relabelled = [(old, new) for old, new in relabelled if old != new]
-        if relabelled:
+    def _same_graph(self) -> bool:
+        """True if every unit changed since the last output replaces one that was in it
+        and jumps to the same units: then the same units are reachable as before."""
+        if not self._reachable:
+            return False
+        for root, old in self._changed.items():
+            if old is None or self._reachable.get(root) is not old:
+                return False
+            if self._index[root].children != old.children:
+                return False
+        return True
 
-            def scoped(spec: GroupSpec) -> bool:
-                selector = spec.peer.namespace_selector if spec.peer is not None else None
-                return selector is not None and any(
-                    selector.matches(old) or selector.matches(new) for old, new in relabelled
-                )
+    def _walk(self, state: PolicyView) -> None:
+        """Everything reachable from the entry chain, and nothing else."""
+        units: dict[str, Unit] = {}
+        pending = [self._index[self.config.entry_chain]]
+        while pending:
+            unit = pending.pop()
+            if unit.root in units:
+                continue
+            units[unit.root] = unit
+            pending.extend(self._index[name] for name in unit.children if name not in units)
+        self._reachable = units
+        self._chains = {chain.name: chain for unit in units.values() for chain in unit.chains}
+        self._evict(state, units.keys())
 
-            self._groups.rebuild_where(state, scoped)  # membership from scratch
-            self._rebuild_named_egress(state, lambda scope: scoped(scope.spec))
-
-    def _track_local_pods(self, pod_changes: Sequence[PodChange]) -> None:
-        for old, new in pod_changes:
-            if old is not None and self._local.pop(old.key, None) is not None:
-                self._dirty_pods.add(old.key)
-                for direction in Direction:  # what was cached for it goes with it
-                    self._selecting.pop((old.key, direction), None)
-            if new is not None and new.node_name == self.node_name and new.is_selectable:
-                self._local[new.key] = new
-                self._dirty_pods.add(new.key)
-
-    def _rebuild_named_egress(
-        self, state: ClusterState, affected: Callable[[NamedScope], bool]
-    ) -> None:
-        for name, entry in list(self._policies.items()):
-            # Every scope must see the changes (they keep counts), so no short circuit.
-            if [affected(scope) for scope in entry.named_scopes].count(True):
-                del self._policies[name]
-                self._index.pop(name, None)
-                self._policy(state, entry.policy, Direction.EGRESS, entry.target)
-                # The chain may have become empty or non-empty: verdict chains list
-                # only policies that can allow something.
-                self._dirty_namespaces.add(entry.policy.namespace)
-
-    def _evict(self, state: ClusterState, reachable: set[str]) -> None:
+    def _evict(self, state: PolicyView, reachable: KeysView[str]) -> None:
         """Forget everything the chains no longer reach, so memory follows the cluster
         as it is, not every object ever seen."""
         self._groups.keep_only(reachable)
@@ -242,9 +235,84 @@ class NodeCompiler:
         self._index = {k: v for k, v in self._index.items() if k in reachable}
         self._names.keep_only(reachable | self._policies.keys())
 
-    def _register(self, unit: Unit) -> Unit:
-        self._index[unit.root] = unit
-        return unit
+    # --- invalidation ---------------------------------------------------------------
+
+    def _invalidate(self, state: PolicyView, delta: Delta) -> None:
+        """Rebuild, against ``state``, every cached chain whose inputs ``delta`` changed.
+
+        Chain names never depend on content, so a cached unit that jumps to a rebuilt
+        chain stays valid; rebuilt chains replace the old ones in the index. A namespace
+        relabel moves the pods of that namespace in or out of the peer groups whose
+        namespace selector it concerns, as if each of those pods had changed.
+        """
+        for old_policy, new_policy in delta.policies:
+            changed = new_policy or old_policy
+            assert changed is not None
+            self._namespace_epoch[changed.namespace] += 1  # selection there may change
+            self._dirty_namespaces.add(changed.namespace)
+        relabelled = delta.relabelled()
+        before: PeerMatcher = Before(state, relabelled) if relabelled else state
+        pod_changes = list(delta.pods)
+        if pod_changes:
+            self._track_local_pods(pod_changes)
+            self._groups.apply_pod_changes(before, state, pod_changes)
+        # Per relabelled namespace: its unchanged pods, and the specs whose namespace
+        # selector flips for it (only those can gain or lose these pods).
+        moved: list[tuple[list[PodChange], Callable[[GroupSpec], bool]]] = []
+        if relabelled:
+            changed_pods = {(new or old).key for old, new in pod_changes}  # type: ignore[union-attr]
+            for namespace, (old_labels, new_labels) in relabelled.items():
+                pods: list[PodChange] = [
+                    (pod, pod)
+                    for pod in state.selectable_pods_in(namespace)
+                    if pod.key not in changed_pods
+                ]
+                if not pods:
+                    continue
+
+                def flips(
+                    spec: GroupSpec,
+                    old: Mapping[str, str] = old_labels,
+                    new: Mapping[str, str] = new_labels,
+                ) -> bool:
+                    selector = spec.peer.namespace_selector if spec.peer is not None else None
+                    return selector is not None and selector.matches(old) != selector.matches(new)
+
+                moved.append((pods, flips))
+                self._groups.apply_pod_changes(before, state, pods, only=flips)
+        if pod_changes or moved:
+
+            def numbers_move(scope: NamedScope) -> bool:
+                changes = list(pod_changes)
+                for pods, flips in moved:
+                    if flips(scope.spec):
+                        changes.extend(pods)
+                return scope.count_changes(before, state, changes, self.version)
+
+            self._rebuild_named_egress(state, numbers_move)
+
+    def _track_local_pods(self, pod_changes: Sequence[PodChange]) -> None:
+        for old, new in pod_changes:
+            if old is not None and self._local.pop(old.key, None) is not None:
+                self._dirty_pods.add(old.key)
+                for direction in Direction:  # what was cached for it goes with it
+                    self._selecting.pop((old.key, direction), None)
+            if new is not None and new.node_name == self.node_name and new.is_selectable:
+                self._local[new.key] = new
+                self._dirty_pods.add(new.key)
+
+    def _rebuild_named_egress(
+        self, state: PolicyView, affected: Callable[[NamedScope], bool]
+    ) -> None:
+        for name, entry in list(self._policies.items()):
+            # Every scope must see the changes (they keep counts), so no short circuit.
+            if [affected(scope) for scope in entry.named_scopes].count(True):
+                del self._policies[name]
+                self._index.pop(name, None)
+                self._policy(state, entry.policy, Direction.EGRESS, entry.target)
+                # The chain may have become empty or non-empty: verdict chains list
+                # only policies that can allow something.
+                self._dirty_namespaces.add(entry.policy.namespace)
 
     # --- policies -------------------------------------------------------------------
 
@@ -256,7 +324,7 @@ class NodeCompiler:
         return name
 
     def _policy(
-        self, state: ClusterState, policy: NetworkPolicy, direction: Direction, target: Pod
+        self, state: PolicyView, policy: NetworkPolicy, direction: Direction, target: Pod
     ) -> str | None:
         signature = named_port_signature(policy, target) if direction is Direction.INGRESS else ""
         kind = "PI" if direction is Direction.INGRESS else "PE"
@@ -281,7 +349,7 @@ class NodeCompiler:
 
     def _rule_block(
         self,
-        state: ClusterState,
+        state: PolicyView,
         policy: NetworkPolicy,
         direction: Direction,
         rule: PolicyRule,
@@ -332,7 +400,7 @@ class NodeCompiler:
     # --- pods, dispatch -------------------------------------------------------------
 
     def _policies_selecting(
-        self, state: ClusterState, pod: Pod, direction: Direction
+        self, state: PolicyView, pod: Pod, direction: Direction
     ) -> tuple[NetworkPolicy, ...]:
         key = (pod.key, direction)
         epoch = self._namespace_epoch[pod.namespace]
@@ -344,7 +412,7 @@ class NodeCompiler:
         return policies
 
     def _pod_unit(
-        self, state: ClusterState, pod: Pod, direction: Direction, policies: Sequence[NetworkPolicy]
+        self, state: PolicyView, pod: Pod, direction: Direction, policies: Sequence[NetworkPolicy]
     ) -> Unit:
         chain_names = tuple(self._policy(state, policy, direction, pod) for policy in policies)
         inputs = (*(p.key for p in policies), *chain_names)
@@ -380,7 +448,7 @@ class NodeCompiler:
         chain = self._render.verdict_chain(name, direction, [p.key for p in policies], live)
         return self._register(self._render.unit([chain]))
 
-    def _dispatch_unit(self, state: ClusterState, direction: Direction) -> Unit:
+    def _dispatch_unit(self, state: PolicyView, direction: Direction) -> Unit:
         targets: dict[IPAddress, tuple[str, str]] = {}
         live = set()
         for _, pod in sorted(self._local.items()):
@@ -436,7 +504,7 @@ class NodeCompiler:
 
 
 def compile_node(
-    state: ClusterState,
+    state: PolicyView,
     node: NodeContext,
     family: Family,
     config: CompilerConfig | None = None,

@@ -9,13 +9,13 @@ re-renders only the tree chains on the changed addresses' paths.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Set
 from dataclasses import dataclass, field
 
 from agent.compiler.addresses import GROUP_DEPTH, TreeMemo, build_tree
 from agent.compiler.render import Renderer, Unit
 from agent.model.objects import Direction, IPBlock, Pod, Protocol, SelectorPeer
-from agent.policy.state import ClusterState
+from agent.policy.view import PeerMatcher, PolicyView
 from agent.rules import Rule
 
 PodChange = tuple[Pod | None, Pod | None]
@@ -31,7 +31,7 @@ class GroupSpec:
     block: IPBlock | None = None
     named: tuple[Protocol, str, int] | None = None
 
-    def matches(self, state: ClusterState, pod: Pod, version: int) -> bool:
+    def matches(self, state: PeerMatcher, pod: Pod, version: int) -> bool:
         if not pod.is_selectable or not pod.ips_of(version):
             return False
         if self.peer is not None and not state.peer_matches_pod(
@@ -48,9 +48,10 @@ class GroupSpec:
                 return False
         return True
 
-    def members(self, state: ClusterState, version: int) -> list[Pod]:
+    def members(self, state: PolicyView, version: int) -> list[Pod]:
         if self.peer is None:
-            return [pod for pod in state.selectable_pods if self.matches(state, pod, version)]
+            pods = state.all_selectable_pods()
+            return [pod for pod in pods if self.matches(state, pod, version)]
         # peer_pods already applied the selectors; only the narrower filters are left.
         narrowed = GroupSpec(self.direction, self.policy_namespace, None, self.block, self.named)
         return [
@@ -90,14 +91,14 @@ class PeerGroups:
         self.version = render.version
         self.groups: dict[str, GroupEntry] = {}
 
-    def group(self, state: ClusterState, spec: GroupSpec, key: str) -> str:
+    def group(self, state: PolicyView, spec: GroupSpec, key: str) -> str:
         """The group chain for ``spec`` (``key`` names it), built on first use."""
         name = self._name_of("G", f"{spec.direction.value}|{key}")
         if name not in self.groups:
             self.build(state, spec, name)
         return name
 
-    def build(self, state: ClusterState, spec: GroupSpec, name: str) -> None:
+    def build(self, state: PolicyView, spec: GroupSpec, name: str) -> None:
         """(Re)compute a group's membership from scratch; re-render where it moved."""
         members: dict[int, set[str]] = {}
         for pod in spec.members(state, self.version):
@@ -122,12 +123,18 @@ class PeerGroups:
             group.unit = previous.unit
 
     def apply_pod_changes(
-        self, previous: ClusterState, state: ClusterState, pod_changes: Sequence[PodChange]
+        self,
+        previous: PeerMatcher,
+        state: PeerMatcher,
+        pod_changes: Sequence[PodChange],
+        only: Callable[[GroupSpec], bool] | None = None,
     ) -> None:
         """Move changed pods in or out of every group, then re-render the groups that
         moved, along the changed addresses' paths only."""
         version = self.version
         for name, group in self.groups.items():
+            if only is not None and not only(group.spec):
+                continue
             dirty: set[int] = set()
             for old, new in pod_changes:
                 if old is not None and group.spec.matches(previous, old, version):
@@ -151,12 +158,12 @@ class PeerGroups:
             if dirty:
                 self._render_group(name, group, dirty)
 
-    def rebuild_where(self, state: ClusterState, affected: Callable[[GroupSpec], bool]) -> None:
+    def rebuild_where(self, state: PolicyView, affected: Callable[[GroupSpec], bool]) -> None:
         for name, group in list(self.groups.items()):
             if affected(group.spec):
                 self.build(state, group.spec, name)
 
-    def keep_only(self, reachable: set[str]) -> None:
+    def keep_only(self, reachable: Set[str]) -> None:
         self.groups = {k: v for k, v in self.groups.items() if k in reachable}
 
     def _render_group(
