@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agent.compiler.naming import block_key, selector_key
-from agent.compiler.peers import GroupSpec, PeerGroups, PodChange
+from agent.compiler.peers import GroupSpec, Move, PeerGroups, PodChange
 from agent.compiler.render import Renderer
 from agent.model.objects import (
     Direction,
@@ -45,14 +45,24 @@ class NamedScope:
         state: PeerMatcher,
         pod_changes: Sequence[PodChange],
         version: int,
+        moves: Sequence[Move] = (),
     ) -> bool:
-        """Count pod changes into the scope; True if a number appears or vanishes."""
+        """Count pod changes (and namespace moves, see ``PeerGroups.move_namespace``)
+        into the scope; True if a number appears or vanishes."""
         net: dict[int, int] = {}
         spec = self.spec
         for old, new in pod_changes:
             for pod, view, step in ((old, previous, -1), (new, state, +1)):
                 if pod is None or not spec.matches(view, pod, version):
                     continue
+                number = pod.resolve_named_port(self.port_name, self.protocol)
+                if number is not None:
+                    net[number] = net.get(number, 0) + step
+        for in_scope, flip in moves:
+            step = flip(spec)
+            if not step:
+                continue
+            for pod in in_scope(spec):
                 number = pod.resolve_named_port(self.port_name, self.protocol)
                 if number is not None:
                     net[number] = net.get(number, 0) + step

@@ -37,7 +37,7 @@ from agent.compiler.addresses import DISPATCH_DEPTH, build_tree
 from agent.compiler.config import CompilerConfig, NodeContext
 from agent.compiler.named_ports import NamedScope
 from agent.compiler.naming import ChainNames, block_key, selector_key
-from agent.compiler.peers import GroupSpec, PeerGroups, PodChange
+from agent.compiler.peers import GroupSpec, InScope, Move, PeerGroups, PodChange
 from agent.compiler.ports import named_port_signature, resolve_rule_ports
 from agent.compiler.render import Renderer, Unit
 from agent.model.objects import Direction, IPAddress, IPBlock, NetworkPolicy, Pod, PolicyRule
@@ -256,40 +256,38 @@ class NodeCompiler:
         if pod_changes:
             self._track_local_pods(pod_changes)
             self._groups.apply_pod_changes(before, state, pod_changes)
-        # Per relabelled namespace: its unchanged pods, and the specs whose namespace
-        # selector flips for it (only those can gain or lose these pods).
-        moved: list[tuple[list[PodChange], Callable[[GroupSpec], bool]]] = []
+        # Per relabelled namespace: its unchanged pods, and which way each spec's
+        # namespace selector flips for it (only those specs can gain or lose them).
+        moved: list[Move] = []
         if relabelled:
             changed_pods = {(new or old).key for old, new in pod_changes}  # type: ignore[union-attr]
             for namespace, (old_labels, new_labels) in relabelled.items():
-                pods: list[PodChange] = [
-                    (pod, pod)
+                pods = [
+                    pod
                     for pod in state.selectable_pods_in(namespace)
                     if pod.key not in changed_pods
                 ]
                 if not pods:
                     continue
 
-                def flips(
+                def flip(
                     spec: GroupSpec,
                     old: Mapping[str, str] = old_labels,
                     new: Mapping[str, str] = new_labels,
-                ) -> bool:
+                ) -> int:
                     selector = spec.peer.namespace_selector if spec.peer is not None else None
-                    return selector is not None and selector.matches(old) != selector.matches(new)
+                    if selector is None:
+                        return 0
+                    return int(selector.matches(new)) - int(selector.matches(old))
 
-                moved.append((pods, flips))
-                self._groups.apply_pod_changes(before, state, pods, only=flips)
+                in_scope = InScope(pods, self.version)
+                moved.append((in_scope, flip))
+                self._groups.move_namespace(in_scope, flip)
         if pod_changes or moved:
-
-            def numbers_move(scope: NamedScope) -> bool:
-                changes = list(pod_changes)
-                for pods, flips in moved:
-                    if flips(scope.spec):
-                        changes.extend(pods)
-                return scope.count_changes(before, state, changes, self.version)
-
-            self._rebuild_named_egress(state, numbers_move)
+            self._rebuild_named_egress(
+                state,
+                lambda scope: scope.count_changes(before, state, pod_changes, self.version, moved),
+            )
 
     def _track_local_pods(self, pod_changes: Sequence[PodChange]) -> None:
         for old, new in pod_changes:

@@ -38,6 +38,18 @@ class GroupSpec:
             self.peer, self.policy_namespace, pod
         ):
             return False
+        return self.narrower(pod, version)
+
+    def matches_in_scope(self, pod: Pod, version: int) -> bool:
+        """``matches`` for a pod whose namespace the namespace selector admits."""
+        if not pod.is_selectable or not pod.ips_of(version):
+            return False
+        selector = self.peer.pod_selector if self.peer is not None else None
+        if selector is not None and not selector.matches(pod.labels):
+            return False
+        return self.narrower(pod, version)
+
+    def narrower(self, pod: Pod, version: int) -> bool:
         if self.block is not None and not any(
             self.block.contains(ip) for ip in pod.ips_of(version)
         ):
@@ -74,6 +86,43 @@ class GroupEntry:
     addresses: list[int] = field(default_factory=list)  # sorted keys of members
     unit: Unit | None = None
     subtrees: TreeMemo = field(default_factory=dict)
+
+
+class InScope:
+    """The pods of one relabelled namespace that each spec would match once its
+    namespace selector admits them (``GroupSpec.matches_in_scope``), memoized by what
+    decides it: many groups share a pod selector."""
+
+    def __init__(self, pods: Sequence[Pod], version: int) -> None:
+        self.pods = pods
+        self._version = version
+        self._memo: dict[object, list[Pod]] = {}
+
+    def __call__(self, spec: GroupSpec) -> list[Pod]:
+        selector = spec.peer.pod_selector if spec.peer is not None else None
+        key = (selector, spec.block, spec.named)
+        found = self._memo.get(key)
+        if found is None:
+            base = self._memo.get((selector, None, None))
+            if base is None:
+                version = self._version
+                base = [
+                    pod
+                    for pod in self.pods
+                    if pod.is_selectable
+                    and pod.ips_of(version)
+                    and (selector is None or selector.matches(pod.labels))
+                ]
+                self._memo[(selector, None, None)] = base
+            if spec.block is None and spec.named is None:
+                found = base
+            else:
+                found = [pod for pod in base if spec.narrower(pod, self._version)]
+            self._memo[key] = found
+        return found
+
+
+Move = tuple[InScope, Callable[[GroupSpec], int]]
 
 
 class PeerGroups:
@@ -155,6 +204,35 @@ class PeerGroups:
                             bisect.insort(group.addresses, address)
                         group.members[address].add(new.key)
                         dirty.add(address)
+            if dirty:
+                self._render_group(name, group, dirty)
+
+    def move_namespace(self, in_scope: InScope, flip: Callable[[GroupSpec], int]) -> None:
+        """The unchanged pods of a relabelled namespace enter (``flip`` +1) or leave (-1)
+        each group whose namespace selector now admits (or no longer admits) them."""
+        version = self.version
+        for name, group in self.groups.items():
+            step = flip(group.spec)
+            if not step:
+                continue
+            dirty: set[int] = set()
+            for pod in in_scope(group.spec):
+                for ip in pod.ips_of(version):
+                    address = int(ip)
+                    if step > 0:
+                        if address not in group.members:
+                            group.members[address] = set()
+                            bisect.insort(group.addresses, address)
+                        group.members[address].add(pod.key)
+                    else:
+                        holders = group.members.get(address)
+                        if holders is None:
+                            continue
+                        holders.discard(pod.key)
+                        if not holders:
+                            del group.members[address]
+                            del group.addresses[bisect.bisect_left(group.addresses, address)]
+                    dirty.add(address)
             if dirty:
                 self._render_group(name, group, dirty)
 

@@ -15,10 +15,13 @@ written.
 
 from __future__ import annotations
 
+import re
+
 # xt_comment keeps XT_MAX_COMMENT_LEN (256) bytes including the terminating NUL.
 MAX_COMMENT_BYTES = 255
 REPLACEMENT = "?"
 _UNSAFE = frozenset("\"'\\")
+_UNSAFE_RE = re.compile(r"[^ -~]|[\"'\\]")
 _TABLE = {
     code: REPLACEMENT for code in range(0x80) if not 0x20 <= code <= 0x7E or chr(code) in _UNSAFE
 }
@@ -26,6 +29,8 @@ _TABLE = {
 
 def escape_comment(text: str, limit: int = MAX_COMMENT_BYTES) -> str:
     """``text`` in the safe subset (see the module), at most ``limit`` bytes."""
+    if _UNSAFE_RE.search(text) is None:  # the usual case: nothing to replace
+        return text[:limit]
     if not text.isascii():
         text = "".join(ch if ch.isascii() else REPLACEMENT for ch in text)
     return text.translate(_TABLE)[:limit]
