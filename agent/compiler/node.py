@@ -46,6 +46,9 @@ from agent.policy.state import ClusterState
 from agent.policy.view import Before, Delta, PeerMatcher, PolicyView
 from agent.rules import Chain, Family, Rule, Ruleset
 
+# Leaf rules remembered between full walks (render.py) before they are turned over.
+LEAF_MEMO_LIMIT = 100_000
+
 
 @dataclass(frozen=True, slots=True)
 class _PolicyEntry:
@@ -163,6 +166,7 @@ class NodeCompiler:
                 for chain in new.chains:
                     self._chains[chain.name] = chain
                 self._reachable[root] = new
+            self._render.new_generation(unless_below=LEAF_MEMO_LIMIT)
         else:
             self._walk(state)
         self._changed.clear()
@@ -218,6 +222,7 @@ class NodeCompiler:
             pending.extend(self._index[name] for name in unit.children if name not in units)
         self._reachable = units
         self._chains = {chain.name: chain for unit in units.values() for chain in unit.chains}
+        self._render.new_generation()
         self._evict(state, units.keys())
 
     def _evict(self, state: PolicyView, reachable: KeysView[str]) -> None:

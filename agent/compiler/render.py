@@ -36,6 +36,16 @@ class Renderer:
         self.version = version
         self._owned = config.chain_prefix + "-"
         self.allow_options = (("--set-xmark", config.mark_text),)
+        # Peer-group leaf rules by (at source, block, pods): an address is in many groups
+        # and most of a rebuilt leaf is unchanged, so rules (and their rendered text) are
+        # reused. Two generations, turned over by ``new_generation``, bound it.
+        self._leaves: dict[tuple[bool, cidr.Block, tuple[str, ...]], Rule] = {}
+        self._old_leaves: dict[tuple[bool, cidr.Block, tuple[str, ...]], Rule] = {}
+
+    def new_generation(self, *, unless_below: int = 0) -> None:
+        if len(self._leaves) >= unless_below:
+            self._old_leaves = self._leaves
+            self._leaves = {}
 
     # --- single rules ---------------------------------------------------------------
 
@@ -110,6 +120,7 @@ class Renderer:
         version = self.version
         at_source = direction is Direction.INGRESS
         allow_options = self.allow_options
+        leaves, old_leaves = self._leaves, self._old_leaves
         rules: list[Rule] = []
         position = 0
         for block in cidr.collapse(addresses, version):
@@ -118,19 +129,25 @@ class Renderer:
             while position < len(addresses) and addresses[position] <= last:
                 inside.extend(sorted(members[addresses[position]]))
                 position += 1
+            key = (at_source, block, tuple(inside))
+            known = leaves.get(key) or old_leaves.get(key)
+            if known is not None:
+                leaves[key] = known
+                rules.append(known)
+                continue
             pod = inside[0] if len(inside) == 1 else ""
             comment = f"peer pod {pod}" if pod else f"peer pods {inside[0]} +{len(inside) - 1}"
             address = self.text(block)
-            rules.append(
-                Rule(
-                    "MARK",
-                    comment,
-                    source=address if at_source else None,
-                    destination=None if at_source else address,
-                    target_options=allow_options,
-                    pod=pod,
-                )
+            rule = Rule(
+                "MARK",
+                comment,
+                source=address if at_source else None,
+                destination=None if at_source else address,
+                target_options=allow_options,
+                pod=pod,
             )
+            leaves[key] = rule
+            rules.append(rule)
         return rules
 
     def dispatch_leaf(

@@ -67,6 +67,17 @@ class Rule:
     # Provenance for the rule-change log; not rendered, not hashed.
     policy: str = field(default="", compare=False)
     pod: str = field(default="", compare=False)
+    # What the hash covers (body and written comment), computed once per rule: a rule
+    # reused by several chains or rebuilds is rendered once.
+    _hashed: str | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def hashed_text(self) -> str:
+        text = self._hashed
+        if text is None:
+            text = f"{self.render_body()}\0{self.written_comment}"
+            object.__setattr__(self, "_hashed", text)
+        return text
 
     def render_body(self) -> str:
         """The rule's text without its comment: what the hash covers."""
@@ -107,8 +118,8 @@ class Rule:
         return parts
 
 
-def _chained_hash(chain: str, previous: str, body: str, comment: str) -> str:
-    digest = hashlib.sha256(f"{chain}\0{previous}\0{body}\0{comment}".encode()).hexdigest()
+def _chained_hash(chain: str, previous: str, hashed_text: str) -> str:
+    digest = hashlib.sha256(f"{chain}\0{previous}\0{hashed_text}".encode()).hexdigest()
     return digest[:HASH_LEN]
 
 
@@ -129,7 +140,7 @@ class Chain:
         hashes: list[str] = []
         previous = ""
         for rule in self.rules:
-            previous = _chained_hash(self.name, previous, rule.render_body(), rule.written_comment)
+            previous = _chained_hash(self.name, previous, rule.hashed_text)
             hashes.append(previous)
         object.__setattr__(self, "hashes", tuple(hashes))
         object.__setattr__(self, "targets", frozenset(rule.target for rule in self.rules))
