@@ -96,15 +96,11 @@ class Renderer:
         )
 
     def unit(self, chains: Sequence[Chain]) -> Unit:
-        own = {chain.name for chain in chains}
-        children = sorted(
-            {
-                target
-                for chain in chains
-                for target in chain.targets
-                if target.startswith(self._owned) and target not in own
-            }
-        )
+        targets = frozenset().union(*(chain.targets for chain in chains))
+        if len(chains) > 1:
+            targets = targets.difference(chain.name for chain in chains)
+        owned = self._owned
+        children = sorted(target for target in targets if target.startswith(owned))
         return Unit(tuple(chains), tuple(children))
 
     # --- leaves of address trees ----------------------------------------------------
