@@ -32,6 +32,8 @@ from bench.synth import MEASURED_NODE, SIZES, generate
 # Soak pods and policies alive at a time (prefilled before the stream starts).
 POD_POPULATION = 1000
 POLICY_POPULATION = 50
+# Events per reconciler pass: a busy cluster's burst, coalesced.
+BATCH = 250
 
 
 def rss_kib() -> int:
@@ -136,7 +138,7 @@ def run(
     size_name: str = "L",
     pod_events: int = 100_000,
     policy_changes: int = 10_000,
-    batch: int = 100,
+    batch: int = BATCH,
     warmup_fraction: float = 0.2,
     seed: int = 7,
     pod_population: int = POD_POPULATION,
@@ -225,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size", default="L")
     parser.add_argument("--pod-events", type=int, default=100_000)
     parser.add_argument("--policy-changes", type=int, default=10_000)
-    parser.add_argument("--batch", type=int, default=100, help="events per reconciler pass")
+    parser.add_argument("--batch", type=int, default=BATCH, help="events per reconciler pass")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
     result = run(args.size, args.pod_events, args.policy_changes, args.batch)
