@@ -134,14 +134,7 @@ class Renderer:
             pod = inside[0] if len(inside) == 1 else ""
             comment = f"peer pod {pod}" if pod else f"peer pods {inside[0]} +{len(inside) - 1}"
             address = self.text(block)
-            rule = Rule(
-                "MARK",
-                comment,
-                source=address if at_source else None,
-                destination=None if at_source else address,
-                target_options=allow_options,
-                pod=pod,
-            )
+            rule = Rule.set_mark(address, at_source, comment, allow_options, pod)
             leaves[key] = rule
             rules.append(rule)
         return rules

@@ -25,6 +25,7 @@ MAX_COMMENT = MAX_COMMENT_BYTES
 # What is left of a comment after "npa:<hash> ".
 MAX_COMMENT_TEXT = MAX_COMMENT - len(HASH_PREFIX) - HASH_LEN - 1
 MAX_CHAIN_NAME = 28
+_OPTIONS_TEXT: dict[tuple[tuple[str, str], ...], str] = {}  # a config has one or two
 
 
 class Family(enum.Enum):
@@ -78,6 +79,34 @@ class Rule:
             text = f"{self.render_body()}\0{self.written_comment}"
             object.__setattr__(self, "_hashed", text)
         return text
+
+    @classmethod
+    def set_mark(
+        cls,
+        address: str,
+        at_source: bool,
+        comment: str,
+        options: tuple[tuple[str, str], ...],
+        pod: str,
+    ) -> Rule:
+        """``-s|-d address -j MARK <options>``, the commonest rule (a peer-group leaf has
+        one per address block): built with its hashed text directly."""
+        rule = cls(
+            "MARK",
+            comment,
+            source=address if at_source else None,
+            destination=None if at_source else address,
+            target_options=options,
+            pod=pod,
+        )
+        options_text = _OPTIONS_TEXT.get(options)
+        if options_text is None:
+            options_text = _OPTIONS_TEXT[options] = " ".join(
+                x for pair in options for x in pair if x
+            )
+        body = f"{'-s' if at_source else '-d'} {address} -j MARK {options_text}"
+        object.__setattr__(rule, "_hashed", f"{body}\0{escape_comment(comment, MAX_COMMENT_TEXT)}")
+        return rule
 
     def render_body(self) -> str:
         """The rule's text without its comment: what the hash covers."""

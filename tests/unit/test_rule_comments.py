@@ -111,3 +111,21 @@ def test_hostile_object_names_do_not_change_any_rule(name: str) -> None:
                 chain.rules, chain.hashes, chain.render_rules(), strict=True
             ):
                 _check_line(chain, rule, rule_hash, line)
+
+
+def test_set_mark_hashes_what_it_renders() -> None:
+    for at_source in (True, False):
+        for comment in ("peer pod ns/a", 'peer pod x"\\y', "p" * 300):
+            built = Rule.set_mark(
+                "10.0.0.0/24", at_source, comment, (("--set-xmark", "0x1/0x1"),), ""
+            )
+            plain = Rule(
+                "MARK",
+                comment,
+                source="10.0.0.0/24" if at_source else None,
+                destination=None if at_source else "10.0.0.0/24",
+                target_options=(("--set-xmark", "0x1/0x1"),),
+            )
+            assert built == plain
+            assert built.hashed_text == plain.hashed_text
+            assert built.hashed_text == f"{plain.render_body()}\0{plain.written_comment}"
