@@ -18,7 +18,6 @@ from types import FrameType
 
 from prometheus_client import CollectorRegistry
 
-from agent.compiler.ruleset import Family
 from agent.config import AgentConfig, BackendChoice
 from agent.control.node_addresses import AddressWatcher
 from agent.control.outcome import Cause, SyncObserver
@@ -30,6 +29,7 @@ from agent.model.objects import IPAddress
 from agent.observability.health import HealthServer, HealthState
 from agent.observability.metrics import Metrics
 from agent.observability.rulelog import RuleLog
+from agent.rules import Family
 from agent.runtime.backoff import Backoff
 
 log = logging.getLogger("netpol-agent")

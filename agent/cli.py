@@ -11,7 +11,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TypeVar
 
 from agent import config
-from agent.compiler.compile import compile_node
 from agent.compiler.config import (
     DEFAULT_CHAIN_PREFIX,
     DEFAULT_MARK,
@@ -19,7 +18,7 @@ from agent.compiler.config import (
     NodeContext,
     node_addresses,
 )
-from agent.compiler.ruleset import Family
+from agent.compiler.node import compile_node
 from agent.config import (
     BACKENDS,
     DEFAULT_METRICS_ADDRESS,
@@ -35,6 +34,7 @@ from agent.observability.logs import configure_logging
 from agent.observability.rulelog import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES
 from agent.policy.explain import EndpointError, Verdict, explain, resolve_endpoint
 from agent.policy.state import BuiltState, ClusterState
+from agent.rules import Family
 
 log = logging.getLogger("netpol-agent")
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from agent.compiler.config import CompilerConfig
-from agent.compiler.ruleset import Family
 from agent.model.objects import IPAddress
 from agent.observability.health import parse_address
 from agent.observability.rulelog import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES, MIN_MAX_BYTES
+from agent.rules import Family
 
 BackendChoice = Literal["auto", "nft", "legacy", "iptc"]
 BACKENDS: tuple[BackendChoice, ...] = ("auto", "nft", "legacy", "iptc")

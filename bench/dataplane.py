@@ -55,15 +55,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.compiler.compile import NodeCompiler
 from agent.compiler.config import CompilerConfig
-from agent.compiler.ruleset import Family, Ruleset
+from agent.compiler.node import NodeCompiler
 from agent.dataplane.detect import make_backend
 from agent.dataplane.state import canonical_jump_spec
 from agent.dataplane.table import Dataplane
 from agent.model.objects import Direction, IPBlock, Pod, Protocol
 from agent.policy.explain import explain, resolve_endpoint
 from agent.policy.state import ClusterState, build_state
+from agent.rules import Family, Ruleset
 from bench.synth import MEASURED_NODE, SIZES, generate
 from tests.lab.ownership import owner_marker, signals_as_interrupt
 

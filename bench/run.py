@@ -134,14 +134,14 @@ def _incremental_cases(objects: list[dict[str, Any]]) -> dict[str, tuple[list[An
 
 def measure_inside(size_name: str, backend_name: str, prefix: str, runs: int) -> dict[str, Any]:
     """Run in the benchmark's network namespace; returns the figures as a dict."""
-    from agent.compiler.compile import NodeCompiler
     from agent.compiler.config import CompilerConfig, node_addresses
-    from agent.compiler.ruleset import Family
+    from agent.compiler.node import NodeCompiler
     from agent.control.outcome import Cause
     from agent.control.reconciler import Reconciler, ReconcilerConfig
     from agent.dataplane.detect import make_backend
     from agent.dataplane.table import Dataplane
     from agent.policy.state import build_state
+    from agent.rules import Family
 
     objects = generate(SIZES[size_name])
     state = build_state(objects).state
@@ -214,6 +214,70 @@ def measure_inside(size_name: str, backend_name: str, prefix: str, runs: int) ->
     }
 
 
+class NullDataplane:
+    """Compiles go through the real reconciler pass; nothing is written to a kernel."""
+
+    def sync(self, rulesets: Any, *, full: bool, verify: bool = False) -> Any:
+        from agent.dataplane.table import SyncReport
+
+        return SyncReport(families={}, duration_seconds=0.0)
+
+
+def measure_compile(size_name: str, runs: int) -> dict[str, Any]:
+    """Compile figures only (no namespace, no kernel): full compile of both families with
+    a fresh compiler, and the incremental cases through ``Reconciler.run_pass`` with a
+    dataplane that writes nothing (``--compile-only``)."""
+    from agent.compiler.config import CompilerConfig, node_addresses
+    from agent.control.outcome import Cause
+    from agent.control.reconciler import Reconciler, ReconcilerConfig
+    from agent.policy.state import build_state
+
+    objects = generate(SIZES[size_name])
+    state = build_state(objects).state
+    addresses = node_addresses(state, MEASURED_NODE)
+    config = CompilerConfig()
+    compile_times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        _full_compile(state, addresses, config)
+        compile_times.append(time.perf_counter() - started)
+    reconciler = Reconciler(
+        ReconcilerConfig(node_name=MEASURED_NODE, compiler=config, min_interval=0.0),
+        _StaticSource(),  # type: ignore[arg-type]
+        NullDataplane(),  # type: ignore[arg-type]
+    )
+    reconciler.on_changes(_changes(objects))
+    started = time.perf_counter()
+    reconciler.run_pass(Cause.INITIAL)
+    initial = time.perf_counter() - started
+    incremental: dict[str, float] = {}
+    for name, (forward, backward) in _incremental_cases(objects).items():
+        samples = []
+        for _ in range(max(runs, 5)):
+            for changes, record in ((forward, True), (backward, False)):
+                reconciler.on_changes(changes)
+                outcome = reconciler.run_pass(Cause.CHANGE)
+                if record:
+                    samples.append(outcome.compile_seconds)
+        incremental[name] = _median(samples)
+    return {
+        "size": size_name,
+        "full_compile_seconds": _median(compile_times),
+        "initial_pass_seconds": initial,
+        "incremental_compile_seconds": incremental,
+    }
+
+
+def _full_compile(state: Any, addresses: Any, config: Any) -> Any:
+    from agent.compiler.node import NodeCompiler
+    from agent.rules import Family
+
+    return {
+        family: NodeCompiler(MEASURED_NODE, family, config).compile(state, addresses)
+        for family in Family
+    }
+
+
 # --- outside: namespaces, subprocesses, the table ------------------------------------------
 
 
@@ -261,10 +325,10 @@ def run_size(size_name: str, backend: str, runs: int) -> dict[str, Any]:
 
 def traversal_of(size_name: str) -> dict[str, Any]:
     """Rules compared by the first packet of connections to and from node-0's pods."""
-    from agent.compiler.compile import NodeCompiler
     from agent.compiler.config import node_addresses
-    from agent.compiler.ruleset import Family
+    from agent.compiler.node import NodeCompiler
     from agent.policy.state import build_state
+    from agent.rules import Family
     from bench.traversal import measure
 
     state = build_state(generate(SIZES[size_name])).state
@@ -313,9 +377,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--smoke", action="store_true", help="tiny size, one run: proves the code runs"
     )
     parser.add_argument("--no-dataplane", action="store_true", help="skip the conn/s measurement")
+    parser.add_argument(
+        "--no-soak", action="store_true", help="skip the memory soak (bench/soak.py, minutes)"
+    )
     parser.add_argument("--json", default=str(RESULTS / "bench.json"))
+    parser.add_argument(
+        "--compile-only",
+        action="store_true",
+        help="only the compile figures (full, incremental through the reconciler); no root",
+    )
     parser.add_argument("--inside", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.compile_only:
+        for size in ["tiny"] if args.smoke else args.sizes.split(","):
+            figures = measure_compile(size, 1 if args.smoke else args.runs)
+            print(
+                f"{size:5} full compile (both families) {_ms(figures['full_compile_seconds'])} ms"
+                f"   initial pass {_ms(figures['initial_pass_seconds'])} ms"
+            )
+            for case, seconds in figures["incremental_compile_seconds"].items():
+                print(f"{size:5}   {case:22} compile {_ms(seconds)} ms")
+        return 0
     if args.inside:
         size, backend, prefix, runs = args.inside
         print(json.dumps(measure_inside(size, backend, prefix, int(runs))))
@@ -352,6 +434,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             1 if args.smoke else 5,
             args.backends.split(","),
         )
+    if not args.no_soak:
+        from bench import soak
+
+        print("... soak: memory under churn", file=sys.stderr, flush=True)
+        if args.smoke:
+            document["soak"] = soak.run(
+                "tiny", 300, 30, batch=20, pod_population=20, policy_population=4
+            )
+        else:
+            document["soak"] = soak.run()
+        print()
+        soak.print_result(document["soak"])
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(document, indent=2))
     print(

@@ -13,10 +13,10 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from agent.compiler.ruleset import Ruleset
 from agent.compiler.walk import Packet, walk
 from agent.model.objects import IPAddress, Pod
 from agent.policy.state import ClusterState
+from agent.rules import Ruleset
 
 PORTS = (("tcp", 80), ("tcp", 8080), ("tcp", 9090), ("tcp", 443), ("tcp", 30050),
          ("udp", 53), ("udp", 5000), ("tcp", 12345))  # fmt: skip

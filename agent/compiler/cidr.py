@@ -56,18 +56,26 @@ def halves(block: Block, version: int) -> tuple[Block, Block]:
     return (network, length + 1), (network + size, length + 1)
 
 
+# Texts of blocks, in two generations: when the newer one is full it becomes the older
+# one, so what keeps being asked for stays and memory stays bounded as pods come and go.
+_TEXT_LIMIT = 1 << 14
 _TEXT: dict[tuple[int, int, int], str] = {}
+_OLD_TEXT: dict[tuple[int, int, int], str] = {}
 
 
 def text(block: Block, version: int) -> str:
     """``a.b.c.d/len`` or ``x::y/len``, as iptables prints it."""
+    global _TEXT, _OLD_TEXT
     key = (block[0], block[1], version)
     found = _TEXT.get(key)
     if found is None:
-        address = (
-            ipaddress.IPv4Address(block[0]) if version == 4 else ipaddress.IPv6Address(block[0])
-        )
-        found = f"{address}/{block[1]}"
-        if len(_TEXT) < 1_000_000:  # addresses recur across syncs; bound the cache anyway
-            _TEXT[key] = found
+        found = _OLD_TEXT.get(key)
+        if found is None:
+            address = (
+                ipaddress.IPv4Address(block[0]) if version == 4 else ipaddress.IPv6Address(block[0])
+            )
+            found = f"{address}/{block[1]}"
+        if len(_TEXT) >= _TEXT_LIMIT:
+            _OLD_TEXT, _TEXT = _TEXT, {}
+        _TEXT[key] = found
     return found

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from agent.model.objects import IPAddress
-from agent.policy.state import ClusterState
+from agent.policy.view import PolicyView
 
 DEFAULT_CHAIN_PREFIX = "NPA"
 DEFAULT_MARK = 0x1000
@@ -42,7 +42,7 @@ class CompilerConfig:
 
     def hashed_name(self, kind: str, key: str) -> str:
         length = min(16, 28 - len(self.chain_prefix) - len(kind) - 2)
-        digest = hashlib.sha256(key.encode()).hexdigest().upper()
+        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest().upper()
         return f"{self.chain_prefix}-{kind}-{digest[:length]}"
 
     @property
@@ -61,7 +61,7 @@ class NodeContext:
 
 
 def node_addresses(
-    state: ClusterState, node_name: str, extra: Iterable[IPAddress] = ()
+    state: PolicyView, node_name: str, extra: Iterable[IPAddress] = ()
 ) -> tuple[IPAddress, ...]:
     """The node's own addresses: from its Node object plus those read from the kernel."""
     seen: list[IPAddress] = []

@@ -6,8 +6,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from agent.compiler.ruleset import Match
 from agent.model.objects import NetworkPolicy, Pod, PolicyPort, Protocol
+from agent.rules import Match
 
 MULTIPORT_LIMIT = 15
 

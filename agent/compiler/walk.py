@@ -18,8 +18,8 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from agent.compiler.ruleset import Match, Rule, Ruleset
 from agent.model.objects import IPAddress
+from agent.rules import Match, Rule, Ruleset
 
 # Chains FORWARD can reach through us are short; anything deeper is a loop.
 MAX_STEPS = 10_000

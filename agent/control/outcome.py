@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from agent.compiler.ruleset import Family, Ruleset
 from agent.control.source import Kind
 from agent.dataplane.table import SyncReport
+from agent.rules import Family, Ruleset
 
 
 class Cause(enum.Enum):

@@ -25,9 +25,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.compiler.compile import NodeCompiler
 from agent.compiler.config import CompilerConfig, node_addresses
-from agent.compiler.ruleset import Family, Ruleset
+from agent.compiler.node import NodeCompiler
 from agent.control.node_addresses import compare_with_node_object
 from agent.control.outcome import (
     Cause,
@@ -41,7 +40,8 @@ from agent.dataplane.backend import BackendError
 from agent.dataplane.table import Dataplane, DataplaneSyncError, SyncReport
 from agent.model import parse
 from agent.model.objects import Direction, IPAddress, Namespace, NetworkPolicy, Node, Pod
-from agent.policy.state import ClusterState
+from agent.policy.index import ClusterIndex, TrackedStore
+from agent.rules import Family, Ruleset
 from agent.runtime.backoff import Backoff
 from agent.runtime.runner import BoundedFrequencyRunner, Clock, Reason
 
@@ -112,7 +112,8 @@ class Reconciler:
         self._observers = tuple(observers)
         self._kernel_addresses = kernel_addresses
         self._lock = threading.Lock()
-        self._store: dict[Kind, dict[str, ModelObject]] = {kind: {} for kind in Kind}
+        self._store: dict[Kind, TrackedStore[ModelObject]] = {kind: TrackedStore() for kind in Kind}
+        self._index = ClusterIndex()  # follows the store by deltas (see snapshot)
         self._pending: list[ObjectChange] = []
         self._dirty = False
         self._addresses_changed = False
@@ -248,22 +249,26 @@ class Reconciler:
 
     # --- one pass ----------------------------------------------------------------------
 
-    def snapshot(self) -> ClusterState:
+    def snapshot(self) -> ClusterIndex:
+        """The cluster as of now: the index, moved forward by what the store changed
+        since the last snapshot (no copy, no walk over unchanged objects)."""
         with self._lock:
-            return ClusterState(
-                namespaces={
-                    k: v for k, v in self._store[Kind.NAMESPACE].items() if isinstance(v, Namespace)
-                },
-                pods={k: v for k, v in self._store[Kind.POD].items() if isinstance(v, Pod)},
-                policies={
-                    k: v
-                    for k, v in self._store[Kind.NETWORK_POLICY].items()
-                    if isinstance(v, NetworkPolicy)
-                },
-                nodes={k: v for k, v in self._store[Kind.NODE].items() if isinstance(v, Node)},
-            )
+            changed = {kind: self._store[kind].take_changed() for kind in Kind}
+        self._index.apply(
+            pods=[(k, v) for k, v in changed[Kind.POD] if v is None or isinstance(v, Pod)],
+            namespaces=[
+                (k, v) for k, v in changed[Kind.NAMESPACE] if v is None or isinstance(v, Namespace)
+            ],
+            policies=[
+                (k, v)
+                for k, v in changed[Kind.NETWORK_POLICY]
+                if v is None or isinstance(v, NetworkPolicy)
+            ],
+            nodes=[(k, v) for k, v in changed[Kind.NODE] if v is None or isinstance(v, Node)],
+        )
+        return self._index
 
-    def node_addresses(self, state: ClusterState) -> tuple[IPAddress, ...]:
+    def node_addresses(self, state: ClusterIndex) -> tuple[IPAddress, ...]:
         kernel = self._kernel_addresses() if self._kernel_addresses is not None else ()
         if kernel:
             listed = state.node_addresses(self.config.node_name)
@@ -274,10 +279,10 @@ class Reconciler:
         extra = (*self.config.extra_node_addresses, *kernel)
         return node_addresses(state, self.config.node_name, extra)
 
-    def compile(self, state: ClusterState) -> dict[Family, Ruleset]:
+    def compile(self, state: ClusterIndex) -> dict[Family, Ruleset]:
         addresses = self.node_addresses(state)
         return {
-            family: compiler.compile(state, addresses)
+            family: compiler.compile_index(state, addresses)
             for family, compiler in self._compilers.items()
         }
 
@@ -373,7 +378,7 @@ class Reconciler:
             )
         return outcome
 
-    def _counts(self, state: ClusterState) -> StateCounts:
+    def _counts(self, state: ClusterIndex) -> StateCounts:
         # The compilers already know the local pods; walking 110 pods and their policies
         # again here would cost more than an incremental compile.
         compiler = next(iter(self._compilers.values()), None)
@@ -388,5 +393,5 @@ class Reconciler:
             local_pods_egress_isolated=compiler.isolated.get(Direction.EGRESS, 0)
             if compiler
             else 0,
-            invalid_policies=sum(1 for policy in state.policies.values() if policy.problems),
+            invalid_policies=state.invalid_policies,
         )

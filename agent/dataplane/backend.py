@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from agent.compiler.ruleset import Family
 from agent.dataplane.plan import TablePlan, plan_table
 from agent.dataplane.state import ProgrammedState
+from agent.rules import Family
 
 
 class BackendError(Exception):

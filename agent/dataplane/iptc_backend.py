@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
-from agent.compiler.ruleset import Family, Match, Rule
 from agent.dataplane.backend import (
     ApplyResult,
     BackendError,
@@ -33,6 +32,7 @@ from agent.dataplane.plan import TablePlan
 from agent.dataplane.restore import render_restore
 from agent.dataplane.restore_backend import Binaries, save_filter
 from agent.dataplane.state import FORWARD, JUMP_COMMENT, ProgrammedState, parse_filter_save
+from agent.rules import Family, Match, Rule
 
 LIBIPTC = "libiptc"
 DEFAULT_XTABLES_LOCK = "/run/xtables.lock"

@@ -12,12 +12,12 @@ import enum
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from agent.compiler.ruleset import Chain, Family, Rule, Ruleset
 from agent.dataplane.state import (
     ForwardJump,
     ProgrammedState,
     canonical_jump_spec,
 )
+from agent.rules import Chain, Family, Rule, Ruleset
 
 
 class ChangeKind(enum.Enum):

@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-from agent.compiler.ruleset import Family
 from agent.dataplane.backend import (
     ApplyResult,
     BackendError,
@@ -21,6 +20,7 @@ from agent.dataplane.backend import (
 from agent.dataplane.plan import TablePlan
 from agent.dataplane.restore import render_restore
 from agent.dataplane.state import ProgrammedState, parse_filter_save
+from agent.rules import Family
 
 Mode = Literal["nft", "legacy"]
 

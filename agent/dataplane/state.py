@@ -13,7 +13,7 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from agent.compiler.ruleset import HASH_LEN, HASH_PREFIX, Family
+from agent.rules import HASH_LEN, HASH_PREFIX, Family
 
 JUMP_COMMENT = "netpol-agent"
 FORWARD = "FORWARD"

@@ -8,10 +8,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from agent.compiler.ruleset import Family, Ruleset
 from agent.dataplane.backend import ApplyResult, Backend, BackendError
 from agent.dataplane.plan import Drift, TablePlan, expected_state, find_drift, plan_table
 from agent.dataplane.state import ProgrammedState
+from agent.rules import Family, Ruleset
 
 # Called after each successful apply, e.g. to count restores.
 AppliedListener = Callable[[TablePlan, ApplyResult], None]

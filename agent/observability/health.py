@@ -28,9 +28,9 @@ from typing import Any, ClassVar, Final
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from agent.compiler.ruleset import Family
 from agent.control.outcome import SyncOutcome
 from agent.control.source import SourceHealth
+from agent.rules import Family
 
 log = logging.getLogger("netpol-agent.health")
 

@@ -19,9 +19,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from agent.compiler.ruleset import Family
 from agent.control.outcome import Cause, SyncOutcome
 from agent.control.source import SourceHealth
+from agent.rules import Family
 
 PREFIX: Final = "netpol_agent_"
 TABLE: Final = "filter"

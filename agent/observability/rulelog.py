@@ -74,12 +74,12 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from agent.compiler.ruleset import Chain, Family, Rule
 from agent.control.outcome import Cause, ObjectChange, SyncOutcome
 from agent.control.source import Kind
 from agent.dataplane.plan import ChainChange, ChangeKind, RuleAction, TablePlan
 from agent.dataplane.state import FORWARD, canonical_jump_spec
 from agent.dataplane.table import FamilySync
+from agent.rules import Chain, Family, Rule
 
 log = logging.getLogger("netpol-agent.rulelog")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from agent.model.objects import (
@@ -18,6 +18,7 @@ from agent.model.objects import (
     SelectorPeer,
 )
 from agent.model.selectors import LabelSelector, Operator
+from agent.policy.view import peer_matches_pod
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,12 @@ class ClusterState:
         for _, policy in sorted(self.policies.items()):
             grouped[policy.namespace].append(policy)
         return {ns: tuple(policies) for ns, policies in grouped.items()}
+
+    def all_selectable_pods(self) -> Sequence[Pod]:
+        return self.selectable_pods
+
+    def selectable_pods_in(self, namespace: str) -> Sequence[Pod]:
+        return self.pods_by_namespace.get(namespace, ())
 
     def namespace_labels(self, name: str) -> Mapping[str, str]:
         namespace = self.namespaces.get(name)
@@ -158,14 +165,7 @@ class ClusterState:
         return tuple(members)
 
     def peer_matches_pod(self, peer: SelectorPeer, policy_namespace: str, pod: Pod) -> bool:
-        if not pod.is_selectable:
-            return False
-        if peer.namespace_selector is None:
-            if pod.namespace != policy_namespace:
-                return False
-        elif not peer.namespace_selector.matches(self.namespace_labels(pod.namespace)):
-            return False
-        return peer.pod_selector is None or peer.pod_selector.matches(pod.labels)
+        return peer_matches_pod(peer, policy_namespace, pod, self.namespace_labels)
 
     def node_addresses(self, node_name: str) -> tuple[IPAddress, ...]:
         node = self.nodes.get(node_name)

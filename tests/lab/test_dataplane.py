@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 
 import pytest
 
-from agent.compiler.ruleset import Chain, Family, Match, Rule, Ruleset
 from agent.dataplane import (
     Backend,
     Binaries,
@@ -32,6 +31,7 @@ from agent.dataplane import (
     canonical_jump_spec,
     plan_table,
 )
+from agent.rules import Chain, Family, Match, Rule, Ruleset
 
 pytestmark = pytest.mark.lab
 

@@ -14,12 +14,12 @@ import pytest
 
 from agent import app
 from agent.cli import main
-from agent.compiler.ruleset import Family
 from agent.config import AgentConfig, SourceConfig
 from agent.dataplane.backend import ApplyResult
 from agent.dataplane.plan import TablePlan
 from agent.dataplane.restore import render_restore
 from agent.dataplane.state import ForwardJump, ProgrammedState, canonical_jump_spec
+from agent.rules import Family
 from tests.unit.test_cli import write_state
 
 LOGFMT = re.compile(r'^ts=\S+Z level=(debug|info|warning|error) logger=\S+ msg=("[^"]*"|\S+)')

@@ -322,7 +322,7 @@ def test_run_flags_become_a_frozen_agent_config() -> None:
     import ipaddress
 
     from agent.cli import _parser, agent_config
-    from agent.compiler.ruleset import Family
+    from agent.rules import Family
 
     args = _parser().parse_args(
         [

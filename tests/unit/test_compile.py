@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from agent.compiler.compile import compile_node
 from agent.compiler.config import CompilerConfig, NodeContext
+from agent.compiler.node import compile_node
 from agent.compiler.ports import MULTIPORT_LIMIT, PortMatch, merge_ranges
-from agent.compiler.ruleset import MAX_CHAIN_NAME, Family, Rule, Ruleset
 from agent.compiler.walk import Packet, validate, walk
 from agent.model.objects import Protocol
 from agent.policy.state import ClusterState
+from agent.rules import MAX_CHAIN_NAME, Family, Rule, Ruleset
 from tests.unit import builders as b
 from tests.unit.builders import labels
 

@@ -16,13 +16,13 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from agent.compiler import compile
+from agent.compiler import node as compile
 from agent.compiler.config import CompilerConfig, NodeContext
-from agent.compiler.ruleset import Family
 from agent.compiler.walk import Packet, validate, verdict_across_nodes
 from agent.model.objects import IPAddress, Protocol
 from agent.policy.explain import Endpoint, explain
 from agent.policy.state import ClusterState, build_state
+from agent.rules import Family
 from tests.unit import builders as b
 
 NAMESPACES = "ab"

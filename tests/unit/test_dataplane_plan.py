@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from agent.compiler.ruleset import Chain, Family, Match, Rule, Ruleset
 from agent.dataplane import (
     ApplyResult,
     BackendError,
@@ -35,6 +34,7 @@ from agent.dataplane import (
 )
 from agent.dataplane.backend import restore_error
 from agent.dataplane.state import FOREIGN_RULE
+from agent.rules import Chain, Family, Match, Rule, Ruleset
 
 # Captured from iptables-nft-save v1.8.9 and iptables-legacy-save v1.8.9 after restoring
 # the same payload into a scratch netns (legacy prints *nat before *filter here).

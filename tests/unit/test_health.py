@@ -13,11 +13,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.compiler.ruleset import Family
 from agent.control.outcome import Cause, SyncOutcome
 from agent.observability.health import HealthServer, HealthState, parse_address
 from agent.observability.logs import LogfmtFormatter, configure_logging
 from agent.observability.metrics import Metrics
+from agent.rules import Family
 from tests.unit.test_rulelog import empty_state, family_sync, outcome, ruleset
 
 

@@ -16,13 +16,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.compiler import compile as builder
-from agent.compiler.compile import NodeCompiler
+from agent.compiler import addresses as builder
 from agent.compiler.config import CompilerConfig
-from agent.compiler.ruleset import Family
+from agent.compiler.node import NodeCompiler
 from agent.model import parse
 from agent.model.objects import Namespace, NetworkPolicy, Pod, PodPhase, Protocol
+from agent.policy.index import ClusterIndex
 from agent.policy.state import ClusterState
+from agent.rules import Family
 
 NODE = "node-a"
 NAMESPACES = ("x", "y", "z")
@@ -236,3 +237,85 @@ def test_a_new_pod_serving_a_named_port_makes_the_egress_policy_live_for_other_p
     added = changed.pods.keys() - state.pods.keys()
     assert [changed.pods[key].resolve_named_port("http", Protocol.TCP) for key in added] == [80]
     assert compiler.compile(changed) == NodeCompiler(NODE, Family.IPV4, CONFIG).compile(changed)
+
+
+def test_caches_follow_the_cluster_not_every_object_ever_seen() -> None:
+    """Pods and policies come and go (CronJobs); once they are gone, so is what the
+    compiler remembered about them."""
+    state = _initial(5, 40)
+    compiler = NodeCompiler(NODE, Family.IPV4, CONFIG)
+    compiler.compile(state)
+    rng = random.Random(5)
+    for serial in range(300):
+        pods = dict(state.pods)
+        policies = dict(state.policies)
+        pod = dataclasses.replace(_pod(500 + serial % 50, rng), name=f"job-{serial}")
+        pods[pod.key] = dataclasses.replace(pod, node_name=NODE)
+        policy = dataclasses.replace(_policy(serial, NAMESPACES[serial % 3]), name=f"p-{serial}")
+        policies[policy.key] = policy
+        churned = ClusterState(state.namespaces, pods, policies, state.nodes)
+        compiler.compile(churned)
+    compiler.compile(state)
+    fresh = NodeCompiler(NODE, Family.IPV4, CONFIG)
+    fresh.compile(state)
+    sizes, expected = compiler.cache_sizes(), fresh.cache_sizes()
+    assert sizes["names"] <= 2 * expected["names"] + 256
+    assert {k: v for k, v in sizes.items() if k != "names"} == {
+        k: v for k, v in expected.items() if k != "names"
+    }
+
+
+def _apply_to_index(index: ClusterIndex, state: ClusterState) -> None:
+    """Feed ``index`` what differs from ``state``, as the reconciler's store does."""
+    index.apply(
+        pods=[(k, state.pods.get(k)) for k in index.pods.keys() | state.pods.keys()],
+        namespaces=[
+            (k, state.namespaces.get(k)) for k in index.namespaces.keys() | state.namespaces.keys()
+        ],
+        policies=[
+            (k, state.policies.get(k)) for k in index.policies.keys() | state.policies.keys()
+        ],
+    )
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 10_000),
+    steps=st.integers(1, 12),
+    pods=st.integers(5, 60),
+    batch=st.integers(1, 4),
+)
+def test_compiling_an_index_by_deltas_equals_a_fresh_compile(
+    seed: int, steps: int, pods: int, batch: int
+) -> None:
+    """The agent's path: a ClusterIndex moved by deltas (several changes per batch), and
+    compilers that see only what each batch changed."""
+    rng = random.Random(seed)
+    state = _initial(seed, pods)
+    index = ClusterIndex()
+    _apply_to_index(index, state)
+    compilers = {family: NodeCompiler(NODE, family, CONFIG) for family in Family}
+    for compiler in compilers.values():
+        compiler.compile_index(index)
+    for serial in range(steps):
+        for sub in range(batch):
+            state = _mutate(state, rng, serial * 10 + sub)
+        _apply_to_index(index, state)
+        for family, compiler in compilers.items():
+            incremental = compiler.compile_index(index)
+            fresh = NodeCompiler(NODE, family, CONFIG).compile(state)
+            assert incremental == fresh, f"step {serial}: {family.value} differs"
+            assert dict(incremental.chains) == dict(fresh.chains)
+
+
+def test_a_compiler_that_missed_a_generation_starts_over() -> None:
+    rng = random.Random(2)
+    state = _initial(2, 30)
+    index = ClusterIndex()
+    _apply_to_index(index, state)
+    compiler = NodeCompiler(NODE, Family.IPV4, CONFIG)
+    compiler.compile_index(index)
+    for serial in range(3):  # three generations the compiler does not see
+        state = _mutate(state, rng, serial)
+        _apply_to_index(index, state)
+    assert compiler.compile_index(index) == NodeCompiler(NODE, Family.IPV4, CONFIG).compile(state)

@@ -7,12 +7,12 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.compiler.ruleset import Family
 from agent.control.outcome import Cause, ObjectChange, StateCounts
 from agent.control.source import Kind, KindHealth, SourceHealth
 from agent.dataplane.plan import expected_state
 from agent.dataplane.state import ProgrammedState
 from agent.observability.metrics import METRICS, PREFIX, Metrics
+from agent.rules import Family
 from tests.unit.test_rulelog import (
     POD_CHAIN,
     T0,

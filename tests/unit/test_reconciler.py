@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from agent.compiler.ruleset import Family, Ruleset
 from agent.control.outcome import Cause
 from agent.control.reconciler import Reconciler, ReconcilerConfig
 from agent.control.source import Change, Kind, SourceHealth
 from agent.dataplane.backend import BackendError
 from agent.dataplane.table import SyncReport
+from agent.rules import Family, Ruleset
 
 
 class Source:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from agent.compiler.ruleset import Chain, Family, Match, Rule, Ruleset
 from agent.control.outcome import Cause, ObjectChange, StateCounts, SyncOutcome
 from agent.control.source import Kind
 from agent.dataplane.backend import ApplyResult
@@ -21,6 +20,7 @@ from agent.dataplane.restore import render_restore
 from agent.dataplane.state import ProgrammedState, canonical_jump_spec
 from agent.dataplane.table import FamilySync, SyncReport
 from agent.observability.rulelog import RuleLog, entries_for, format_ts
+from agent.rules import Chain, Family, Match, Rule, Ruleset
 
 PREFIX = "NPA-"
 ENTRY = "NPA-FORWARD"

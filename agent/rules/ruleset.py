@@ -6,7 +6,8 @@ the same rule from the same fields, and so every rule renders to one canonical t
 
 Every rule carries a comment. Its first word is a content hash chained over the chain
 name and the previous rule (the scheme Calico uses), so the dataplane can tell which
-chains differ from what is programmed by reading back only the comments.
+chains differ from what is programmed by reading back only the comments. The hash covers
+the rule's body and its comment exactly as written (escaped and cut, see comment.py).
 """
 
 from __future__ import annotations
@@ -16,10 +17,15 @@ import hashlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+from agent.rules.comment import MAX_COMMENT_BYTES, escape_comment
+
 HASH_PREFIX = "npa:"
 HASH_LEN = 16
-MAX_COMMENT = 256
+MAX_COMMENT = MAX_COMMENT_BYTES
+# What is left of a comment after "npa:<hash> ".
+MAX_COMMENT_TEXT = MAX_COMMENT - len(HASH_PREFIX) - HASH_LEN - 1
 MAX_CHAIN_NAME = 28
+_OPTIONS_TEXT: dict[tuple[tuple[str, str], ...], str] = {}  # a config has one or two
 
 
 class Family(enum.Enum):
@@ -62,6 +68,45 @@ class Rule:
     # Provenance for the rule-change log; not rendered, not hashed.
     policy: str = field(default="", compare=False)
     pod: str = field(default="", compare=False)
+    # What the hash covers (body and written comment), computed once per rule: a rule
+    # reused by several chains or rebuilds is rendered once.
+    _hashed: str | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def hashed_text(self) -> str:
+        text = self._hashed
+        if text is None:
+            text = f"{self.render_body()}\0{self.written_comment}"
+            object.__setattr__(self, "_hashed", text)
+        return text
+
+    @classmethod
+    def set_mark(
+        cls,
+        address: str,
+        at_source: bool,
+        comment: str,
+        options: tuple[tuple[str, str], ...],
+        pod: str,
+    ) -> Rule:
+        """``-s|-d address -j MARK <options>``, the commonest rule (a peer-group leaf has
+        one per address block): built with its hashed text directly."""
+        rule = cls(
+            "MARK",
+            comment,
+            source=address if at_source else None,
+            destination=None if at_source else address,
+            target_options=options,
+            pod=pod,
+        )
+        options_text = _OPTIONS_TEXT.get(options)
+        if options_text is None:
+            options_text = _OPTIONS_TEXT[options] = " ".join(
+                x for pair in options for x in pair if x
+            )
+        body = f"{'-s' if at_source else '-d'} {address} -j MARK {options_text}"
+        object.__setattr__(rule, "_hashed", f"{body}\0{escape_comment(comment, MAX_COMMENT_TEXT)}")
+        return rule
 
     def render_body(self) -> str:
         """The rule's text without its comment: what the hash covers."""
@@ -76,7 +121,12 @@ class Rule:
 
     def comment_text(self, rule_hash: str) -> str:
         """The comment as programmed (unquoted): what a libiptc writer sets directly."""
-        return _sanitize_comment(f"{HASH_PREFIX}{rule_hash} {self.comment}")[:MAX_COMMENT]
+        return f"{HASH_PREFIX}{rule_hash} {self.written_comment}"
+
+    @property
+    def written_comment(self) -> str:
+        """The comment after the hash as it is written: escaped and cut to fit."""
+        return escape_comment(self.comment, MAX_COMMENT_TEXT)
 
     def _parts(self, comment: str | None) -> list[str]:
         parts: list[str] = []
@@ -97,14 +147,9 @@ class Rule:
         return parts
 
 
-def _chained_hash(chain: str, previous: str, body: str, comment: str) -> str:
-    digest = hashlib.sha256(f"{chain}\0{previous}\0{body}\0{comment}".encode()).hexdigest()
+def _chained_hash(chain: str, previous: str, hashed_text: str) -> str:
+    digest = hashlib.sha256(f"{chain}\0{previous}\0{hashed_text}".encode()).hexdigest()
     return digest[:HASH_LEN]
-
-
-def _sanitize_comment(text: str) -> str:
-    # iptables-restore has no escape for a double quote inside a quoted comment.
-    return text.replace('"', "'").replace("\n", " ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +169,7 @@ class Chain:
         hashes: list[str] = []
         previous = ""
         for rule in self.rules:
-            previous = _chained_hash(self.name, previous, rule.render_body(), rule.comment)
+            previous = _chained_hash(self.name, previous, rule.hashed_text)
             hashes.append(previous)
         object.__setattr__(self, "hashes", tuple(hashes))
         object.__setattr__(self, "targets", frozenset(rule.target for rule in self.rules))

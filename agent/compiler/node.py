@@ -1,0 +1,516 @@
+"""The node compiler: cluster state → one node's chains for one family, recomputing only
+what a change touches.
+
+Layout (``P`` is the chain prefix)::
+
+    FORWARD -> P-FORWARD  established/related RETURN, [IPv6: neighbour discovery RETURN],
+                          node exemptions, clear mark, -j P-EGRESS, clear mark,
+                          -j P-INGRESS, clear mark
+    P-EGRESS / P-INGRESS  dispatch by the local pod's address  -> -g P-E-/P-I-<pod>
+    P-E-/P-I-<pod>        self RETURN, then -g P-SE-/P-SI-<set of policies selecting it>
+    P-SE-/P-SI-<set>      per policy: -j P-PE-/P-PI-<policy>,
+                          mark? RETURN; then DROP (or REJECT)
+    P-PE-/P-PI-<policy>   per rule: [port match] -j P-G-<peer> | [port] [-s cidr] set mark;
+                          mark? RETURN between rules
+    P-G-<group>           the addresses of a selector peer  -> set mark (peers.py)
+    P-B-<block>           ipBlock with except: RETURN per except, then the cidr -> set mark
+    P-T-<…>               subtrees of a long dispatch or group chain (addresses.py)
+
+Policy chains are shared by every pod a policy selects, verdict (set) chains by every
+pod the same policies select, and peer groups by every rule naming the peer.
+
+``NodeCompiler`` only tracks what depends on what: it keeps every unit (a thing's
+chains) keyed by what it was built from, and on the next ``compile`` rebuilds only the
+peer groups, policy chains and pod chains a change can affect. Rendering is render.py's,
+names are naming.py's. The result is always equal to a compile from scratch; the tests
+check exactly that.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, KeysView, Mapping, Sequence
+from dataclasses import dataclass
+
+from agent.compiler import named_ports
+from agent.compiler.addresses import DISPATCH_DEPTH, build_tree
+from agent.compiler.config import CompilerConfig, NodeContext
+from agent.compiler.named_ports import NamedScope
+from agent.compiler.naming import ChainNames, block_key, selector_key
+from agent.compiler.peers import GroupSpec, InScope, Move, PeerGroups, PodChange
+from agent.compiler.ports import named_port_signature, resolve_rule_ports
+from agent.compiler.render import Renderer, Unit
+from agent.model.objects import Direction, IPAddress, IPBlock, NetworkPolicy, Pod, PolicyRule
+from agent.policy.index import ClusterIndex
+from agent.policy.state import ClusterState
+from agent.policy.view import Before, Delta, PeerMatcher, PolicyView
+from agent.rules import Chain, Family, Rule, Ruleset
+
+# Leaf rules remembered between full walks (render.py) before they are turned over.
+LEAF_MEMO_LIMIT = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class _PolicyEntry:
+    policy: NetworkPolicy
+    unit: Unit | None  # None: the policy allows nothing for this target
+    # Egress named ports: (destinations in scope, port name). Their numbers come from the
+    # destination pods, so a pod change inside a scope can change this chain.
+    named_scopes: tuple[NamedScope, ...]
+    target: Pod
+
+
+@dataclass(frozen=True, slots=True)
+class _PodEntry:
+    pod: Pod
+    inputs: tuple[str | None, ...]
+    unit: Unit
+
+
+@dataclass(frozen=True, slots=True)
+class _SelectingEntry:
+    pod: Pod
+    epoch: int
+    policies: tuple[NetworkPolicy, ...]
+
+
+class NodeCompiler:
+    """Compiles one node's chains for one family, incrementally across calls."""
+
+    def __init__(
+        self, node_name: str, family: Family, config: CompilerConfig | None = None
+    ) -> None:
+        self.node_name = node_name
+        self.family = family
+        self.config = config or CompilerConfig()
+        self.version = family.version
+        self._render = Renderer(self.config, self.version)
+        self._generation = -1  # of the ClusterIndex last compiled
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget everything: the next compile starts from scratch."""
+        self._compiled = False
+        self._names = ChainNames(self.config, self.family)
+        self._groups = PeerGroups(self._render, self._names, self._register)
+        self._previous: ClusterState | None = None
+        self._blocks: dict[str, Unit] = {}
+        self._policies: dict[str, _PolicyEntry] = {}
+        self._pods: dict[tuple[str, Direction], _PodEntry] = {}
+        self._selecting: dict[tuple[str, Direction], _SelectingEntry] = {}
+        self._namespace_epoch: dict[str, int] = defaultdict(int)
+        self._dispatch: dict[Direction, tuple[tuple[tuple[str, str], ...], Unit]] = {}
+        self._index: dict[str, Unit] = {}  # every cached unit by its root chain
+        # Units registered since the last compile, with what was there before (None: new).
+        self._changed: dict[str, Unit | None] = {}
+        # The last output: the units reachable from the entry chain, and their chains.
+        self._reachable: dict[str, Unit] = {}
+        self._chains: dict[str, Chain] = {}
+        self._local: dict[str, Pod] = {}  # selectable pods on this node, kept by deltas
+        # Which pod chains may differ from the last compile: only a policy change or an
+        # egress named-port rebuild (for the pods of its namespace) or a change to the
+        # local pod itself can alter one. Peer-group rebuilds keep chain names, so other
+        # changes skip the walk over the node's pods.
+        self._dirty_namespaces: set[str] = set()
+        self._dirty_pods: set[str] = set()
+        self.isolated: dict[Direction, int] = {}  # local pods isolated, by direction
+
+    # --- public ---------------------------------------------------------------------
+
+    def compile_index(
+        self, index: ClusterIndex, node_addresses: Sequence[IPAddress] = ()
+    ) -> Ruleset:
+        """Compile what ``index`` changed since this compiler last saw it (from scratch
+        if it missed a generation)."""
+        delta = index.delta_since(self._generation)
+        self._generation = index.generation
+        if delta is None:
+            self._reset()
+        return self.compile(index, node_addresses, delta)
+
+    def compile(
+        self,
+        state: PolicyView,
+        node_addresses: Sequence[IPAddress] = (),
+        delta: Delta | None = None,
+    ) -> Ruleset:
+        """``delta``: what changed since the last compile. Without one, a snapshot is
+        compared with the previous snapshot by identity; anything else starts over."""
+        if self._compiled and delta is None:
+            if self._previous is not None:
+                delta = Delta.between(self._previous, state)
+            else:
+                self._reset()
+        if self._compiled and delta is not None:
+            self._invalidate(state, delta)
+        else:
+            self._local = {pod.key: pod for pod in state.local_pods(self.node_name)}
+        self._compiled = True
+        # An index changes in place: only a snapshot can be compared with later.
+        self._previous = state if isinstance(state, ClusterState) else None
+        for direction in Direction:
+            cached = self._dispatch.get(direction)
+            if self._dirty_namespaces or self._dirty_pods or cached is None:
+                self._register(self._dispatch_unit(state, direction))
+            else:
+                self._register(cached[1])
+        self._dirty_namespaces.clear()
+        self._dirty_pods.clear()
+        self._register(self._render.unit([self._render.entry_chain(node_addresses)]))
+        if self._same_graph():
+            # Only contents changed: swap the changed units' chains.
+            for root in self._changed:
+                old, new = self._reachable[root], self._index[root]
+                for chain in old.chains:
+                    del self._chains[chain.name]
+                for chain in new.chains:
+                    self._chains[chain.name] = chain
+                self._reachable[root] = new
+            self._render.new_generation(unless_below=LEAF_MEMO_LIMIT)
+        else:
+            self._walk(state)
+        self._changed.clear()
+        return Ruleset(self.family, self.config.entry_chain, dict(self._chains))
+
+    @property
+    def local_pod_count(self) -> int:
+        return len(self._local)
+
+    def cache_sizes(self) -> dict[str, int]:
+        """Entries held between compiles, by cache: they follow the cluster as it is."""
+        return {
+            "names": len(self._names),
+            "units": len(self._index),
+            "groups": len(self._groups.groups),
+            "blocks": len(self._blocks),
+            "policies": len(self._policies),
+            "pods": len(self._pods),
+            "selecting": len(self._selecting),
+            "local": len(self._local),
+        }
+
+    # --- the chain graph ------------------------------------------------------------
+
+    def _register(self, unit: Unit) -> Unit:
+        old = self._index.get(unit.root)
+        if old is not unit:
+            self._changed.setdefault(unit.root, old)
+            self._index[unit.root] = unit
+        return unit
+
+    def _same_graph(self) -> bool:
+        """True if every unit changed since the last output replaces one that was in it
+        and jumps to the same units: then the same units are reachable as before."""
+        if not self._reachable:
+            return False
+        for root, old in self._changed.items():
+            if old is None or self._reachable.get(root) is not old:
+                return False
+            if self._index[root].children != old.children:
+                return False
+        return True
+
+    def _walk(self, state: PolicyView) -> None:
+        """Everything reachable from the entry chain, and nothing else."""
+        units: dict[str, Unit] = {}
+        pending = [self._index[self.config.entry_chain]]
+        while pending:
+            unit = pending.pop()
+            if unit.root in units:
+                continue
+            units[unit.root] = unit
+            pending.extend(self._index[name] for name in unit.children if name not in units)
+        self._reachable = units
+        self._chains = {chain.name: chain for unit in units.values() for chain in unit.chains}
+        self._render.new_generation()
+        self._evict(state, units.keys())
+
+    def _evict(self, state: PolicyView, reachable: KeysView[str]) -> None:
+        """Forget everything the chains no longer reach, so memory follows the cluster
+        as it is, not every object ever seen."""
+        self._groups.keep_only(reachable)
+        self._blocks = {k: v for k, v in self._blocks.items() if k in reachable}
+        # A policy that allows nothing for a target has no chain but is remembered while
+        # it lives, so the next pass need not build it again.
+        self._policies = {
+            k: v
+            for k, v in self._policies.items()
+            if k in reachable or (v.unit is None and state.policies.get(v.policy.key) is v.policy)
+        }
+        self._index = {k: v for k, v in self._index.items() if k in reachable}
+        self._names.keep_only(reachable | self._policies.keys())
+
+    # --- invalidation ---------------------------------------------------------------
+
+    def _invalidate(self, state: PolicyView, delta: Delta) -> None:
+        """Rebuild, against ``state``, every cached chain whose inputs ``delta`` changed.
+
+        Chain names never depend on content, so a cached unit that jumps to a rebuilt
+        chain stays valid; rebuilt chains replace the old ones in the index. A namespace
+        relabel moves the pods of that namespace in or out of the peer groups whose
+        namespace selector it concerns, as if each of those pods had changed.
+        """
+        for old_policy, new_policy in delta.policies:
+            changed = new_policy or old_policy
+            assert changed is not None
+            self._namespace_epoch[changed.namespace] += 1  # selection there may change
+            self._dirty_namespaces.add(changed.namespace)
+        relabelled = delta.relabelled()
+        before: PeerMatcher = Before(state, relabelled) if relabelled else state
+        pod_changes = list(delta.pods)
+        if pod_changes:
+            self._track_local_pods(pod_changes)
+            self._groups.apply_pod_changes(before, state, pod_changes)
+        # Per relabelled namespace: its unchanged pods, and which way each spec's
+        # namespace selector flips for it (only those specs can gain or lose them).
+        moved: list[Move] = []
+        if relabelled:
+            changed_pods = {(new or old).key for old, new in pod_changes}  # type: ignore[union-attr]
+            for namespace, (old_labels, new_labels) in relabelled.items():
+                pods = [
+                    pod
+                    for pod in state.selectable_pods_in(namespace)
+                    if pod.key not in changed_pods
+                ]
+                if not pods:
+                    continue
+
+                def flip(
+                    spec: GroupSpec,
+                    old: Mapping[str, str] = old_labels,
+                    new: Mapping[str, str] = new_labels,
+                ) -> int:
+                    selector = spec.peer.namespace_selector if spec.peer is not None else None
+                    if selector is None:
+                        return 0
+                    return int(selector.matches(new)) - int(selector.matches(old))
+
+                in_scope = InScope(pods, self.version)
+                moved.append((in_scope, flip))
+                self._groups.move_namespace(in_scope, flip)
+        if pod_changes or moved:
+            self._rebuild_named_egress(
+                state,
+                lambda scope: scope.count_changes(before, state, pod_changes, self.version, moved),
+            )
+
+    def _track_local_pods(self, pod_changes: Sequence[PodChange]) -> None:
+        for old, new in pod_changes:
+            if old is not None and self._local.pop(old.key, None) is not None:
+                self._dirty_pods.add(old.key)
+                for direction in Direction:  # what was cached for it goes with it
+                    self._selecting.pop((old.key, direction), None)
+            if new is not None and new.node_name == self.node_name and new.is_selectable:
+                self._local[new.key] = new
+                self._dirty_pods.add(new.key)
+
+    def _rebuild_named_egress(
+        self, state: PolicyView, affected: Callable[[NamedScope], bool]
+    ) -> None:
+        for name, entry in list(self._policies.items()):
+            # Every scope must see the changes (they keep counts), so no short circuit.
+            if [affected(scope) for scope in entry.named_scopes].count(True):
+                del self._policies[name]
+                self._index.pop(name, None)
+                self._policy(state, entry.policy, Direction.EGRESS, entry.target)
+                # The chain may have become empty or non-empty: verdict chains list
+                # only policies that can allow something.
+                self._dirty_namespaces.add(entry.policy.namespace)
+
+    # --- policies -------------------------------------------------------------------
+
+    def _block(self, direction: Direction, block: IPBlock) -> str:
+        name = self._names("B", f"{direction.value}|{block_key(block)}")
+        if name not in self._blocks:
+            chain = self._render.block_chain(name, direction, block)
+            self._blocks[name] = self._register(self._render.unit([chain]))
+        return name
+
+    def _policy(
+        self, state: PolicyView, policy: NetworkPolicy, direction: Direction, target: Pod
+    ) -> str | None:
+        signature = named_port_signature(policy, target) if direction is Direction.INGRESS else ""
+        kind = "PI" if direction is Direction.INGRESS else "PE"
+        name = self._names(kind, f"{policy.key}|{signature}")
+        entry = self._policies.get(name)
+        if entry is not None and entry.policy is policy:
+            return entry.unit.root if entry.unit is not None else None
+        blocks: list[list[Rule]] = []
+        named_egress: list[NamedScope] = []
+        for rule in policy.rules(direction):
+            comment = f"{policy.key} {direction.short}[{rule.index}]"
+            named_target = target if direction is Direction.INGRESS else None
+            block = self._rule_block(
+                state, policy, direction, rule, named_target, comment, named_egress
+            )
+            if block:
+                blocks.append(block)
+        chain = self._render.policy_chain(name, policy.key, direction, blocks)
+        unit = self._register(self._render.unit([chain])) if chain is not None else None
+        self._policies[name] = _PolicyEntry(policy, unit, tuple(named_egress), target)
+        return name if unit is not None else None
+
+    def _rule_block(
+        self,
+        state: PolicyView,
+        policy: NetworkPolicy,
+        direction: Direction,
+        rule: PolicyRule,
+        named_target: Pod | None,
+        comment: str,
+        named_egress: list[NamedScope],
+    ) -> list[Rule]:
+        ports = resolve_rule_ports(rule.ports, named_target)
+        if ports.is_empty:
+            return []  # every port was a name this pod does not serve: allows nothing
+        port_fields = [f for match in ports.matches for f in match.rule_fields()]
+        out: list[Rule] = []
+        if port_fields:
+            # Each peer: an address that sets the mark here, or a chain that sets it.
+            peers: list[tuple[str | None, str | None]] = []
+            if rule.peers is None:
+                peers.append((None, None))
+            else:
+                for peer in rule.peers:
+                    if isinstance(peer, IPBlock):
+                        if peer.cidr.version != self.version:
+                            continue
+                        if peer.excepts:
+                            peers.append((None, self._block(direction, peer)))
+                        else:
+                            peers.append((str(peer.cidr), None))
+                    else:
+                        spec = GroupSpec(direction, policy.namespace, peer)
+                        key = selector_key(peer, policy.namespace)
+                        peers.append((None, self._groups.group(state, spec, key)))
+            out = self._render.rule_block(direction, policy.key, comment, port_fields, peers)
+        for port in ports.named:
+            out.extend(
+                named_ports.egress_rules(
+                    state,
+                    self._groups,
+                    self._render,
+                    policy,
+                    rule,
+                    port.protocol,
+                    port.name,
+                    comment,
+                    named_egress,
+                )
+            )
+        return out
+
+    # --- pods, dispatch -------------------------------------------------------------
+
+    def _policies_selecting(
+        self, state: PolicyView, pod: Pod, direction: Direction
+    ) -> tuple[NetworkPolicy, ...]:
+        key = (pod.key, direction)
+        epoch = self._namespace_epoch[pod.namespace]
+        entry = self._selecting.get(key)
+        if entry is not None and entry.pod is pod and entry.epoch == epoch:
+            return entry.policies
+        policies = state.policies_selecting(pod, direction)
+        self._selecting[key] = _SelectingEntry(pod, epoch, policies)
+        return policies
+
+    def _pod_unit(
+        self, state: PolicyView, pod: Pod, direction: Direction, policies: Sequence[NetworkPolicy]
+    ) -> Unit:
+        chain_names = tuple(self._policy(state, policy, direction, pod) for policy in policies)
+        inputs = (*(p.key for p in policies), *chain_names)
+        key = (pod.key, direction)
+        entry = self._pods.get(key)
+        if entry is not None and entry.pod is pod and entry.inputs == inputs:
+            self._set_unit(policies, chain_names, direction)  # re-registers it if evicted
+            return self._register(entry.unit)
+        kind = "I" if direction is Direction.INGRESS else "E"
+        verdict = self._set_unit(policies, chain_names, direction)
+        chain = self._render.pod_chain(
+            self._names(kind, pod.key), direction, pod.key, pod.ips_of(self.version), verdict.root
+        )
+        unit = self._register(self._render.unit([chain]))
+        self._pods[key] = _PodEntry(pod, inputs, unit)
+        return unit
+
+    def _set_unit(
+        self,
+        policies: Sequence[NetworkPolicy],
+        chain_names: Sequence[str | None],
+        direction: Direction,
+    ) -> Unit:
+        """The verdict chain shared by every local pod that the same policies select
+        (with the same named-port resolution): rules grow with pods plus policies."""
+        live = [(p.key, c) for p, c in zip(policies, chain_names, strict=True) if c is not None]
+        kind = "SI" if direction is Direction.INGRESS else "SE"
+        keys = ",".join(p.key for p in policies)
+        name = self._names(kind, f"{keys}|{','.join(c for _, c in live)}")
+        known = self._index.get(name)
+        if known is not None:
+            return known
+        chain = self._render.verdict_chain(name, direction, [p.key for p in policies], live)
+        return self._register(self._render.unit([chain]))
+
+    def _dispatch_unit(self, state: PolicyView, direction: Direction) -> Unit:
+        targets: dict[IPAddress, tuple[str, str]] = {}
+        live = set()
+        for _, pod in sorted(self._local.items()):
+            addresses = pod.ips_of(self.version)
+            if not addresses:
+                continue
+            known = self._pods.get((pod.key, direction))
+            if (
+                known is not None
+                and known.pod is pod
+                and pod.key not in self._dirty_pods
+                and pod.namespace not in self._dirty_namespaces
+            ):
+                live.add((pod.key, direction))
+                root = self._register(known.unit).root
+                for ip in addresses:
+                    targets.setdefault(ip, (root, pod.key))
+                continue
+            policies = self._policies_selecting(state, pod, direction)
+            if not policies:
+                continue
+            live.add((pod.key, direction))
+            unit = self._pod_unit(state, pod, direction, policies)
+            for ip in addresses:
+                targets.setdefault(ip, (unit.root, pod.key))
+        self.isolated[direction] = len(live)
+        for key in [k for k in self._pods if k[1] is direction and k not in live]:
+            del self._pods[key]
+        signature = tuple((str(ip), chain) for ip, (chain, _) in sorted(targets.items()))
+        cached = self._dispatch.get(direction)
+        if cached is not None and cached[0] == signature:
+            return cached[1]
+        by_address = {int(ip): target for ip, target in targets.items()}
+        own_end = Direction.EGRESS if direction is Direction.INGRESS else Direction.INGRESS
+
+        def leaf_rules(addresses: Sequence[int]) -> list[Rule]:
+            return self._render.dispatch_leaf(direction, by_address, addresses)
+
+        chains: list[Chain] = build_tree(
+            self._render,
+            self._names,
+            self.config.name(direction.name),
+            sorted(by_address),
+            leaf_rules,
+            own_end,
+            f"{direction.short} dispatch",
+            DISPATCH_DEPTH,
+            {},  # a full rebuild: dispatch has a node's pods at most
+        )
+        unit = self._render.unit(chains)
+        self._dispatch[direction] = (signature, unit)
+        return unit
+
+
+def compile_node(
+    state: PolicyView,
+    node: NodeContext,
+    family: Family,
+    config: CompilerConfig | None = None,
+) -> Ruleset:
+    """All chains ``node`` needs for ``family``, compiled from scratch. Pure."""
+    return NodeCompiler(node.name, family, config).compile(state, node.addresses)

@@ -1,0 +1,302 @@
+"""The pure rule renderer: decisions (who is selected, which peers, which ports) in,
+rules and chains out. No caches and no cluster state: the same inputs always give the
+same chains.
+
+Allow decisions travel as one mark bit (masked, configurable) because a peer group is a
+shared chain that cannot RETURN through two levels: a rule that allows sets the mark, and
+the chain above returns when it is set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from agent.compiler import cidr
+from agent.compiler.config import NEIGHBOUR_DISCOVERY_TYPES, CompilerConfig
+from agent.model.objects import Direction, IPAddress, IPBlock, Protocol
+from agent.rules import Chain, Match, Rule
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """The chains built for one thing (a group, a policy, a pod…): root first."""
+
+    chains: tuple[Chain, ...]
+    children: tuple[str, ...]  # root names of other units this one jumps to
+
+    @property
+    def root(self) -> str:
+        return self.chains[0].name
+
+
+class Renderer:
+    def __init__(self, config: CompilerConfig, version: int) -> None:
+        self.config = config
+        self.version = version
+        self._owned = config.chain_prefix + "-"
+        self.allow_options = (("--set-xmark", config.mark_text),)
+        # Peer-group leaf rules by (at source, block, pods): an address is in many groups
+        # and most of a rebuilt leaf is unchanged, so rules (and their rendered text) are
+        # reused. Two generations, turned over by ``new_generation``, bound it.
+        self._leaves: dict[tuple[bool, cidr.Block, tuple[str, ...]], Rule] = {}
+        self._old_leaves: dict[tuple[bool, cidr.Block, tuple[str, ...]], Rule] = {}
+
+    def new_generation(self, *, unless_below: int = 0) -> None:
+        if len(self._leaves) >= unless_below:
+            self._old_leaves = self._leaves
+            self._leaves = {}
+
+    # --- single rules ---------------------------------------------------------------
+
+    def text(self, block: cidr.Block) -> str:
+        return cidr.text(block, self.version)
+
+    def host_text(self, address: int) -> str:
+        return cidr.text((address, cidr.width(self.version)), self.version)
+
+    def allow(self, comment: str, *, policy: str = "", pod: str = "") -> Rule:
+        """Set the allow mark; the caller's next ``mark? RETURN`` acts on it."""
+        return Rule("MARK", comment, target_options=self.allow_options, policy=policy, pod=pod)
+
+    def clear_mark(self, comment: str) -> Rule:
+        mask = f"{self.config.allow_mark:#x}"
+        return Rule("MARK", comment, target_options=(("--set-xmark", f"0x0/{mask}"),))
+
+    def if_allowed_return(self, comment: str, policy: str = "", pod: str = "") -> Rule:
+        return Rule(
+            "RETURN",
+            comment,
+            matches=(Match("mark", (("--mark", self.config.mark_text),)),),
+            policy=policy,
+            pod=pod,
+        )
+
+    def deny(self, comment: str, pod: str) -> Rule:
+        if not self.config.reject:
+            return Rule("DROP", comment, pod=pod)
+        reject_with = "icmp-port-unreachable" if self.version == 4 else "icmp6-port-unreachable"
+        return Rule("REJECT", comment, target_options=(("--reject-with", reject_with),), pod=pod)
+
+    @staticmethod
+    def at(direction: Direction, address: str, rule: Rule) -> Rule:
+        """``rule`` matching ``address`` at the peer's end: source for ingress."""
+        source, destination = (address, None) if direction is Direction.INGRESS else (None, address)
+        return Rule(
+            rule.target,
+            rule.comment,
+            source=source,
+            destination=destination,
+            protocol=rule.protocol,
+            matches=rule.matches,
+            target_options=rule.target_options,
+            goto=rule.goto,
+            policy=rule.policy,
+            pod=rule.pod,
+        )
+
+    def unit(self, chains: Sequence[Chain]) -> Unit:
+        targets = frozenset().union(*(chain.targets for chain in chains))
+        if len(chains) > 1:
+            targets = targets.difference(chain.name for chain in chains)
+        owned = self._owned
+        children = sorted(target for target in targets if target.startswith(owned))
+        return Unit(tuple(chains), tuple(children))
+
+    # --- leaves of address trees ----------------------------------------------------
+
+    def group_leaf(
+        self, direction: Direction, members: Mapping[int, set[str]], addresses: Sequence[int]
+    ) -> list[Rule]:
+        """A peer group's leaf: set the mark for each CIDR its addresses collapse into.
+
+        The hottest loop of a full compile (one rule per peer address): rules are built
+        directly rather than through ``allow`` and ``at``.
+        """
+        version = self.version
+        at_source = direction is Direction.INGRESS
+        allow_options = self.allow_options
+        leaves, old_leaves = self._leaves, self._old_leaves
+        rules: list[Rule] = []
+        position = 0
+        for block in cidr.collapse(addresses, version):
+            last = cidr.last_address(block, version)
+            inside: list[str] = []
+            while position < len(addresses) and addresses[position] <= last:
+                inside.extend(sorted(members[addresses[position]]))
+                position += 1
+            key = (at_source, block, tuple(inside))
+            known = leaves.get(key) or old_leaves.get(key)
+            if known is not None:
+                leaves[key] = known
+                rules.append(known)
+                continue
+            pod = inside[0] if len(inside) == 1 else ""
+            comment = f"peer pod {pod}" if pod else f"peer pods {inside[0]} +{len(inside) - 1}"
+            address = self.text(block)
+            rule = Rule.set_mark(address, at_source, comment, allow_options, pod)
+            leaves[key] = rule
+            rules.append(rule)
+        return rules
+
+    def dispatch_leaf(
+        self, direction: Direction, targets: Mapping[int, tuple[str, str]], addresses: Sequence[int]
+    ) -> list[Rule]:
+        """Dispatch looks at the local pod's own end: the opposite of where peers are."""
+        own_end = Direction.EGRESS if direction is Direction.INGRESS else Direction.INGRESS
+        return [
+            self.at(
+                own_end,
+                self.host_text(address),
+                Rule(
+                    targets[address][0],
+                    f"{direction.short} of {targets[address][1]}",
+                    goto=True,
+                    pod=targets[address][1],
+                ),
+            )
+            for address in addresses
+        ]
+
+    # --- whole chains ---------------------------------------------------------------
+
+    def block_chain(self, name: str, direction: Direction, block: IPBlock) -> Chain:
+        """ipBlock with except: RETURN per except, then the cidr sets the mark."""
+        description = f"ipBlock {block.cidr} except {','.join(map(str, block.excepts))}"
+        rules = [
+            self.at(direction, str(excluded), Rule("RETURN", description))
+            for excluded in block.excepts
+        ]
+        rules.append(self.at(direction, str(block.cidr), self.allow(description)))
+        return Chain(name, tuple(rules))
+
+    def policy_chain(
+        self, name: str, policy_key: str, direction: Direction, blocks: Sequence[list[Rule]]
+    ) -> Chain | None:
+        """Per rule block of a policy: its rules, then ``mark? RETURN`` between blocks."""
+        rules: list[Rule] = []
+        for i, block in enumerate(blocks):
+            rules.extend(block)
+            if i < len(blocks) - 1:
+                rules.append(
+                    self.if_allowed_return(
+                        f"{policy_key} {direction.short}: allowed", policy=policy_key
+                    )
+                )
+        return Chain(name, tuple(rules)) if rules else None
+
+    def rule_block(
+        self,
+        direction: Direction,
+        policy_key: str,
+        comment: str,
+        port_fields: Sequence[tuple[str | None, tuple[Match, ...], object]],
+        peers: Iterable[tuple[str | None, str | None]],
+    ) -> list[Rule]:
+        """One policy rule's port matches crossed with its peers. A peer is an address
+        (the rule sets the mark itself) or a chain to jump to (it sets the mark)."""
+        out: list[Rule] = []
+        options: tuple[tuple[str, str], ...]
+        for address, group in peers:
+            for protocol, matches, _ in port_fields:
+                if group is None:
+                    target, options = "MARK", self.allow_options
+                else:
+                    target, options = group, ()
+                base = Rule(
+                    target,
+                    comment,
+                    protocol=protocol,
+                    matches=matches,
+                    target_options=options,
+                    policy=policy_key,
+                )
+                out.append(base if address is None else self.at(direction, address, base))
+        return out
+
+    def named_port_jump(
+        self,
+        group: str,
+        comment: str,
+        policy_key: str,
+        protocol: Protocol,
+        port_name: str,
+        number: int,
+    ) -> Rule:
+        return Rule(
+            group,
+            f"{comment} port {port_name}={number}/{protocol.value}",
+            protocol=protocol.iptables_name,
+            matches=(Match(protocol.iptables_name, (("--dport", str(number)),)),),
+            policy=policy_key,
+        )
+
+    def pod_chain(
+        self, name: str, direction: Direction, pod_key: str, ips: Iterable[IPAddress], verdict: str
+    ) -> Chain:
+        rules: list[Rule] = [
+            # Hairpin through a Service back to itself: a pod is never cut off from itself.
+            self.at(
+                direction,
+                self.host_text(int(ip)),
+                Rule("RETURN", f"{pod_key}: itself", pod=pod_key),
+            )
+            for ip in ips
+        ]
+        rules.append(Rule(verdict, f"{pod_key}: its policies", goto=True, pod=pod_key))
+        return Chain(name, tuple(rules))
+
+    def verdict_chain(
+        self,
+        name: str,
+        direction: Direction,
+        isolating: Sequence[str],
+        live: Sequence[tuple[str, str]],
+    ) -> Chain:
+        """Per policy that can allow something: jump, ``mark? RETURN``; then deny."""
+        rules: list[Rule] = []
+        for policy_key, chain in live:
+            rules.append(Rule(chain, f"policy {policy_key}", policy=policy_key))
+            rules.append(self.if_allowed_return(f"allowed by {policy_key}", policy_key))
+        text = ", ".join(isolating)
+        rules.append(self.deny(f"default deny {direction.short} (isolated by {text})"[:200], ""))
+        return Chain(name, tuple(rules))
+
+    def entry_chain(self, node_addresses: Sequence[IPAddress]) -> Chain:
+        config = self.config
+        rules: list[Rule] = [
+            Rule(
+                "RETURN",
+                "netpol-agent: replies and established flows",
+                matches=(Match("conntrack", (("--ctstate", "RELATED,ESTABLISHED"),)),),
+            )
+        ]
+        if self.version == 6:
+            rules.extend(
+                Rule(
+                    "RETURN",
+                    "netpol-agent: IPv6 neighbour discovery",
+                    protocol="ipv6-icmp",
+                    matches=(Match("icmp6", (("--icmpv6-type", str(t)),)),),
+                )
+                for t in NEIGHBOUR_DISCOVERY_TYPES
+            )
+        rules.append(
+            Rule(
+                "RETURN",
+                "netpol-agent: from this node",
+                matches=(Match("addrtype", (("--src-type", "LOCAL"),)),),
+            )
+        )
+        for address in sorted({a for a in node_addresses if a.version == self.version}, key=int):
+            rules.append(
+                Rule("RETURN", "netpol-agent: from this node", source=self.host_text(int(address)))
+            )
+        rules += [
+            self.clear_mark("netpol-agent: start with a clear allow mark"),
+            Rule(config.name(Direction.EGRESS.name), "netpol-agent: egress of local pods"),
+            self.clear_mark("netpol-agent: egress allowed, clear for ingress"),
+            Rule(config.name(Direction.INGRESS.name), "netpol-agent: ingress of local pods"),
+            self.clear_mark("netpol-agent: allowed, leave no mark behind"),
+        ]
+        return Chain(config.entry_chain, tuple(rules))

@@ -1,0 +1,246 @@
+"""The cluster kept up to date by deltas, with the indexes the compiler asks: selectable
+pods by namespace and by label, policies by namespace. A change costs what it touches,
+never a walk over every object; each ``apply`` records the ``Delta`` it made, so a
+compiler that saw the previous generation can rebuild only what changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from agent.model.objects import (
+    Direction,
+    IPAddress,
+    Namespace,
+    NetworkPolicy,
+    Node,
+    Pod,
+    SelectorPeer,
+)
+from agent.model.selectors import LabelSelector, Operator
+from agent.policy.view import Delta, Pair, default_namespace_labels, peer_matches_pod
+
+T = TypeVar("T")
+Obj = Pod | Namespace | NetworkPolicy | Node
+
+
+def _add(index: dict[T, dict[str, Pod]], key: T, pod: Pod) -> None:
+    index.setdefault(key, {})[pod.key] = pod
+
+
+def _remove(index: dict[T, dict[str, Pod]], key: T, pod: Pod) -> None:
+    bucket = index.get(key)
+    if bucket is not None:
+        bucket.pop(pod.key, None)
+        if not bucket:
+            del index[key]
+
+
+class TrackedStore(dict[str, T]):
+    """A dict that remembers which keys were set or removed since ``take_changed``: the
+    store a source's changes are folded into, so the index hears of exactly those."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._changed: set[str] = set()
+
+    def __setitem__(self, key: str, value: T) -> None:
+        self._changed.add(key)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self._changed.add(key)
+        super().__delitem__(key)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        self._changed.add(key)
+        return super().pop(key, *default)
+
+    def take_changed(self) -> list[tuple[str, T | None]]:
+        """(key, object now or None) for every key touched since the last call."""
+        changed = [(key, self.get(key)) for key in self._changed]
+        self._changed = set()
+        return changed
+
+
+class ClusterIndex:
+    def __init__(self) -> None:
+        self.namespaces: dict[str, Namespace] = {}
+        self.pods: dict[str, Pod] = {}
+        self.policies: dict[str, NetworkPolicy] = {}
+        self.nodes: dict[str, Node] = {}
+        self._by_namespace: dict[str, dict[str, Pod]] = {}  # selectable pods
+        self._by_label: dict[tuple[str, str], dict[str, Pod]] = {}  # selectable pods
+        self._policies_in: dict[str, dict[str, NetworkPolicy]] = {}
+        self._sorted_policies: dict[str, tuple[NetworkPolicy, ...]] = {}
+        self._all_sorted: tuple[Pod, ...] | None = None
+        self._peer_cache: dict[tuple[SelectorPeer, str], tuple[Pod, ...]] = {}
+        self.invalid_policies = 0
+        self.generation = 0
+        self.delta = Delta()  # what the last apply changed
+
+    # --- deltas --------------------------------------------------------------------
+
+    def apply(
+        self,
+        pods: Iterable[tuple[str, Pod | None]] = (),
+        namespaces: Iterable[tuple[str, Namespace | None]] = (),
+        policies: Iterable[tuple[str, NetworkPolicy | None]] = (),
+        nodes: Iterable[tuple[str, Node | None]] = (),
+    ) -> Delta:
+        """Set each key to its object (None: deleted); one generation."""
+        pod_pairs: list[Pair[Pod]] = []
+        for key, pod in pods:
+            old = self.pods.get(key)
+            if old is pod:
+                continue
+            pod_pairs.append((old, pod))
+            if old is not None:
+                self._unindex_pod(old)
+                del self.pods[key]
+            if pod is not None:
+                self.pods[key] = pod
+                self._index_pod(pod)
+        namespace_pairs: list[Pair[Namespace]] = []
+        for key, namespace in namespaces:
+            old_ns = self.namespaces.get(key)
+            if old_ns is namespace:
+                continue
+            namespace_pairs.append((old_ns, namespace))
+            if namespace is None:
+                del self.namespaces[key]
+            else:
+                self.namespaces[key] = namespace
+        policy_pairs: list[Pair[NetworkPolicy]] = []
+        for key, policy in policies:
+            old_policy = self.policies.get(key)
+            if old_policy is policy:
+                continue
+            policy_pairs.append((old_policy, policy))
+            if old_policy is not None:
+                self.invalid_policies -= bool(old_policy.problems)
+                del self.policies[key]
+                del self._policies_in[old_policy.namespace][key]
+                self._sorted_policies.pop(old_policy.namespace, None)
+            if policy is not None:
+                self.invalid_policies += bool(policy.problems)
+                self.policies[key] = policy
+                self._policies_in.setdefault(policy.namespace, {})[key] = policy
+                self._sorted_policies.pop(policy.namespace, None)
+        for key, node in nodes:
+            if node is None:
+                self.nodes.pop(key, None)
+            else:
+                self.nodes[key] = node
+        if pod_pairs or namespace_pairs:
+            self._peer_cache.clear()
+        if pod_pairs:
+            self._all_sorted = None
+        self.delta = Delta(tuple(pod_pairs), tuple(policy_pairs), tuple(namespace_pairs))
+        self.generation += 1
+        return self.delta
+
+    def delta_since(self, generation: int) -> Delta | None:
+        """What changed since ``generation``, or None when that is further back than the
+        last apply (the caller then starts from scratch)."""
+        if generation == self.generation:
+            return Delta()
+        if generation == self.generation - 1:
+            return self.delta
+        return None
+
+    def _index_pod(self, pod: Pod) -> None:
+        if not pod.is_selectable:
+            return
+        _add(self._by_namespace, pod.namespace, pod)
+        for item in pod.labels.items():
+            _add(self._by_label, item, pod)
+
+    def _unindex_pod(self, pod: Pod) -> None:
+        if not pod.is_selectable:
+            return
+        _remove(self._by_namespace, pod.namespace, pod)
+        for item in pod.labels.items():
+            _remove(self._by_label, item, pod)
+
+    # --- the questions (agent.policy.view.PolicyView) -------------------------------
+
+    def namespace_labels(self, name: str) -> Mapping[str, str]:
+        namespace = self.namespaces.get(name)
+        return namespace.labels if namespace is not None else default_namespace_labels(name)
+
+    def all_selectable_pods(self) -> Sequence[Pod]:
+        if self._all_sorted is None:
+            self._all_sorted = tuple(
+                pod for _, pod in sorted(self.pods.items()) if pod.is_selectable
+            )
+        return self._all_sorted
+
+    def selectable_pods_in(self, namespace: str) -> Sequence[Pod]:
+        return tuple(self._by_namespace.get(namespace, {}).values())
+
+    def local_pods(self, node_name: str) -> tuple[Pod, ...]:
+        return tuple(pod for pod in self.all_selectable_pods() if pod.node_name == node_name)
+
+    def policies_selecting(self, pod: Pod, direction: Direction) -> tuple[NetworkPolicy, ...]:
+        ordered = self._sorted_policies.get(pod.namespace)
+        if ordered is None:
+            ordered = tuple(
+                policy for _, policy in sorted(self._policies_in.get(pod.namespace, {}).items())
+            )
+            self._sorted_policies[pod.namespace] = ordered
+        return tuple(
+            policy for policy in ordered if direction in policy.policy_types and policy.selects(pod)
+        )
+
+    def peer_pods(self, peer: SelectorPeer, policy_namespace: str) -> tuple[Pod, ...]:
+        key = (peer, policy_namespace)
+        found = self._peer_cache.get(key)
+        if found is None:
+            found = self._peer_cache[key] = self._resolve_peer_pods(peer, policy_namespace)
+        return found
+
+    def peer_matches_pod(self, peer: SelectorPeer, policy_namespace: str, pod: Pod) -> bool:
+        return peer_matches_pod(peer, policy_namespace, pod, self.namespace_labels)
+
+    def node_addresses(self, node_name: str) -> tuple[IPAddress, ...]:
+        node = self.nodes.get(node_name)
+        return node.addresses if node else ()
+
+    def _candidates(self, selector: LabelSelector | None) -> Iterable[Pod] | None:
+        if selector is None:
+            return None
+        best: list[Pod] | None = None
+        for requirement in selector.requirements:
+            if requirement.operator is not Operator.IN:
+                continue
+            found = [
+                pod
+                for value in requirement.values
+                for pod in self._by_label.get((requirement.key, value), {}).values()
+            ]
+            if best is None or len(found) < len(best):
+                best = found
+        return best
+
+    def _resolve_peer_pods(self, peer: SelectorPeer, policy_namespace: str) -> tuple[Pod, ...]:
+        if peer.namespace_selector is None:
+            namespaces = {policy_namespace}
+        else:
+            namespace_selector = peer.namespace_selector
+            namespaces = {
+                ns
+                for ns in self.namespaces.keys() | self._by_namespace.keys()
+                if namespace_selector.matches(self.namespace_labels(ns))
+            }
+        candidates = self._candidates(peer.pod_selector)
+        in_scope: Iterable[Pod]
+        if candidates is None:
+            in_scope = (pod for ns in namespaces for pod in self._by_namespace.get(ns, {}).values())
+        else:
+            in_scope = (pod for pod in candidates if pod.namespace in namespaces)
+        selector = peer.pod_selector
+        members = [pod for pod in in_scope if selector is None or selector.matches(pod.labels)]
+        members.sort(key=lambda pod: pod.key)
+        return tuple(members)

@@ -1,0 +1,128 @@
+"""What the compiler asks of the cluster, and what changed since it last asked.
+
+Two things answer these questions: ``ClusterState``, an immutable snapshot (render,
+explain, tests), and ``ClusterIndex``, kept up to date by deltas (the running agent).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from agent.model.objects import (
+    NAMESPACE_NAME_LABEL,
+    Direction,
+    IPAddress,
+    Namespace,
+    NetworkPolicy,
+    Pod,
+    SelectorPeer,
+)
+
+T = TypeVar("T")
+Pair = tuple[T | None, T | None]  # (old, new): None for "absent"
+
+
+class PolicyView(Protocol):
+    @property
+    def pods(self) -> Mapping[str, Pod]: ...
+    @property
+    def policies(self) -> Mapping[str, NetworkPolicy]: ...
+    @property
+    def namespaces(self) -> Mapping[str, Namespace]: ...
+    def namespace_labels(self, name: str) -> Mapping[str, str]: ...
+    def all_selectable_pods(self) -> Sequence[Pod]: ...
+    def selectable_pods_in(self, namespace: str) -> Sequence[Pod]: ...
+    def local_pods(self, node_name: str) -> tuple[Pod, ...]: ...
+    def policies_selecting(self, pod: Pod, direction: Direction) -> tuple[NetworkPolicy, ...]: ...
+    def peer_pods(self, peer: SelectorPeer, policy_namespace: str) -> tuple[Pod, ...]: ...
+    def peer_matches_pod(self, peer: SelectorPeer, policy_namespace: str, pod: Pod) -> bool: ...
+    def node_addresses(self, node_name: str) -> tuple[IPAddress, ...]: ...
+
+
+class PeerMatcher(Protocol):
+    def peer_matches_pod(self, peer: SelectorPeer, policy_namespace: str, pod: Pod) -> bool: ...
+
+
+def default_namespace_labels(name: str) -> Mapping[str, str]:
+    # Not seen (yet): it still carries the label the API server always sets.
+    return {NAMESPACE_NAME_LABEL: name}
+
+
+def peer_matches_pod(
+    peer: SelectorPeer,
+    policy_namespace: str,
+    pod: Pod,
+    namespace_labels: Callable[[str], Mapping[str, str]],
+) -> bool:
+    if not pod.is_selectable:
+        return False
+    if peer.namespace_selector is None:
+        if pod.namespace != policy_namespace:
+            return False
+    elif not peer.namespace_selector.matches(namespace_labels(pod.namespace)):
+        return False
+    return peer.pod_selector is None or peer.pod_selector.matches(pod.labels)
+
+
+def diff(previous: Mapping[str, T], current: Mapping[str, T]) -> tuple[Pair[T], ...]:
+    """(old, new) for every key whose object is not the very same one in both."""
+    if previous is current:
+        return ()
+    changed: list[Pair[T]] = [
+        (previous.get(key), value)
+        for key, value in current.items()
+        if previous.get(key) is not value
+    ]
+    changed.extend((value, None) for key, value in previous.items() if key not in current)
+    return tuple(changed)
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """The objects that changed between two views, as (old, new) pairs."""
+
+    pods: tuple[Pair[Pod], ...] = ()
+    policies: tuple[Pair[NetworkPolicy], ...] = ()
+    namespaces: tuple[Pair[Namespace], ...] = ()
+
+    @classmethod
+    def between(cls, previous: PolicyView, current: PolicyView) -> Delta:
+        """By identity (snapshots share unchanged objects): a walk over every object."""
+        return cls(
+            pods=diff(previous.pods, current.pods),
+            policies=diff(previous.policies, current.policies),
+            namespaces=diff(previous.namespaces, current.namespaces),
+        )
+
+    def relabelled(self) -> dict[str, tuple[Mapping[str, str], Mapping[str, str]]]:
+        """Namespaces whose labels changed: name → (old labels, new labels)."""
+        out: dict[str, tuple[Mapping[str, str], Mapping[str, str]]] = {}
+        for old, new in self.namespaces:
+            name = (new or old).name  # type: ignore[union-attr]
+            before = old.labels if old is not None else default_namespace_labels(name)
+            after = new.labels if new is not None else default_namespace_labels(name)
+            if before != after:
+                out[name] = (before, after)
+        return out
+
+
+class Before:
+    """``view`` as it matched peers before ``delta``: namespaces carry their old labels.
+    (Pods are given explicitly, old or new, so only namespace labels need rolling back.)"""
+
+    def __init__(
+        self,
+        view: PolicyView,
+        relabelled: Mapping[str, tuple[Mapping[str, str], Mapping[str, str]]],
+    ) -> None:
+        self._view = view
+        self._old = {name: labels[0] for name, labels in relabelled.items()}
+
+    def namespace_labels(self, name: str) -> Mapping[str, str]:
+        old = self._old.get(name)
+        return old if old is not None else self._view.namespace_labels(name)
+
+    def peer_matches_pod(self, peer: SelectorPeer, policy_namespace: str, pod: Pod) -> bool:
+        return peer_matches_pod(peer, policy_namespace, pod, self.namespace_labels)
