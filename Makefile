@@ -44,6 +44,7 @@ test-cluster: setup cluster-build
 	$(VENV)/bin/pytest -q -p no:cacheprovider -m cluster tests
 
 bench: setup
+	$(PY) -m bench.load --runs 7
 	$(PY) -m bench.run
 
 clean:
