@@ -5,7 +5,7 @@ process is spawned (``ip netns exec <ns> netpol-agent run ...``) to the completi
 first poll at which the kernel of the agent's network namespace holds the agent's final
 rules for BOTH families. Polls run back to back from a thread switched into the
 namespace: a cheap one (``nft list chain ip|ip6 filter FORWARD``) until that family's
-FORWARD jump into our chains appears, then right away a full ``iptables-nft-save -t
+FORWARD jump into our chains appears, then right away (in a second thread) a full ``iptables-nft-save -t
 filter`` / ``ip6tables-nft-save -t filter`` of that family, which must equal the final
 rules ("final" = two consecutive full saves after the agent logged its first ``synced``
 agree; ``first_appearance_final`` says it did, else the first full save equal to the
@@ -36,6 +36,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import statistics
 import subprocess
 import sys
@@ -218,12 +219,16 @@ def one_start(netns: str, kubeconfig: Path, workdir: Path, timeout: float = 60.0
         # Cheap polls (the FORWARD chain only) until each family shows our jump; then
         # the whole table of that family, to check that what appeared is already final
         # (one restore per family is one nft transaction).
+        # The full save (0.5 s at L) runs beside the probes, so the other family's
+        # appearance is not seen late.
+        saver = concurrent.futures.ThreadPoolExecutor(2)
+        saves: dict[int, concurrent.futures.Future[list[str]]] = {}
         while len(seen) < 2:
             started = time.monotonic()
             for family in (4, 6):
                 if family not in seen and _jump_present(netns, prefix, family):
                     seen[family] = time.monotonic() - spawned
-                    at_seen[family] = _poll_rules(netns, prefix, family)
+                    saves[family] = saver.submit(_poll_rules, netns, prefix, family)
             time.sleep(POLL_PAUSE)  # leave the CPU to the agent between probes
             poll_costs.append(time.monotonic() - started)
             if proc.poll() is not None:
@@ -232,6 +237,8 @@ def one_start(netns: str, kubeconfig: Path, workdir: Path, timeout: float = 60.0
                 )
             if time.monotonic() - spawned > timeout:
                 raise TimeoutError(f"no rules within {timeout}s: {log_path.read_text()[-2000:]}")
+        at_seen = {family: future.result() for family, future in saves.items()}
+        saver.shutdown()
         while "msg=synced" not in log_path.read_text():
             if time.monotonic() - spawned > timeout:
                 raise TimeoutError(f"not synced within {timeout}s")
@@ -300,6 +307,8 @@ def run_bench(runs: int = 3, size: str = "L", *, verbose: bool = True) -> dict[s
     cp = ControlPlane(build_binaries(quiet=True)).start()
     forwarder: NetnsForwarder | None = None
     created = False
+    workdir: Path | None = None
+    succeeded = False
     try:
         subprocess.run(["ip", "netns", "add", netns], check=True)
         created = True
@@ -326,6 +335,7 @@ def run_bench(runs: int = 3, size: str = "L", *, verbose: bool = True) -> dict[s
             if verbose:
                 print(f"  run {index + 1}: {_line(sample)}", file=sys.stderr)
         keys = sorted({k for s in samples for k, v in s.items() if isinstance(v, float)})
+        succeeded = True
         return {
             "definition": "process spawn -> first poll where the netns holds the agent's final "
             "rules for ipv4 AND ipv6 (upper bound by one poll)",
@@ -340,6 +350,11 @@ def run_bench(runs: int = 3, size: str = "L", *, verbose: bool = True) -> dict[s
         if created:
             subprocess.run(["ip", "netns", "del", netns], check=False)
         cp.stop()
+        if workdir is not None:
+            if succeeded:
+                shutil.rmtree(workdir, ignore_errors=True)
+            else:
+                print(f"  agent logs kept in {workdir}", file=sys.stderr)
 
 
 ORDER = (
