@@ -380,6 +380,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--no-soak", action="store_true", help="skip the memory soak (bench/soak.py, minutes)"
     )
+    parser.add_argument(
+        "--no-startup",
+        action="store_true",
+        help="skip process start to programmed (real apiserver)",
+    )
     parser.add_argument("--json", default=str(RESULTS / "bench.json"))
     parser.add_argument(
         "--compile-only",
@@ -446,6 +451,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             document["soak"] = soak.run()
         print()
         soak.print_result(document["soak"])
+    if not args.no_startup:
+        from bench import startup
+
+        print("... startup: process start to rules programmed", file=sys.stderr, flush=True)
+        document["startup"] = startup.run_bench(
+            1 if args.smoke else 3, "tiny" if args.smoke else "L"
+        )
+        print()
+        print(startup.render(document["startup"]))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(document, indent=2))
     print(

@@ -50,3 +50,26 @@ def test_dataplane_bench_smoke(tmp_path: Path) -> None:
         assert counters["rules_matched_per_new_connection"] > 0
     assert (tmp_path / "dataplane.json").stat().st_size > 0
     assert _our_netns() == before  # every namespace of the run is gone
+
+
+def _startup_netns() -> set[str]:
+    root = Path("/run/netns")
+    prefix = f"su{os.getpid() % 10000:04d}"
+    return {p.name for p in root.iterdir() if p.name.startswith(prefix)} if root.is_dir() else set()
+
+
+def test_startup_bench_smoke() -> None:
+    """bench.startup end to end on the tiny cluster: real apiserver, real agent, both
+    families seen complete at their first appearance, and no namespace left behind."""
+    from bench import startup
+
+    before = _startup_netns()
+    result: dict[str, Any] = startup.run_bench(1, "tiny", verbose=False)
+    text = startup.render(result)
+    (sample,) = result["samples"]
+    assert 0 < sample["programmed_s"] < 60, text
+    assert sample["first_appearance_final"], text
+    assert sample["rules"][4] > 0 and sample["rules"][6] > 0, text
+    for key in ("backend_chosen", "list_pods", "list_namespaces", "list_networkpolicies"):
+        assert 0 < sample[key] <= sample["programmed_s"], text
+    assert _startup_netns() == before
