@@ -250,3 +250,35 @@ def test_a_namespace_entering_and_leaving_quarantine_compiles_as_from_scratch() 
         )
         assert walk(incremental, packet, [ipaddress.ip_address(NODE1)]).accepted == allowed
         assert allowed == (not index.namespaces["x"].quarantined)
+
+
+def test_a_pod_entering_and_leaving_quarantine_compiles_as_from_scratch() -> None:
+    objects = [
+        b.namespace("x", team="a"),
+        b.node("node1", NODE1),
+        b.pod("x/db", "10.0.0.1", labels={"app": "db"}),
+        b.pod("x/web", "10.0.0.2", labels={"app": "web"}, node_name="node2"),
+        b.policy("x/db-in", podSelector=b.labels(app="db"), ingress=[{}]),
+    ]
+    parsed = build_state(objects).state
+    index = ClusterIndex()
+    index.apply(
+        pods=parsed.pods.items(),
+        namespaces=parsed.namespaces.items(),
+        policies=parsed.policies.items(),
+        nodes=parsed.nodes.items(),
+    )
+    compiler = NodeCompiler("node1", Family.IPV4)
+    compiler.compile_index(index)
+    good = b.pod("x/db", "10.0.0.1", labels={"app": "db"})
+    for raw, allowed in ((broken_labels(b.pod("x/db", "10.0.0.1")), False), (good, True)):
+        index.apply(pods=[("x/db", parse_pod(raw))])
+        incremental = compiler.compile_index(index)
+        fresh = NodeCompiler("node1", Family.IPV4).compile_index(index)
+        assert {c.name: c.rules for c in incremental.chains.values()} == {
+            c.name: c.rules for c in fresh.chains.values()
+        }
+        packet = Packet(
+            ipaddress.ip_address("10.0.0.2"), ipaddress.ip_address("10.0.0.1"), "tcp", 80
+        )
+        assert walk(incremental, packet, [ipaddress.ip_address(NODE1)]).accepted == allowed
