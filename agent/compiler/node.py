@@ -43,7 +43,15 @@ from agent.compiler.render import Renderer, Unit
 from agent.model.objects import Direction, IPAddress, IPBlock, NetworkPolicy, Pod, PolicyRule
 from agent.policy.index import ClusterIndex
 from agent.policy.state import ClusterState
-from agent.policy.view import Before, Delta, PeerMatcher, PolicyView
+from agent.policy.view import (
+    Before,
+    Delta,
+    PeerMatcher,
+    PolicyView,
+    is_local,
+    quarantine_changed,
+    quarantined,
+)
 from agent.rules import Chain, Family, Rule, Ruleset
 
 # Leaf rules remembered between full walks (render.py) before they are turned over.
@@ -141,6 +149,8 @@ class NodeCompiler:
                 delta = Delta.between(self._previous, state)
             else:
                 self._reset()
+        if self._compiled and delta is not None and quarantine_changed(delta):
+            self._reset()  # every pod of a namespace at once: rare, so start over
         if self._compiled and delta is not None:
             self._invalidate(state, delta)
         else:
@@ -300,7 +310,7 @@ class NodeCompiler:
                 self._dirty_pods.add(old.key)
                 for direction in Direction:  # what was cached for it goes with it
                     self._selecting.pop((old.key, direction), None)
-            if new is not None and new.node_name == self.node_name and new.is_selectable:
+            if new is not None and is_local(new, self.node_name) and new.is_selectable:
                 self._local[new.key] = new
                 self._dirty_pods.add(new.key)
 
@@ -433,6 +443,33 @@ class NodeCompiler:
         self._pods[key] = _PodEntry(pod, inputs, unit)
         return unit
 
+    def _quarantine_unit(self, pod: Pod, direction: Direction) -> Unit:
+        """A quarantined pod's chain: itself, then a deny shared by every such pod."""
+        key = (pod.key, direction)
+        entry = self._pods.get(key)
+        if entry is not None and entry.pod is pod and entry.inputs == (None,):
+            self._deny_unit(direction)  # re-registers it if evicted
+            return self._register(entry.unit)
+        deny = self._deny_unit(direction)
+        kind = "I" if direction is Direction.INGRESS else "E"
+        chain = self._render.pod_chain(
+            self._names(kind, pod.key), direction, pod.key, pod.ips_of(self.version), deny.root
+        )
+        unit = self._register(self._render.unit([chain]))
+        self._pods[key] = _PodEntry(pod, (None,), unit)
+        return unit
+
+    def _deny_unit(self, direction: Direction) -> Unit:
+        # No policy key contains no "|": this name is no policy set's.
+        kind = "SI" if direction is Direction.INGRESS else "SE"
+        name = self._names(kind, "quarantine")
+        known = self._index.get(name)
+        if known is not None:
+            return self._register(known)
+        comment = f"quarantined: unreadable labels, spec or namespace; deny {direction.short}"
+        chain = Chain(name, (self._render.deny(comment, ""),))
+        return self._register(self._render.unit([chain]))
+
     def _set_unit(
         self,
         policies: Sequence[NetworkPolicy],
@@ -469,6 +506,12 @@ class NodeCompiler:
                 root = self._register(known.unit).root
                 for ip in addresses:
                     targets.setdefault(ip, (root, pod.key))
+                continue
+            if quarantined(state, pod):
+                live.add((pod.key, direction))
+                unit = self._quarantine_unit(pod, direction)
+                for ip in addresses:
+                    targets.setdefault(ip, (unit.root, pod.key))
                 continue
             policies = self._policies_selecting(state, pod, direction)
             if not policies:

@@ -50,6 +50,10 @@ class PodPhase(enum.Enum):
 class Namespace:
     name: str
     labels: Mapping[str, str]
+    # Its labels could not be read: no selector may match its pods (not even ``{}``),
+    # and its pods are quarantined (see ``Pod.quarantined``).
+    quarantined: bool = False
+    problems: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +74,11 @@ class Pod:
     ips: tuple[IPAddress, ...]
     ports: tuple[ContainerPort, ...] = ()
     uid: str = ""
+    # Part of what decides selection (labels, spec) could not be read: the pod is never a
+    # peer of any pod or namespace selector, and where it runs it is isolated in both
+    # directions with nothing allowed. ipBlock peers still match its address. Without a
+    # readable node it is enforced on every node.
+    quarantined: bool = False
     # What parsing had to leave out (bad addresses, ports...), "Pod ns/name: ..." each.
     problems: tuple[str, ...] = field(default=(), compare=False, repr=False)
     # Derived once: the compiler asks for these hundreds of thousands of times.
@@ -77,6 +86,7 @@ class Pod:
     ipv4: tuple[IPAddress, ...] = field(init=False, repr=False, compare=False)
     ipv6: tuple[IPAddress, ...] = field(init=False, repr=False, compare=False)
     is_selectable: bool = field(init=False, repr=False, compare=False)
+    is_peer: bool = field(init=False, repr=False, compare=False)  # selectors may match it
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", f"{self.namespace}/{self.name}")
@@ -91,6 +101,7 @@ class Pod:
             and bool(self.ips)
             and self.phase not in (PodPhase.SUCCEEDED, PodPhase.FAILED),
         )
+        object.__setattr__(self, "is_peer", self.is_selectable and not self.quarantined)
 
     def ips_of(self, version: int) -> tuple[IPAddress, ...]:
         return self.ipv4 if version == 4 else self.ipv6

@@ -16,10 +16,15 @@ means "all"). What an error does depends on what fails closed:
 - Pod: a bad ``status.podIPs`` entry or container port is reported and left out (the
   pod keeps its good addresses; a named port that cannot be read resolves to nothing).
   A wrongly typed ``hostNetwork`` is reported and read as false, so the pod keeps its
-  rules. A pod whose identity, labels, spec or status cannot be read is rejected
-  (``InvalidObject``): it cannot be enforced, and it is reported.
-- Namespace, Node: unreadable identity or labels reject the object; a bad node address
-  is reported and left out.
+  rules. A pod whose labels (any one key or value), ``spec`` or ``spec.nodeName`` cannot
+  be read is *quarantined* (``Pod.quarantined``): never a selector peer, isolated both
+  ways with nothing allowed, on every node when its node is unknown. An unreadable
+  ``status`` or ``metadata.uid`` quarantines it too (without a status it has no address
+  to enforce). Only a pod whose name or namespace cannot be read is rejected
+  (``InvalidObject``): it has no key to be kept under.
+- Namespace: unreadable labels quarantine it (``Namespace.quarantined``): no selector
+  matches its pods, which are quarantined. Unreadable identity rejects it.
+- Node: unreadable identity rejects it; a bad node address is reported and left out.
 """
 
 from __future__ import annotations
@@ -85,10 +90,24 @@ def parse_namespace(obj: Any) -> Namespace:
 
 def _parse_namespace(raw: Mapping[str, Any]) -> Namespace:
     _, name, _ = identity(raw, "Namespace", namespaced=False)
-    labels = parse_labels(raw["metadata"].get("labels"), "metadata.labels")
+    try:
+        labels = parse_labels(raw["metadata"].get("labels"), "metadata.labels")
+    except FieldError as error:
+        # Fail closed: matching it by what is left (its name) could satisfy a NotIn or
+        # DoesNotExist it would not, so no selector matches it at all.
+        problem = f"Namespace {name}: {error}; {NAMESPACE_QUARANTINE}"
+        labels = {NAMESPACE_NAME_LABEL: name}
+        return Namespace(name=name, labels=labels, quarantined=True, problems=(problem,))
     # The API server sets this immutable label; file input may lack it.
     labels.setdefault(NAMESPACE_NAME_LABEL, name)
     return Namespace(name=name, labels=labels)
+
+
+NAMESPACE_QUARANTINE = (
+    "the namespace is quarantined: no namespace selector matches it, and its pods are "
+    "isolated both ways and never selected as peers"
+)
+POD_QUARANTINE = "the pod is quarantined: isolated both ways, never selected as a peer"
 
 
 _PHASES = {phase.value: phase for phase in PodPhase}
@@ -186,18 +205,52 @@ def parse_pod(obj: Any) -> Pod:
 
 
 def _parse_pod(raw: Mapping[str, Any]) -> Pod:
-    namespace, name, uid = identity(raw, "Pod", namespaced=True)
-    labels = parse_labels(raw["metadata"].get("labels"), "metadata.labels")
-    spec = as_mapping(raw.get("spec"), "spec")
-    status = as_mapping(raw.get("status"), "status")
     problems: list[str] = []
+    quarantined = False
+    metadata = raw.get("metadata")
+    bad_uid: FieldError | None = None
+    if isinstance(metadata, Mapping) and metadata.get("uid") is not None:
+        uid_value = metadata["uid"]
+        if not isinstance(uid_value, str) or not uid_value.isprintable():
+            # Not needed to key the pod: read what is left, and quarantine it below.
+            bad_uid = wrong_type("metadata.uid", "a printable string", uid_value)
+            raw = {**raw, "metadata": {k: v for k, v in metadata.items() if k != "uid"}}
+    namespace, name, uid = identity(raw, "Pod", namespaced=True)
+
+    def quarantine(error: FieldError, consequence: str = POD_QUARANTINE) -> None:
+        nonlocal quarantined
+        quarantined = True
+        problems.append(f"{error}; {consequence}")
+
+    if bad_uid is not None:
+        quarantine(bad_uid)
+    labels: dict[str, str] = {}
+    try:
+        labels = parse_labels(raw["metadata"].get("labels"), "metadata.labels")
+    except FieldError as error:
+        quarantine(error)
+    spec: Mapping[str, Any] = {}
+    node_unknown = "its node is unknown: enforced on every node"
+    try:
+        spec = as_mapping(raw.get("spec"), "spec")
+    except FieldError as error:
+        quarantine(error, f"{POD_QUARANTINE}; {node_unknown}")
+    status: Mapping[str, Any] = {}
+    try:
+        status = as_mapping(raw.get("status"), "status")
+    except FieldError as error:
+        quarantine(error, f"{POD_QUARANTINE}; without an address it cannot be enforced")
     node_name = spec.get("nodeName")
     if node_name == "":
         node_name = None
     if node_name is not None and (
         not isinstance(node_name, str) or len(node_name) > 253 or not DNS_SUBDOMAIN.match(node_name)
     ):
-        raise FieldError("spec.nodeName", f"not a valid node name: {shown(node_name)}")
+        quarantine(
+            FieldError("spec.nodeName", f"not a valid node name: {shown(node_name)}"),
+            f"{POD_QUARANTINE}; {node_unknown}",
+        )
+        node_name = None
     host_network = spec.get("hostNetwork")
     if host_network is None:
         host_network = False
@@ -220,6 +273,7 @@ def _parse_pod(raw: Mapping[str, Any]) -> Pod:
         ips=ips,
         ports=ports,
         uid=uid,
+        quarantined=quarantined,
         problems=tuple(f"Pod {namespace}/{name}: {p}" for p in problems),
     )
 
@@ -302,7 +356,9 @@ def parse_read(expanded: ReadResult) -> ParsedObjects:
         kind = raw["kind"]
         try:
             if kind == "Namespace":
-                namespaces.append(parse_namespace(raw))
+                namespace = parse_namespace(raw)
+                namespaces.append(namespace)
+                problems.extend(namespace.problems)
             elif kind == "Pod":
                 pod = parse_pod(raw)
                 pods.append(pod)

@@ -22,6 +22,7 @@ from agent.model.objects import (
     SelectorPeer,
 )
 from agent.policy.state import ClusterState
+from agent.policy.view import quarantined
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +145,8 @@ def _decide(
 ) -> DirectionVerdict:
     selecting = state.policies_selecting(pod, direction)
     names = tuple(policy.key for policy in selecting)
-    if not selecting:
+    is_quarantined = quarantined(state, pod)
+    if not selecting and not is_quarantined:
         return DirectionVerdict(
             direction, pod.key, False, True, f"not isolated for {direction.short}"
         )
@@ -155,6 +157,15 @@ def _decide(
     if other.pod is not None and other.pod.key == pod.key:
         return DirectionVerdict(
             direction, pod.key, True, True, "a pod always reaches itself", names
+        )
+    if is_quarantined:
+        return DirectionVerdict(
+            direction,
+            pod.key,
+            True,
+            False,
+            "quarantined: its labels, spec or namespace labels cannot be read",
+            names,
         )
     allowed_by = tuple(
         f"{policy.key} {direction.short}[{rule.index}]"

@@ -19,7 +19,13 @@ from agent.model.objects import (
     SelectorPeer,
 )
 from agent.model.selectors import LabelSelector, Operator
-from agent.policy.view import Delta, Pair, default_namespace_labels, peer_matches_pod
+from agent.policy.view import (
+    Delta,
+    Pair,
+    default_namespace_labels,
+    is_local,
+    peer_matches_pod,
+)
 
 T = TypeVar("T")
 Obj = Pod | Namespace | NetworkPolicy | Node
@@ -70,8 +76,9 @@ class ClusterIndex:
         self.pods: dict[str, Pod] = {}
         self.policies: dict[str, NetworkPolicy] = {}
         self.nodes: dict[str, Node] = {}
-        self._by_namespace: dict[str, dict[str, Pod]] = {}  # selectable pods
-        self._by_label: dict[tuple[str, str], dict[str, Pod]] = {}  # selectable pods
+        # Pods selectors may match (selectable, not quarantined), by namespace and label.
+        self._by_namespace: dict[str, dict[str, Pod]] = {}
+        self._by_label: dict[tuple[str, str], dict[str, Pod]] = {}
         self._policies_in: dict[str, dict[str, NetworkPolicy]] = {}
         self._sorted_policies: dict[str, tuple[NetworkPolicy, ...]] = {}
         self._all_sorted: tuple[Pod, ...] | None = None
@@ -151,14 +158,14 @@ class ClusterIndex:
         return None
 
     def _index_pod(self, pod: Pod) -> None:
-        if not pod.is_selectable:
+        if not pod.is_peer:
             return
         _add(self._by_namespace, pod.namespace, pod)
         for item in pod.labels.items():
             _add(self._by_label, item, pod)
 
     def _unindex_pod(self, pod: Pod) -> None:
-        if not pod.is_selectable:
+        if not pod.is_peer:
             return
         _remove(self._by_namespace, pod.namespace, pod)
         for item in pod.labels.items():
@@ -178,10 +185,11 @@ class ClusterIndex:
         return self._all_sorted
 
     def selectable_pods_in(self, namespace: str) -> Sequence[Pod]:
+        """The pods of ``namespace`` that selectors may match (quarantined ones never)."""
         return tuple(self._by_namespace.get(namespace, {}).values())
 
     def local_pods(self, node_name: str) -> tuple[Pod, ...]:
-        return tuple(pod for pod in self.all_selectable_pods() if pod.node_name == node_name)
+        return tuple(pod for pod in self.all_selectable_pods() if is_local(pod, node_name))
 
     def policies_selecting(self, pod: Pod, direction: Direction) -> tuple[NetworkPolicy, ...]:
         ordered = self._sorted_policies.get(pod.namespace)
@@ -202,11 +210,15 @@ class ClusterIndex:
         return found
 
     def peer_matches_pod(self, peer: SelectorPeer, policy_namespace: str, pod: Pod) -> bool:
-        return peer_matches_pod(peer, policy_namespace, pod, self.namespace_labels)
+        return peer_matches_pod(peer, policy_namespace, pod, self.namespace_labels, self.namespaces)
 
     def node_addresses(self, node_name: str) -> tuple[IPAddress, ...]:
         node = self.nodes.get(node_name)
         return node.addresses if node else ()
+
+    def _namespace_quarantined(self, name: str) -> bool:
+        namespace = self.namespaces.get(name)
+        return namespace is not None and namespace.quarantined
 
     def _candidates(self, selector: LabelSelector | None) -> Iterable[Pod] | None:
         if selector is None:
@@ -234,6 +246,7 @@ class ClusterIndex:
                 for ns in self.namespaces.keys() | self._by_namespace.keys()
                 if namespace_selector.matches(self.namespace_labels(ns))
             }
+        namespaces = {ns for ns in namespaces if not self._namespace_quarantined(ns)}
         candidates = self._candidates(peer.pod_selector)
         in_scope: Iterable[Pod]
         if candidates is None:

@@ -18,7 +18,7 @@ from agent.model.objects import (
     SelectorPeer,
 )
 from agent.model.selectors import LabelSelector, Operator
-from agent.policy.view import peer_matches_pod
+from agent.policy.view import is_local, peer_matches_pod
 
 
 @dataclass(frozen=True)
@@ -51,9 +51,11 @@ class ClusterState:
 
     @functools.cached_property
     def pods_by_namespace(self) -> Mapping[str, tuple[Pod, ...]]:
+        """Pods selectors may match (selectable, not quarantined), by namespace."""
         grouped: dict[str, list[Pod]] = defaultdict(list)
         for pod in self.selectable_pods:
-            grouped[pod.namespace].append(pod)
+            if pod.is_peer:
+                grouped[pod.namespace].append(pod)
         return {ns: tuple(pods) for ns, pods in grouped.items()}
 
     @functools.cached_property
@@ -88,7 +90,7 @@ class ClusterState:
     # --- selection -----------------------------------------------------------------
 
     def local_pods(self, node_name: str) -> tuple[Pod, ...]:
-        return tuple(pod for pod in self.selectable_pods if pod.node_name == node_name)
+        return tuple(pod for pod in self.selectable_pods if is_local(pod, node_name))
 
     def policies_selecting(self, pod: Pod, direction: Direction) -> tuple[NetworkPolicy, ...]:
         """Policies that isolate ``pod`` in ``direction``, in a stable order."""
@@ -99,17 +101,31 @@ class ClusterState:
         )
 
     def selected_namespaces(self, peer: SelectorPeer, policy_namespace: str) -> tuple[str, ...]:
+        """The namespaces whose pods ``peer`` may match: never a quarantined one."""
         if peer.namespace_selector is None:
-            return (policy_namespace,)
-        selector = peer.namespace_selector
-        candidates = set(self.namespaces) | set(self.pods_by_namespace)
-        return tuple(sorted(ns for ns in candidates if selector.matches(self.namespace_labels(ns))))
+            candidates = {policy_namespace}
+        else:
+            selector = peer.namespace_selector
+            candidates = {
+                ns
+                for ns in set(self.namespaces) | set(self.pods_by_namespace)
+                if selector.matches(self.namespace_labels(ns))
+            }
+        return tuple(
+            sorted(
+                ns
+                for ns in candidates
+                if not (ns in self.namespaces and self.namespaces[ns].quarantined)
+            )
+        )
 
     @functools.cached_property
     def pods_by_label(self) -> Mapping[tuple[str, str], tuple[Pod, ...]]:
-        """Selectable pods by (label key, value), each list in key order."""
+        """Pods selectors may match by (label key, value), each list in key order."""
         grouped: dict[tuple[str, str], list[Pod]] = defaultdict(list)
         for pod in self.selectable_pods:
+            if not pod.is_peer:
+                continue
             for item in pod.labels.items():
                 grouped[item].append(pod)
         return {item: tuple(pods) for item, pods in grouped.items()}
@@ -165,7 +181,7 @@ class ClusterState:
         return tuple(members)
 
     def peer_matches_pod(self, peer: SelectorPeer, policy_namespace: str, pod: Pod) -> bool:
-        return peer_matches_pod(peer, policy_namespace, pod, self.namespace_labels)
+        return peer_matches_pod(peer, policy_namespace, pod, self.namespace_labels, self.namespaces)
 
     def node_addresses(self, node_name: str) -> tuple[IPAddress, ...]:
         node = self.nodes.get(node_name)

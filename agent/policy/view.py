@@ -50,13 +50,41 @@ def default_namespace_labels(name: str) -> Mapping[str, str]:
     return {NAMESPACE_NAME_LABEL: name}
 
 
+def is_local(pod: Pod, node_name: str) -> bool:
+    """``pod`` is enforced on ``node_name``: it runs there, or it is quarantined and its
+    node is unknown (then every node isolates it)."""
+    return pod.node_name == node_name or (pod.node_name is None and pod.quarantined)
+
+
+def quarantined(view: PolicyView, pod: Pod) -> bool:
+    """``pod`` is quarantined, by its own unreadable fields or its namespace's labels:
+    isolated both ways with nothing allowed, and never a selector peer."""
+    if pod.quarantined:
+        return True
+    namespace = view.namespaces.get(pod.namespace)
+    return namespace is not None and namespace.quarantined
+
+
+def quarantine_changed(delta: Delta) -> bool:
+    """A namespace entered or left quarantine: that changes every pod in it at once."""
+    return any(
+        (old is not None and old.quarantined) != (new is not None and new.quarantined)
+        for old, new in delta.namespaces
+    )
+
+
 def peer_matches_pod(
     peer: SelectorPeer,
     policy_namespace: str,
     pod: Pod,
     namespace_labels: Callable[[str], Mapping[str, str]],
+    namespaces: Mapping[str, Namespace],
 ) -> bool:
-    if not pod.is_selectable:
+    # A quarantined pod (or any pod of a quarantined namespace) is nobody's peer.
+    if not pod.is_peer:
+        return False
+    namespace = namespaces.get(pod.namespace)
+    if namespace is not None and namespace.quarantined:
         return False
     if peer.namespace_selector is None:
         if pod.namespace != policy_namespace:
@@ -125,4 +153,6 @@ class Before:
         return old if old is not None else self._view.namespace_labels(name)
 
     def peer_matches_pod(self, peer: SelectorPeer, policy_namespace: str, pod: Pod) -> bool:
-        return peer_matches_pod(peer, policy_namespace, pod, self.namespace_labels)
+        return peer_matches_pod(
+            peer, policy_namespace, pod, self.namespace_labels, self._view.namespaces
+        )

@@ -257,9 +257,11 @@ class Scenario:
         *,
         overrides: Sequence[Mapping[str, Any]] = (),
         extra: Sequence[Mapping[str, Any]] = (),
+        problems_expected: bool = False,
     ) -> None:
         """State = topology objects (each replaced by an override of the same kind and
-        name) + extra objects + policies; run the agent once on every node."""
+        name) + extra objects + policies; run the agent once on every node.
+        ``problems_expected``: the objects are malformed on purpose (bad input)."""
 
         def ident(o: Mapping[str, Any]) -> tuple[str, str, str]:
             meta = o.get("metadata") or {}
@@ -270,7 +272,7 @@ class Scenario:
         assert not replaced, f"overrides for objects not in the topology: {list(replaced)}"
         objects += [copy.deepcopy(dict(o)) for o in (*extra, *policies)]
         built = build_state(objects)
-        assert not built.problems, f"scenario objects are invalid: {built.problems}"
+        assert bool(built.problems) == problems_expected, f"problems: {built.problems}"
         self.objects, self.state = objects, built.state
 
         assert self.lab.workdir is not None, "lab not started"

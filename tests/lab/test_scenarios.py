@@ -997,3 +997,41 @@ def test_relabelled_namespace_becomes_an_allowed_peer(sc: Scenario) -> None:
     sc.lab.set_namespace_labels("y", {"ns": "y", "team": "blue"})
     sc.apply([policy])
     sc.verify(probes, lambda p: is_self(p) or ns_of(p.src) == "y", "namespace y relabelled")
+
+
+# ============================================================================== bad input
+@BOTH
+def test_a_pod_with_unreadable_labels_is_quarantined_both_ways(sc: Scenario) -> None:
+    """Bad input fails closed: x/a's labels cannot be read (one bad key), so x/a is
+    isolated in both directions with nothing allowed, even under an allow-all policy
+    of its namespace, and is no peer of any selector; every other pod is unaffected."""
+    xa = sc.pod_object("x/a")
+    xa["metadata"]["labels"]["bad key!"] = "x"
+    allow_all = {"podSelector": {}, "policyTypes": BOTH_TYPES, "ingress": [{}], "egress": [{}]}
+    sc.apply([netpol("x", "allow-all", allow_all)], overrides=[xa], problems_expected=True)
+    sc.verify(
+        cells(EVERYONE, EVERYONE, [TCP80, UDP81]),
+        lambda p: is_self(p) or "x/a" not in (p.src, p.dst),
+    )
+
+
+@BOTH
+def test_the_pods_of_a_namespace_with_unreadable_labels_are_quarantined(sc: Scenario) -> None:
+    """Bad input fails closed: namespace y's labels cannot be read, so no namespace
+    selector matches it (its name label alone would satisfy "ns NotIn [y]") and its pods
+    are isolated both ways."""
+    ns_y = sc.namespace_object("y")
+    ns_y["metadata"]["labels"]["team"] = 5
+    not_y = {"namespaceSelector": {"matchExpressions": [expr("ns", "NotIn", "y")]}}
+    policy = netpol("x", "from-not-y", {"podSelector": {}, "ingress": [{"from": [not_y]}]})
+    sc.apply([policy], overrides=[ns_y], problems_expected=True)
+    sc.verify(
+        cells(EVERYONE, EVERYONE, [TCP80]),
+        lambda p: (
+            is_self(p)
+            or (
+                "y" not in (ns_of(p.src), ns_of(p.dst))
+                and (ns_of(p.dst) != "x" or ns_of(p.src) in ("x", "z"))
+            )
+        ),
+    )

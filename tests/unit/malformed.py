@@ -199,6 +199,7 @@ class Case:
     # "file-error": the file as a whole is rejected; "empty": a valid state of no objects.
     expect: str
     mutated: Obj | None = None  # the mutated object, for delivery through the API
+    field: str = ""  # the dotted path mutated ("" for the document itself or the file)
 
 
 def target_of(obj: Obj) -> Target:
@@ -322,9 +323,10 @@ def cases(seed: int = SEED) -> list[Case]:
         target: Target | None,
         expect: str = "state",
         mutated: Obj | None = None,
+        field: str = "",
     ) -> None:
         data, filename = serialized(objects, rng)
-        found.append(Case(name, category, data, filename, target, expect, mutated))
+        found.append(Case(name, category, data, filename, target, expect, mutated, field))
 
     # Wrong types at every level: each field of each object, each document itself.
     for index, obj in enumerate(base):
@@ -347,6 +349,7 @@ def cases(seed: int = SEED) -> list[Case]:
                     objects,
                     target,
                     mutated=mutated,
+                    field=_show(path),
                 )
 
     def mutate(index: int, path: Path, value: Any, category: str) -> None:
@@ -360,6 +363,7 @@ def cases(seed: int = SEED) -> list[Case]:
             objects,
             target,
             mutated=mutated,
+            field=_show(path),
         )
 
     web_in, db_both, egress_to_a, dns_in = 8, 9, 10, 11

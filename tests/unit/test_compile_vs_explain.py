@@ -148,17 +148,28 @@ def policies(draw: st.DrawFn, index: int) -> dict[str, Any]:
     return b.policy(f"{draw(st.sampled_from(NAMESPACES))}/pol{index}", **spec)
 
 
+# Namespace b's labels: a broken value quarantines the namespace (and its pods).
+NAMESPACE_LABELS: tuple[dict[str, Any], ...] = ({}, {"team": "x"}, {"team": "y"}, {"team": 5})
+
+
+def _namespace_b(labels: dict[str, Any]) -> dict[str, Any]:
+    raw = b.namespace("b")
+    raw["metadata"]["labels"] = dict(labels)
+    return raw
+
+
 @st.composite
 def clusters(draw: st.DrawFn) -> list[dict[str, Any]]:
     objects: list[dict[str, Any]] = [
         b.namespace("a", team="x"),
-        b.namespace("b", **draw(st.sampled_from([{}, {"team": "x"}, {"team": "y"}]))),
+        _namespace_b(draw(st.sampled_from(NAMESPACE_LABELS))),
     ]
     objects += [b.node(name, *addresses) for name, addresses in NODES.items()]
     count = draw(st.integers(min_value=2, max_value=5))
     for i in range(count):
         node_name = draw(st.sampled_from(["node1", "node1", "node2"]))
-        kind = draw(st.sampled_from(["live"] * 6 + ["finished", "host"]))
+        # "quarantined": unreadable labels; "nodeless": an unreadable nodeName as well.
+        kind = draw(st.sampled_from(["live"] * 6 + ["finished", "host", "quarantined", "nodeless"]))
         if kind == "host":
             ips = NODES[node_name]
         elif kind == "finished":
@@ -168,19 +179,22 @@ def clusters(draw: st.DrawFn) -> list[dict[str, Any]]:
         else:
             ips = (f"10.0.0.{i + 1}",) + ((f"fd00::{i + 1}",) if draw(st.booleans()) else ())
         app = draw(st.sampled_from([None, "web", "db"]))
-        objects.append(
-            b.pod(
-                f"{draw(st.sampled_from(POD_NAMESPACES))}/p{i}",
-                *ips,
-                labels={"app": app} if app else {},
-                node_name=node_name,
-                phase=draw(st.sampled_from(["Succeeded", "Failed"]))
-                if kind == "finished"
-                else "Running",
-                host_network=kind == "host",
-                ports=draw(st.lists(st.sampled_from(CONTAINER_PORTS), max_size=2)),
-            )
+        raw = b.pod(
+            f"{draw(st.sampled_from(POD_NAMESPACES))}/p{i}",
+            *ips,
+            labels={"app": app} if app else {},
+            node_name=node_name,
+            phase=draw(st.sampled_from(["Succeeded", "Failed"]))
+            if kind == "finished"
+            else "Running",
+            host_network=kind == "host",
+            ports=draw(st.lists(st.sampled_from(CONTAINER_PORTS), max_size=2)),
         )
+        if kind in ("quarantined", "nodeless"):
+            raw["metadata"]["labels"]["bad key!"] = "x"
+        if kind == "nodeless":
+            raw["spec"]["nodeName"] = "Not_A_Node"
+        objects.append(raw)
     for i in range(draw(st.integers(min_value=1, max_value=3))):
         objects.append(draw(policies(i)))
     return objects
@@ -209,11 +223,18 @@ def _crossed_nodes(
     """
     crossed = []
     for end in (source, destination):
-        if end.pod is None or end.pod.node_name is None:
+        if end.pod is None:
             continue
-        own = node_addresses[end.pod.node_name]
-        if source.address not in own and destination.address not in own:
-            crossed.append(end.pod.node_name)
+        if end.pod.node_name is None:
+            # A quarantined pod whose node is unknown: it runs on one of them, and
+            # every node isolates it, so any node may stand for its own.
+            ends = list(node_addresses) if end.pod.quarantined else []
+        else:
+            ends = [end.pod.node_name]
+        for node_name in ends:
+            own = node_addresses[node_name]
+            if source.address not in own and destination.address not in own:
+                crossed.append(node_name)
     return crossed
 
 
@@ -314,11 +335,19 @@ def edited(draw: st.DrawFn, objects: list[Any]) -> list[Any]:
     """``objects`` after a few edits of the kinds the agent sees from a watch."""
     result = [json.loads(json.dumps(obj)) for obj in objects]
     for _ in range(draw(st.integers(1, 3))):
-        edit = draw(st.sampled_from(["relabel", "finish", "delete", "policy", "namespace"]))
+        edit = draw(
+            st.sampled_from(["relabel", "finish", "delete", "policy", "namespace", "quarantine"])
+        )
         pods = [i for i, obj in enumerate(result) if obj["kind"] == "Pod"]
         if edit == "relabel" and pods:
             labels = result[draw(st.sampled_from(pods))]["metadata"]["labels"]
             labels["app"] = draw(st.sampled_from(["web", "db", "api"]))
+        elif edit == "quarantine" and pods:
+            labels = result[draw(st.sampled_from(pods))]["metadata"]["labels"]
+            labels["bad key!"] = draw(st.sampled_from(["x", None]))
+            if labels["bad key!"] is None:
+                del labels["bad key!"]  # and a quarantined pod is let out again
+                labels.pop("app", None)
         elif edit == "finish" and pods:
             result[draw(st.sampled_from(pods))]["status"]["phase"] = "Succeeded"
         elif edit == "delete" and len(result) > 4:
@@ -326,9 +355,7 @@ def edited(draw: st.DrawFn, objects: list[Any]) -> list[Any]:
         elif edit == "policy":
             result.append(draw(policies(draw(st.integers(0, 4)))))
         elif edit == "namespace":
-            result[1]["metadata"]["labels"] = draw(
-                st.sampled_from([{}, {"team": "x"}, {"team": "y"}])
-            )
+            result[1]["metadata"]["labels"] = dict(draw(st.sampled_from(NAMESPACE_LABELS)))
     return result
 
 

@@ -26,10 +26,14 @@ namespace; nothing for a Node or for a file-level mutation.
    objects and no problems), and:
    - probes touching no pod of ``T``: ``M == B`` (nothing else changes);
    - probes touching ``T``: ``M => B`` (a malformed object can only take allows away),
-   - except probes touching an object that was *rejected whole* (a Pod, Namespace,
-     Node or NetworkPolicy whose identity, labels, spec or status cannot be read; it is
-     reported) and probes addressed to a pod address the mutation made unreadable: those
-     cannot be enforced and are counted, not judged.
+   - and a *quarantined* pod (its labels, uid, spec, nodeName or status unreadable, or
+     its Namespace's labels) takes part in no allowed probe at all: it is isolated both
+     ways and no selector matches it. These probes are judged like any other;
+   - except probes touching an object that was *rejected whole* and probes addressed to
+     a pod address the mutation made unreadable: those cannot be enforced and are
+     counted, not judged. Only an unreadable identity (the document itself, its kind,
+     metadata, name or namespace) may reject a Pod or Namespace whole; any other
+     mutation of one must leave it loaded (quarantined if it cannot be read).
 3. (b) agrees with (a): the explain exit code is (a)'s verdict for that probe.
    (c) and (d) agree with (a): the objects the file source and the API source deliver
    parse to exactly the model objects (a) built from the same input (trimming keeps
@@ -65,6 +69,8 @@ from agent.policy.state import BuiltState, ClusterState
 from tests.unit.malformed import NODE, Case, Target, baseline, cases, to_yaml
 
 HANG_SECONDS = 60
+# Mutations that leave an object without a readable identity: it cannot be kept at all.
+IDENTITY = frozenset({"", "kind", "metadata", "metadata.name", "metadata.namespace"})
 PORTS = ((Protocol.TCP, 80), (Protocol.TCP, 5432), (Protocol.UDP, 53), (Protocol.TCP, 8000))
 
 Probe = tuple[str, str, str, int]  # source IP, destination IP, protocol, port
@@ -195,7 +201,17 @@ def judge_state(
         elif target.kind in ("Namespace", "NetworkPolicy"):
             touched = base.pods_of_namespace.get(target.namespace, frozenset())
         rejected = not _present(state, target)
+        if rejected and target.kind in ("Pod", "Namespace") and case.field not in IDENTITY:
+            tally.fail(case, f"rejected whole for {case.field}: it must be quarantined")
     tally.counts["rejected whole" if rejected else "loaded"] += 1
+    quarantined = {
+        pod.key
+        for pod in state.pods.values()
+        if pod.quarantined
+        or (pod.namespace in state.namespaces and state.namespaces[pod.namespace].quarantined)
+    }
+    if quarantined:
+        tally.counts["loaded with quarantined pods"] += 1
     # A pod address the mutated state no longer has cannot be enforced.
     present = {str(ip) for pod in state.pods.values() for ip in pod.ips}
     lost = {ip for ip, key in base.owner.items() if key in touched and ip not in present}
@@ -212,6 +228,10 @@ def judge_state(
     for probe in judged:
         source, destination = base.owner[probe[0]], base.owner[probe[1]]
         before, after = base.verdicts[probe], mutated[probe]
+        if source in quarantined or destination in quarantined:
+            tally.counts["probes judged (quarantined: must be denied)"] += 1
+            if after:
+                tally.fail(case, f"a quarantined pod takes part in an allowed probe {probe}")
         if source in touched or destination in touched:
             tally.counts["probes judged (touched: may only lose allows)"] += 1
             if after and not before:
