@@ -8,7 +8,7 @@ rebuild; the ipaddress module's objects are far too slow for that, so blocks her
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 Block = tuple[int, int]  # (network address as int, prefix length)
 
@@ -32,6 +32,27 @@ def collapse(addresses: Iterable[int], version: int) -> list[Block]:
             if first % (size * 2) != 0 or second != first + size:
                 break
             stack[-2:] = [(first, first_len - 1)]
+    return stack
+
+
+def collapse_sorted(addresses: Sequence[int], version: int) -> list[tuple[int, int, int]]:
+    """``collapse`` for sorted, distinct addresses (a tree leaf's): each block as
+    ``(network, prefix length, index of its first address)``, without re-sorting."""
+    bits = width(version)
+    stack: list[tuple[int, int, int]] = []
+    for index, address in enumerate(addresses):
+        network, length, first_index = address, bits, index
+        # Merge while the newest block is the left half of this one's parent.
+        while stack:
+            left, left_length, left_index = stack[-1]
+            if left_length != length or length == 0:
+                break
+            size = 1 << (bits - length)
+            if left % (size * 2) != 0 or network != left + size:
+                break
+            stack.pop()
+            network, length, first_index = left, length - 1, left_index
+        stack.append((network, length, first_index))
     return stack
 
 

@@ -39,8 +39,8 @@ class Renderer:
         # Peer-group leaf rules by (at source, block, pods): an address is in many groups
         # and most of a rebuilt leaf is unchanged, so rules (and their rendered text) are
         # reused. Two generations, turned over by ``new_generation``, bound it.
-        self._leaves: dict[tuple[bool, cidr.Block, tuple[str, ...]], Rule] = {}
-        self._old_leaves: dict[tuple[bool, cidr.Block, tuple[str, ...]], Rule] = {}
+        self._leaves: dict[tuple[bool, int, int, tuple[str, ...]], Rule] = {}
+        self._old_leaves: dict[tuple[bool, int, int, tuple[str, ...]], Rule] = {}
 
     def new_generation(self, *, unless_below: int = 0) -> None:
         if len(self._leaves) >= unless_below:
@@ -118,25 +118,32 @@ class Renderer:
         allow_options = self.allow_options
         leaves, old_leaves = self._leaves, self._old_leaves
         rules: list[Rule] = []
-        position = 0
-        for block in cidr.collapse(addresses, version):
-            last = cidr.last_address(block, version)
-            inside: list[str] = []
-            while position < len(addresses) and addresses[position] <= last:
-                inside.extend(sorted(members[addresses[position]]))
-                position += 1
-            key = (at_source, block, tuple(inside))
-            known = leaves.get(key) or old_leaves.get(key)
-            if known is not None:
+        blocks = cidr.collapse_sorted(addresses, version)
+        ends = [first for _, _, first in blocks[1:]]
+        if blocks:
+            ends.append(len(addresses))
+        for (network, length, first), end in zip(blocks, ends, strict=True):
+            if end - first == 1:  # the usual case: one address, most often one pod
+                holders = members[addresses[first]]
+                inside = tuple(holders) if len(holders) == 1 else tuple(sorted(holders))
+            else:
+                pods: list[str] = []
+                for address in addresses[first:end]:
+                    pods.extend(sorted(members[address]))
+                inside = tuple(pods)
+            key = (at_source, network, length, inside)
+            known = leaves.get(key)
+            if known is None:
+                known = old_leaves.get(key)
+                if known is None:
+                    pod = inside[0] if len(inside) == 1 else ""
+                    comment = (
+                        f"peer pod {pod}" if pod else f"peer pods {inside[0]} +{len(inside) - 1}"
+                    )
+                    block_text = cidr.text((network, length), version)
+                    known = Rule.set_mark(block_text, at_source, comment, allow_options, pod)
                 leaves[key] = known
-                rules.append(known)
-                continue
-            pod = inside[0] if len(inside) == 1 else ""
-            comment = f"peer pod {pod}" if pod else f"peer pods {inside[0]} +{len(inside) - 1}"
-            address = self.text(block)
-            rule = Rule.set_mark(address, at_source, comment, allow_options, pod)
-            leaves[key] = rule
-            rules.append(rule)
+            rules.append(known)
         return rules
 
     def dispatch_leaf(
