@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from agent.compiler import cidr
 from agent.compiler.config import NEIGHBOUR_DISCOVERY_TYPES, CompilerConfig
 from agent.model.objects import Direction, IPAddress, IPBlock, Protocol
-from agent.rules import Chain, Match, Rule
+from agent.rules import Chain, Match, Rule, escape_comment
+from agent.rules.ruleset import MAX_COMMENT_TEXT
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,11 +42,15 @@ class Renderer:
         # reused. Two generations, turned over by ``new_generation``, bound it.
         self._leaves: dict[tuple[bool, int, int, tuple[str, ...]], Rule] = {}
         self._old_leaves: dict[tuple[bool, int, int, tuple[str, ...]], Rule] = {}
+        # Leaf comments as written (escaped and cut), by comment: turned over with the
+        # leaves.
+        self._written_comments: dict[str, str] = {}
 
     def new_generation(self, *, unless_below: int = 0) -> None:
         if len(self._leaves) >= unless_below:
             self._old_leaves = self._leaves
             self._leaves = {}
+            self._written_comments = {}
 
     # --- single rules ---------------------------------------------------------------
 
@@ -117,6 +122,7 @@ class Renderer:
         at_source = direction is Direction.INGRESS
         allow_options = self.allow_options
         leaves, old_leaves = self._leaves, self._old_leaves
+        written_comments = self._written_comments
         rules: list[Rule] = []
         blocks = cidr.collapse_sorted(addresses, version)
         ends = [first for _, _, first in blocks[1:]]
@@ -140,8 +146,15 @@ class Renderer:
                     comment = (
                         f"peer pod {pod}" if pod else f"peer pods {inside[0]} +{len(inside) - 1}"
                     )
+                    written = written_comments.get(comment)
+                    if written is None:  # a pod's comment is the same in both directions
+                        written = written_comments[comment] = escape_comment(
+                            comment, MAX_COMMENT_TEXT
+                        )
                     block_text = cidr.text((network, length), version)
-                    known = Rule.set_mark(block_text, at_source, comment, allow_options, pod)
+                    known = Rule.set_mark(
+                        block_text, at_source, comment, allow_options, pod, written
+                    )
                 leaves[key] = known
             rules.append(known)
         return rules

@@ -118,24 +118,25 @@ class Rule:
         comment: str,
         options: tuple[tuple[str, str], ...],
         pod: str,
+        written_comment: str | None = None,
     ) -> Rule:
         """``-s|-d address -j MARK <options>``, the commonest rule (a peer-group leaf has
-        one per address block): built with its hashed text directly."""
-        rule = cls(
-            "MARK",
-            comment,
-            source=address if at_source else None,
-            destination=None if at_source else address,
-            target_options=options,
-            pod=pod,
-        )
+        one per address block): built with its hashed text directly. ``written_comment``:
+        ``comment`` escaped and cut already (as ``written_comment`` is), when the caller
+        keeps it for reuse."""
+        if at_source:
+            rule = cls("MARK", comment, address, None, None, (), options, False, "", pod)
+        else:
+            rule = cls("MARK", comment, None, address, None, (), options, False, "", pod)
         options_text = _OPTIONS_TEXT.get(options)
         if options_text is None:
             options_text = _OPTIONS_TEXT[options] = " ".join(
                 x for pair in options for x in pair if x
             )
+        if written_comment is None:
+            written_comment = escape_comment(comment, MAX_COMMENT_TEXT)
         body = f"{'-s' if at_source else '-d'} {address} -j MARK {options_text}"
-        _set_hashed(rule, f"{body}\0{escape_comment(comment, MAX_COMMENT_TEXT)}")
+        _set_hashed(rule, f"{body}\0{written_comment}")
         return rule
 
     def render_body(self) -> str:
@@ -208,6 +209,7 @@ class Chain:
         # BLAKE2b cut to 8 bytes (HASH_LEN hex digits): half the cost of SHA-256 cut to
         # the same length, and a full compile hashes every rule (some 34,000 at L).
         hashes: list[str] = []
+        targets: set[str] = set()
         previous = ""
         name = self.name
         blake2b = hashlib.blake2b
@@ -219,8 +221,9 @@ class Chain:
                 f"{name}\0{previous}\0{text}".encode(), digest_size=HASH_BYTES
             ).hexdigest()
             hashes.append(previous)
+            targets.add(rule.target)
         object.__setattr__(self, "hashes", tuple(hashes))
-        object.__setattr__(self, "targets", frozenset(rule.target for rule in self.rules))
+        object.__setattr__(self, "targets", frozenset(targets))
 
     def render_rules(self) -> Iterator[str]:
         """``-A`` lines for iptables-restore."""
