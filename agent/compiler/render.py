@@ -42,15 +42,17 @@ class Renderer:
         # reused. Two generations, turned over by ``new_generation``, bound it.
         self._leaves: dict[tuple[bool, int, int, tuple[str, ...]], Rule] = {}
         self._old_leaves: dict[tuple[bool, int, int, tuple[str, ...]], Rule] = {}
-        # Leaf comments as written (escaped and cut), by comment: turned over with the
-        # leaves.
+        # Leaf comments as written (escaped and cut), by comment, and leaf addresses as
+        # text: an address and a pod are in many groups. Turned over with the leaves.
         self._written_comments: dict[str, str] = {}
+        self._host_texts: dict[int, str] = {}  # "a.b.c.d/32" by address, likewise
 
     def new_generation(self, *, unless_below: int = 0) -> None:
         if len(self._leaves) >= unless_below:
             self._old_leaves = self._leaves
             self._leaves = {}
             self._written_comments = {}
+            self._host_texts = {}
 
     # --- single rules ---------------------------------------------------------------
 
@@ -122,7 +124,8 @@ class Renderer:
         at_source = direction is Direction.INGRESS
         allow_options = self.allow_options
         leaves, old_leaves = self._leaves, self._old_leaves
-        written_comments = self._written_comments
+        written_comments, host_texts = self._written_comments, self._host_texts
+        host_length = cidr.width(version)
         rules: list[Rule] = []
         blocks = cidr.collapse_sorted(addresses, version)
         ends = [first for _, _, first in blocks[1:]]
@@ -151,7 +154,12 @@ class Renderer:
                         written = written_comments[comment] = escape_comment(
                             comment, MAX_COMMENT_TEXT
                         )
-                    block_text = cidr.text((network, length), version)
+                    if length == host_length:  # the usual case: one address per rule
+                        block_text = host_texts.get(network)
+                        if block_text is None:
+                            block_text = host_texts[network] = cidr.text((network, length), version)
+                    else:
+                        block_text = cidr.text((network, length), version)
                     known = Rule.set_mark(
                         block_text, at_source, comment, allow_options, pod, written
                     )
