@@ -65,6 +65,7 @@ def build_tree(
     the packet the addresses are at (ingress: the source).
     """
     version = render.version
+    at_source = direction is Direction.INGRESS
     chains: list[Chain] = []
     fresh: TreeMemo = {}
     dirty_sorted = sorted(dirty) if dirty is not None else None
@@ -116,13 +117,15 @@ def build_tree(
                     chains.extend(known.chains)
                 else:
                     build(sub, quarter, first, end, depth + 1)
-                jump = Rule(sub, f"{comment} {quarter_text}", goto=True)
+                jump_comment = f"{comment} {quarter_text}"
                 if depth > 0 and position == len(parts) - 1:
                     # Below the root the packet is inside this node's block: when no
                     # earlier quarter took it, the last one must hold it.
-                    rules.append(jump)
+                    rules.append(Rule(sub, jump_comment, goto=True))
+                elif at_source:  # built directly: ``render.at`` would build it twice
+                    rules.append(Rule(sub, jump_comment, source=quarter_text, goto=True))
                 else:
-                    rules.append(render.at(direction, quarter_text, jump))
+                    rules.append(Rule(sub, jump_comment, destination=quarter_text, goto=True))
         chains.append(Chain(name, tuple(rules)))
         fresh[name] = Subtree(block, size, chains[start:])
 

@@ -8,7 +8,8 @@ rebuild; the ipaddress module's objects are far too slow for that, so blocks her
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+import socket
+from collections.abc import Iterable, Sequence
 
 Block = tuple[int, int]  # (network address as int, prefix length)
 
@@ -32,6 +33,27 @@ def collapse(addresses: Iterable[int], version: int) -> list[Block]:
             if first % (size * 2) != 0 or second != first + size:
                 break
             stack[-2:] = [(first, first_len - 1)]
+    return stack
+
+
+def collapse_sorted(addresses: Sequence[int], version: int) -> list[tuple[int, int, int]]:
+    """``collapse`` for sorted, distinct addresses (a tree leaf's): each block as
+    ``(network, prefix length, index of its first address)``, without re-sorting."""
+    bits = width(version)
+    stack: list[tuple[int, int, int]] = []
+    for index, address in enumerate(addresses):
+        network, length, first_index = address, bits, index
+        # Merge while the newest block is the left half of this one's parent.
+        while stack:
+            left, left_length, left_index = stack[-1]
+            if left_length != length or length == 0:
+                break
+            size = 1 << (bits - length)
+            if left % (size * 2) != 0 or network != left + size:
+                break
+            stack.pop()
+            network, length, first_index = left, length - 1, left_index
+        stack.append((network, length, first_index))
     return stack
 
 
@@ -63,6 +85,17 @@ _TEXT: dict[tuple[int, int, int], str] = {}
 _OLD_TEXT: dict[tuple[int, int, int], str] = {}
 
 
+def _address_text(address: int, version: int) -> str:
+    """What ``str(ipaddress.ip_address(address))`` gives, through libc's inet_ntop (a
+    seventh of the cost): for IPv4 always, for IPv6 outside ::/96 and ::ffff:0:0/96,
+    the only prefixes inet_ntop prints with a dotted quad (ipaddress never does)."""
+    if version == 4:
+        return socket.inet_ntoa(address.to_bytes(4, "big"))
+    if address >> 32 in (0, 0xFFFF):
+        return str(ipaddress.IPv6Address(address))
+    return socket.inet_ntop(socket.AF_INET6, address.to_bytes(16, "big"))
+
+
 def text(block: Block, version: int) -> str:
     """``a.b.c.d/len`` or ``x::y/len``, as iptables prints it."""
     global _TEXT, _OLD_TEXT
@@ -71,10 +104,7 @@ def text(block: Block, version: int) -> str:
     if found is None:
         found = _OLD_TEXT.get(key)
         if found is None:
-            address = (
-                ipaddress.IPv4Address(block[0]) if version == 4 else ipaddress.IPv6Address(block[0])
-            )
-            found = f"{address}/{block[1]}"
+            found = f"{_address_text(block[0], version)}/{block[1]}"
         if len(_TEXT) >= _TEXT_LIMIT:
             _OLD_TEXT, _TEXT = _TEXT, {}
         _TEXT[key] = found

@@ -37,6 +37,7 @@ from agent.compiler.addresses import DISPATCH_DEPTH, build_tree
 from agent.compiler.config import CompilerConfig, NodeContext
 from agent.compiler.named_ports import NamedScope
 from agent.compiler.naming import ChainNames, block_key, selector_key
+from agent.compiler.pauses import without_gc
 from agent.compiler.peers import GroupSpec, InScope, Move, PeerGroups, PodChange
 from agent.compiler.ports import named_port_signature, resolve_rule_ports
 from agent.compiler.render import Renderer, Unit
@@ -136,6 +137,7 @@ class NodeCompiler:
             self._reset()
         return self.compile(index, node_addresses, delta)
 
+    @without_gc
     def compile(
         self,
         state: PolicyView,

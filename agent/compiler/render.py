@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from agent.compiler import cidr
 from agent.compiler.config import NEIGHBOUR_DISCOVERY_TYPES, CompilerConfig
 from agent.model.objects import Direction, IPAddress, IPBlock, Protocol
-from agent.rules import Chain, Match, Rule
+from agent.rules import Chain, Match, Rule, escape_comment
+from agent.rules.ruleset import MAX_COMMENT_TEXT
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,13 +40,19 @@ class Renderer:
         # Peer-group leaf rules by (at source, block, pods): an address is in many groups
         # and most of a rebuilt leaf is unchanged, so rules (and their rendered text) are
         # reused. Two generations, turned over by ``new_generation``, bound it.
-        self._leaves: dict[tuple[bool, cidr.Block, tuple[str, ...]], Rule] = {}
-        self._old_leaves: dict[tuple[bool, cidr.Block, tuple[str, ...]], Rule] = {}
+        self._leaves: dict[tuple[bool, int, int, tuple[str, ...]], Rule] = {}
+        self._old_leaves: dict[tuple[bool, int, int, tuple[str, ...]], Rule] = {}
+        # Leaf comments as written (escaped and cut), by comment, and leaf addresses as
+        # text: an address and a pod are in many groups. Turned over with the leaves.
+        self._written_comments: dict[str, str] = {}
+        self._host_texts: dict[int, str] = {}  # "a.b.c.d/32" by address, likewise
 
     def new_generation(self, *, unless_below: int = 0) -> None:
         if len(self._leaves) >= unless_below:
             self._old_leaves = self._leaves
             self._leaves = {}
+            self._written_comments = {}
+            self._host_texts = {}
 
     # --- single rules ---------------------------------------------------------------
 
@@ -117,26 +124,47 @@ class Renderer:
         at_source = direction is Direction.INGRESS
         allow_options = self.allow_options
         leaves, old_leaves = self._leaves, self._old_leaves
+        written_comments, host_texts = self._written_comments, self._host_texts
+        host_length = cidr.width(version)
         rules: list[Rule] = []
-        position = 0
-        for block in cidr.collapse(addresses, version):
-            last = cidr.last_address(block, version)
-            inside: list[str] = []
-            while position < len(addresses) and addresses[position] <= last:
-                inside.extend(sorted(members[addresses[position]]))
-                position += 1
-            key = (at_source, block, tuple(inside))
-            known = leaves.get(key) or old_leaves.get(key)
-            if known is not None:
+        blocks = cidr.collapse_sorted(addresses, version)
+        ends = [first for _, _, first in blocks[1:]]
+        if blocks:
+            ends.append(len(addresses))
+        for (network, length, first), end in zip(blocks, ends, strict=True):
+            if end - first == 1:  # the usual case: one address, most often one pod
+                holders = members[addresses[first]]
+                inside = tuple(holders) if len(holders) == 1 else tuple(sorted(holders))
+            else:
+                pods: list[str] = []
+                for address in addresses[first:end]:
+                    pods.extend(sorted(members[address]))
+                inside = tuple(pods)
+            key = (at_source, network, length, inside)
+            known = leaves.get(key)
+            if known is None:
+                known = old_leaves.get(key)
+                if known is None:
+                    pod = inside[0] if len(inside) == 1 else ""
+                    comment = (
+                        f"peer pod {pod}" if pod else f"peer pods {inside[0]} +{len(inside) - 1}"
+                    )
+                    written = written_comments.get(comment)
+                    if written is None:  # a pod's comment is the same in both directions
+                        written = written_comments[comment] = escape_comment(
+                            comment, MAX_COMMENT_TEXT
+                        )
+                    if length == host_length:  # the usual case: one address per rule
+                        block_text = host_texts.get(network)
+                        if block_text is None:
+                            block_text = host_texts[network] = cidr.text((network, length), version)
+                    else:
+                        block_text = cidr.text((network, length), version)
+                    known = Rule.set_mark(
+                        block_text, at_source, comment, allow_options, pod, written
+                    )
                 leaves[key] = known
-                rules.append(known)
-                continue
-            pod = inside[0] if len(inside) == 1 else ""
-            comment = f"peer pod {pod}" if pod else f"peer pods {inside[0]} +{len(inside) - 1}"
-            address = self.text(block)
-            rule = Rule.set_mark(address, at_source, comment, allow_options, pod)
-            leaves[key] = rule
-            rules.append(rule)
+            rules.append(known)
         return rules
 
     def dispatch_leaf(
