@@ -18,13 +18,13 @@ from agent.model.objects import (
     Pod,
     SelectorPeer,
 )
-from agent.model.selectors import LabelSelector, Operator
 from agent.policy.view import (
     Delta,
     Pair,
     default_namespace_labels,
     is_local,
     peer_matches_pod,
+    peer_members,
 )
 
 T = TypeVar("T")
@@ -220,22 +220,6 @@ class ClusterIndex:
         namespace = self.namespaces.get(name)
         return namespace is not None and namespace.quarantined
 
-    def _candidates(self, selector: LabelSelector | None) -> Iterable[Pod] | None:
-        if selector is None:
-            return None
-        best: list[Pod] | None = None
-        for requirement in selector.requirements:
-            if requirement.operator is not Operator.IN:
-                continue
-            found = [
-                pod
-                for value in requirement.values
-                for pod in self._by_label.get((requirement.key, value), {}).values()
-            ]
-            if best is None or len(found) < len(best):
-                best = found
-        return best
-
     def _resolve_peer_pods(self, peer: SelectorPeer, policy_namespace: str) -> tuple[Pod, ...]:
         if peer.namespace_selector is None:
             namespaces = {policy_namespace}
@@ -247,13 +231,9 @@ class ClusterIndex:
                 if namespace_selector.matches(self.namespace_labels(ns))
             }
         namespaces = {ns for ns in namespaces if not self._namespace_quarantined(ns)}
-        candidates = self._candidates(peer.pod_selector)
-        in_scope: Iterable[Pod]
-        if candidates is None:
-            in_scope = (pod for ns in namespaces for pod in self._by_namespace.get(ns, {}).values())
-        else:
-            in_scope = (pod for pod in candidates if pod.namespace in namespaces)
-        selector = peer.pod_selector
-        members = [pod for pod in in_scope if selector is None or selector.matches(pod.labels)]
-        members.sort(key=lambda pod: pod.key)
-        return tuple(members)
+        return peer_members(
+            peer.pod_selector,
+            namespaces,
+            lambda item: self._by_label.get(item, {}).values(),
+            lambda namespace: self._by_namespace.get(namespace, {}).values(),
+        )

@@ -17,8 +17,7 @@ from agent.model.objects import (
     Pod,
     SelectorPeer,
 )
-from agent.model.selectors import LabelSelector, Operator
-from agent.policy.view import is_local, peer_matches_pod
+from agent.policy.view import is_local, peer_matches_pod, peer_members
 
 
 @dataclass(frozen=True)
@@ -130,26 +129,6 @@ class ClusterState:
                 grouped[item].append(pod)
         return {item: tuple(pods) for item, pods in grouped.items()}
 
-    def _candidates(self, selector: LabelSelector | None) -> Iterable[Pod] | None:
-        """A superset of the pods ``selector`` matches, from the label index; None if the
-        selector has no equality requirement to narrow with."""
-        if selector is None:
-            return None
-        best: list[Pod] | None = None
-        for requirement in selector.requirements:
-            if requirement.operator is not Operator.IN:
-                continue
-            found = [
-                pod
-                for value in requirement.values
-                for pod in self.pods_by_label.get((requirement.key, value), ())
-            ]
-            if best is None or len(found) < len(best):
-                best = found
-        if best is not None and len(best) > 1:
-            best.sort(key=lambda pod: pod.key)
-        return best
-
     @functools.cached_property
     def _peer_pods_cache(self) -> dict[tuple[SelectorPeer, str], tuple[Pod, ...]]:
         return {}
@@ -165,20 +144,12 @@ class ClusterState:
         return found
 
     def _resolve_peer_pods(self, peer: SelectorPeer, policy_namespace: str) -> tuple[Pod, ...]:
-        namespaces = self.selected_namespaces(peer, policy_namespace)
-        candidates = self._candidates(peer.pod_selector)
-        if candidates is None:
-            candidates = (
-                pod for namespace in namespaces for pod in self.pods_by_namespace.get(namespace, ())
-            )
-            in_scope: Iterable[Pod] = candidates
-        else:
-            allowed = set(namespaces)
-            in_scope = (pod for pod in candidates if pod.namespace in allowed)
-        selector = peer.pod_selector
-        members = [pod for pod in in_scope if selector is None or selector.matches(pod.labels)]
-        members.sort(key=lambda pod: pod.key)
-        return tuple(members)
+        return peer_members(
+            peer.pod_selector,
+            set(self.selected_namespaces(peer, policy_namespace)),
+            lambda item: self.pods_by_label.get(item, ()),
+            lambda namespace: self.pods_by_namespace.get(namespace, ()),
+        )
 
     def peer_matches_pod(self, peer: SelectorPeer, policy_namespace: str, pod: Pod) -> bool:
         return peer_matches_pod(peer, policy_namespace, pod, self.namespace_labels, self.namespaces)

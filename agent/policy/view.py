@@ -6,7 +6,7 @@ explain, tests), and ``ClusterIndex``, kept up to date by deltas (the running ag
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -19,6 +19,7 @@ from agent.model.objects import (
     Pod,
     SelectorPeer,
 )
+from agent.model.selectors import LabelSelector, Operator
 
 T = TypeVar("T")
 Pair = tuple[T | None, T | None]  # (old, new): None for "absent"
@@ -156,3 +157,36 @@ class Before:
         return peer_matches_pod(
             peer, policy_namespace, pod, self.namespace_labels, self._view.namespaces
         )
+
+
+def peer_members(
+    pod_selector: LabelSelector | None,
+    namespaces: Collection[str],
+    pods_with_label: Callable[[tuple[str, str]], Iterable[Pod]],
+    pods_in_namespace: Callable[[str], Iterable[Pod]],
+) -> tuple[Pod, ...]:
+    """The peer pods of ``namespaces`` that ``pod_selector`` matches, in key order.
+
+    Both views answer through here: the label index narrows the search when the selector
+    has an ``In`` requirement (the smallest one wins), else the namespaces are walked.
+    """
+    candidates: list[Pod] | None = None
+    if pod_selector is not None:
+        for requirement in pod_selector.requirements:
+            if requirement.operator is not Operator.IN:
+                continue
+            found = [
+                pod
+                for value in requirement.values
+                for pod in pods_with_label((requirement.key, value))
+            ]
+            if candidates is None or len(found) < len(candidates):
+                candidates = found
+    in_scope: Iterable[Pod]
+    if candidates is None:
+        in_scope = (pod for namespace in namespaces for pod in pods_in_namespace(namespace))
+    else:
+        in_scope = (pod for pod in candidates if pod.namespace in namespaces)
+    members = [pod for pod in in_scope if pod_selector is None or pod_selector.matches(pod.labels)]
+    members.sort(key=lambda pod: pod.key)
+    return tuple(members)
