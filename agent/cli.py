@@ -275,7 +275,10 @@ def _parser() -> argparse.ArgumentParser:
     render = commands.add_parser("render", help="print the iptables-restore payload; touch nothing")
     render.add_argument("--node", required=True, help="the node to render for")
     render.add_argument(
-        "-f", "--file", required=True, help="multi-document YAML of cluster objects"
+        "-f",
+        "--file",
+        required=True,
+        help="cluster objects: multi-document YAML or JSON, any *List (kubectl get -o yaml|json)",
     )
     render.add_argument(
         "--family",
@@ -290,7 +293,12 @@ def _parser() -> argparse.ArgumentParser:
     render.set_defaults(func=cmd_render, parser=render)
 
     why = commands.add_parser("explain", help="is a connection allowed, and which policies decide")
-    why.add_argument("-f", "--file", required=True, help="multi-document YAML of cluster objects")
+    why.add_argument(
+        "-f",
+        "--file",
+        required=True,
+        help="cluster objects: multi-document YAML or JSON, any *List (kubectl get -o yaml|json)",
+    )
     why.add_argument("--from", dest="source", required=True, help="NS/POD or an IP address")
     why.add_argument("--to", dest="destination", required=True, help="NS/POD or an IP address")
     why.add_argument("--port", required=True, help="PORT[/TCP|UDP|SCTP], e.g. 80/TCP")
