@@ -3,6 +3,9 @@
 #
 #   bash tests/node/images.sh [pause] [netprobe] [agent [--tag TAG]]   (default: all)
 #
+#   pause     our own static pause (images/pause.c), the pods' sandbox image
+#   netprobe  the test server/client (netprobe/, static Go, stdlib only): the binary
+#             itself (to run on a node or in a pod's netns with nsenter) and an image
 # Each image is built with buildah (vfs storage, chroot isolation) and written to an OCI
 # archive (`oci-archive:`) that `ctr -n k8s.io images import` loads under the printed
 # ref. Archives are cached outside the repository, in
@@ -18,6 +21,9 @@
 # On success the last lines on stdout are, per image asked for:
 #   PAUSE=/abs/path/pause-<hash>.oci.tar
 #   PAUSE_REF=localhost/netpol-test/pause:<hash>
+#   NETPROBE_BIN=/abs/path/netprobe-<hash>/netprobe
+#   NETPROBE=/abs/path/netprobe-<hash>.oci.tar
+#   NETPROBE_REF=localhost/netpol-test/netprobe:<hash>
 # Everything else (progress, build output) goes to stderr.
 set -euo pipefail
 
@@ -31,19 +37,20 @@ die() {
     exit 1
 }
 
-want_pause=0
+want_pause=0 want_netprobe=0
 while (($#)); do
     case "$1" in
         pause) want_pause=1 ;;
+        netprobe) want_netprobe=1 ;;
         -h | --help)
             sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
             exit 0
             ;;
-        *) die "unknown argument '$1' (pause)" ;;
+        *) die "unknown argument '$1' (pause, netprobe)" ;;
     esac
     shift
 done
-((want_pause)) || want_pause=1
+((want_pause + want_netprobe)) || want_pause=1 want_netprobe=1
 
 # --- helpers ---------------------------------------------------------------------------
 
@@ -100,6 +107,7 @@ bh() {
 
 # Working containers this run created; removed on exit, whatever happens.
 containers=()
+# shellcheck disable=SC2317  # called by the trap
 cleanup() {
     local c
     for c in "${containers[@]}"; do
@@ -150,7 +158,57 @@ build_pause() {
     log "built ${pause_archive} ($(du -h "${pause_archive}" | cut -f1)) in $((SECONDS - start))s"
 }
 
+# --- netprobe --------------------------------------------------------------------------
+# The test server/client (netprobe/main.go), static (CGO_ENABLED=0), built with the
+# project's Go toolchain (scripts/go-toolchain.sh); the image holds only /netprobe.
+netprobe_recipe="netprobe v1: CGO_ENABLED=0 go build -trimpath -ldflags='-s -w'; FROM scratch"
+netprobe_dir="${here}/netprobe"
+netprobe_hash=""
+netprobe_inputs() {
+    local gocmd
+    gocmd="$(bash "${repo}/scripts/go-toolchain.sh" | tail -n1)"
+    [[ -x "${gocmd}" ]] || die "scripts/go-toolchain.sh gave no Go toolchain"
+    netprobe_go="${gocmd}"
+    netprobe_hash="$( {
+        echo "${netprobe_recipe}"
+        file_digests tests/node/netprobe
+        echo "${gocmd}"
+    } | hash_inputs)"
+    netprobe_bin="${cache}/netprobe-${netprobe_hash}/netprobe"
+    netprobe_archive="${cache}/netprobe-${netprobe_hash}.oci.tar"
+    netprobe_ref="localhost/netpol-test/netprobe:${netprobe_hash}"
+}
+
+build_netprobe() {
+    netprobe_inputs
+    [[ -x "${netprobe_bin}" && -s "${netprobe_archive}" ]] && return
+    lock
+    [[ -x "${netprobe_bin}" && -s "${netprobe_archive}" ]] && return
+    setup_buildah
+    local start=${SECONDS} work ctr
+    log "building netprobe and image ${netprobe_ref}"
+    work="$(mktemp -d "${bh_dir}/tmp/netprobe.XXXXXX")"
+    # GOTOOLCHAIN=local: exactly this toolchain; GOFLAGS: no module may be fetched.
+    (cd "${netprobe_dir}" && env -u GOROOT GOTOOLCHAIN=local CGO_ENABLED=0 \
+        GOFLAGS="-mod=readonly -buildvcs=false" GOPROXY=off \
+        "${netprobe_go}" build -trimpath -ldflags="-s -w" -o "${work}/netprobe" .)
+    ctr="$(bh from --quiet --signature-policy "${bh_dir}/policy.json" scratch)"
+    containers+=("${ctr}")
+    bh copy --quiet --chmod 0755 "${ctr}" "${work}/netprobe" /netprobe >/dev/null
+    bh config --entrypoint '["/netprobe"]' --cmd '["serve","--tcp","80,8080,9000","--udp","53,9000","--http","8080"]' \
+        --label "org.opencontainers.image.title=netprobe" \
+        --label "netpol-agent.inputs=${netprobe_hash}" "${ctr}"
+    commit_archive "${ctr}" "${netprobe_archive}" "${netprobe_ref}"
+    mkdir -p "$(dirname "${netprobe_bin}")"
+    mv -f "${work}/netprobe" "${netprobe_bin}"
+    rm -rf "${work}"
+    log "built ${netprobe_archive} ($(du -h "${netprobe_archive}" | cut -f1)) in $((SECONDS - start))s"
+}
+
 ((want_pause)) && build_pause
+((want_netprobe)) && build_netprobe
 
 ((want_pause)) && printf 'PAUSE=%s\nPAUSE_REF=%s\n' "${pause_archive}" "${pause_ref}"
+((want_netprobe)) && printf 'NETPROBE_BIN=%s\nNETPROBE=%s\nNETPROBE_REF=%s\n' \
+    "${netprobe_bin}" "${netprobe_archive}" "${netprobe_ref}"
 exit 0

@@ -82,6 +82,6 @@ while (($#)); do
     if ((${#argv[@]})); then
         n=$((n + 1))
         log "running in ${ref}: ${argv[*]}"
-        c run --rm --net-host "${ref}" "ctrcheck-${n}" "${argv[@]}"
+        c run --rm "${ref}" "ctrcheck-${n}" "${argv[@]}"
     fi
 done
