@@ -538,8 +538,13 @@ class NodeCluster:
                     check=check, timeout=timeout)
 
     def import_image(self, archive: Path | str) -> None:
-        """``ctr -n k8s.io images import`` the OCI archive on every node (in parallel)."""
+        """``ctr -n k8s.io images import`` the OCI archive on every node (in parallel).
+
+        ``timings["import <file name>"]`` records how long it took.
+        """
+        start = time.monotonic()
         self._for_each_node(lambda n: self._import_on(n, Path(archive)))
+        self.timings[f"import {Path(archive).name}"] = time.monotonic() - start
 
     def restart_kubelet(self, node: str | Node, *, timeout: float = 60.0) -> None:
         """Stop the node's kubelet (SIGTERM) and start it again; waits for its /healthz."""
@@ -629,6 +634,7 @@ class NodeCluster:
         with self._lock:
             if self._stopped or not self._started:
                 return
+            start = time.monotonic()
             self._stopped = True
             atexit.unregister(self.stop)
             if self._api is not None:
@@ -662,6 +668,7 @@ class NodeCluster:
                 problems = _teardown_state(state, self.run_dir, keep_dir=self.keep_dir)
                 if problems:
                     print(f"node cluster: cleanup left {problems}", file=sys.stderr)
+            self.timings["stop"] = time.monotonic() - start
 
     # -- start-up ------------------------------------------------------------------------
 

@@ -4,8 +4,9 @@
   every node test; started on first use, stopped (and cleaned up) at the end.
 * ``node_images`` (session): the test images from ``tests/node/images.sh``
   (pause, netprobe), netprobe imported on every node.
-* ``agent_image`` (session): the agent's own image (``images.sh agent``), imported on
-  every node.
+* ``agent_image`` (session): the agent's own image (``images.sh agent``, or the archive
+  and ref in ``NETPOL_AGENT_NODE_AGENT_ARCHIVE`` / ``NETPOL_AGENT_NODE_AGENT_REF``),
+  imported on every node.
 * ``deployed_agent`` (session): ``deploy/`` applied with that image, as the kind guide
   does; the DaemonSet Ready on every node.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,15 +58,27 @@ def node_images() -> NodeImages:
 
 @pytest.fixture(scope="session")
 def node_cluster(node_images: NodeImages) -> Iterator[NodeCluster]:
-    with NodeCluster(pause=(node_images.pause, node_images.pause_ref)) as cluster:
+    cluster = NodeCluster(pause=(node_images.pause, node_images.pause_ref))
+    with cluster:
         cluster.import_image(node_images.netprobe)
         yield cluster
+    times = ", ".join(f"{k} {v:.1f}s" for k, v in cluster.timings.items())
+    print(f"\nnode cluster timings: {times}", file=sys.stderr)
+
+
+#: A prebuilt agent image (OCI archive) and its ref, instead of ``images.sh agent``.
+ENV_AGENT_ARCHIVE = "NETPOL_AGENT_NODE_AGENT_ARCHIVE"
+ENV_AGENT_REF = "NETPOL_AGENT_NODE_AGENT_REF"
 
 
 @pytest.fixture(scope="session")
 def agent_image(node_cluster: NodeCluster) -> AgentImage:
-    out = build_images("agent")
-    image = AgentImage(Path(out["AGENT"]), out["AGENT_REF"])
+    archive, ref = os.environ.get(ENV_AGENT_ARCHIVE), os.environ.get(ENV_AGENT_REF)
+    if archive and ref:
+        image = AgentImage(Path(archive), ref)
+    else:
+        out = build_images("agent")
+        image = AgentImage(Path(out["AGENT"]), out["AGENT_REF"])
     node_cluster.import_image(image.archive)
     return image
 
