@@ -139,6 +139,17 @@ def test_pods_reach_each_other_across_nodes(
         return out.returncode == 0 and "b" in out.stdout
 
     _eventually(via_service, f"pod a -> Service b ({cluster_ip}:81)", timeout=30)
+    # A NodePort, from the outside host, through the node that does not run pod b.
+    node_cluster.kubectl("-n", smoke_ns, "expose", "pod", "b", "--name=b-nodeport",
+                         "--type=NodePort", "--port=80")
+    node_port = core.read_namespaced_service("b-nodeport", smoke_ns).spec.ports[0].node_port
+
+    def via_node_port() -> bool:
+        out = node_cluster.run_outside([probe, "connect", "tcp", f"{w1.ip}:{node_port}",
+                                        "--timeout", "1s"])
+        return out.returncode == 0 and "b" in out.stdout
+
+    _eventually(via_node_port, f"outside -> {w1.name}:{node_port} -> pod b", timeout=30)
 
 
 def test_agent_deployed_as_the_kind_guide_says(
@@ -222,3 +233,17 @@ def test_agent_deployed_as_the_kind_guide_says(
     finally:
         if twin is not None:
             node_cluster.kubectl("-n", AGENT_NAMESPACE, "delete", "service", twin)
+
+
+def test_restart_kubelet_keeps_pods(node_cluster: NodeCluster, smoke_ns: str) -> None:
+    worker = node_cluster.workers[1]
+    before = node_cluster.pod_netns(smoke_ns, "b")
+    node_cluster.restart_kubelet(worker)
+
+    def ready() -> bool:
+        node = _get(node_cluster, "node", worker.name)
+        return any(c["type"] == "Ready" and c["status"] == "True"
+                   for c in node["status"]["conditions"])
+
+    _eventually(ready, f"{worker.name} Ready after a kubelet restart", timeout=60)
+    assert node_cluster.pod_netns(smoke_ns, "b") == before  # the same sandbox runs on
