@@ -179,6 +179,9 @@ def test_agent_deployed_as_the_kind_guide_says(
         mounts = pod["spec"]["containers"][0]["volumeMounts"]
         assert "/var/run/secrets/kubernetes.io/serviceaccount" in [m["mountPath"]
                                                                    for m in mounts]
+        env = node_cluster.kubectl("-n", AGENT_NAMESPACE, "exec", pod["metadata"]["name"], "--",
+                                   "sh", "-c", "echo $KUBERNETES_SERVICE_HOST")
+        assert env.strip() == SERVICE_IP
         logs = node_cluster.kubectl("-n", AGENT_NAMESPACE, "logs", pod["metadata"]["name"])
         assert "netpol-agent running" in logs, logs[-2000:]
 
