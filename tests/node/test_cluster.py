@@ -184,6 +184,7 @@ def test_agent_deployed_as_the_kind_guide_says(
         assert env.strip() == SERVICE_IP
         logs = node_cluster.kubectl("-n", AGENT_NAMESPACE, "logs", pod["metadata"]["name"])
         assert "netpol-agent running" in logs, logs[-2000:]
+        assert 'config="in-cluster service account"' in logs, logs[-2000:]
 
     # The kubernetes Service's endpoint is the apiserver on the control-plane node, and
     # the agent's token is a bound ServiceAccount token for netpol-agent/netpol-agent.
@@ -204,38 +205,24 @@ def test_agent_deployed_as_the_kind_guide_says(
         first = json.loads(log.read_text().splitlines()[0])
         assert isinstance(first, dict)
 
-    # /metrics through a Service ClusterIP (kube-proxy, iptables mode), from a node.
+    # /metrics from every agent (the Service's endpoints, what Prometheus scrapes), and
+    # through the Service's ClusterIP (kube-proxy, iptables mode), from a node.
     svc = _get(node_cluster, "-n", AGENT_NAMESPACE, "service", "netpol-agent")
     port = next(p for p in svc["spec"]["ports"] if p["name"] == "metrics")["port"]
-    cluster_ip = svc["spec"].get("clusterIP")
-    twin = None
-    if cluster_ip in (None, "", "None"):
-        # deploy/service.yaml is headless (for Prometheus discovery): scrape each endpoint
-        # directly, and the ClusterIP of a non-headless twin with the same selector.
-        for node in node_cluster.nodes:
-            out = node_cluster.run_on_node(worker, ["curl", "-sS", "--max-time", "5",
-                                                    f"http://{node.ip}:{port}/metrics"])
-            assert out.returncode == 0 and "netpol_agent_" in out.stdout, out.stderr
-        twin = "netpol-agent-metrics-smoke"
-        node_cluster.kubectl("-n", AGENT_NAMESPACE, "apply", "-f", "-", input=json.dumps({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": twin, "namespace": AGENT_NAMESPACE},
-            "spec": {"selector": svc["spec"]["selector"],
-                     "ports": [{"name": "metrics", "port": port, "targetPort": "metrics"}]},
-        }))
-        cluster_ip = _get(node_cluster, "-n", AGENT_NAMESPACE, "service", twin)["spec"][
-            "clusterIP"]
-    try:
-        def scrape() -> str | None:
-            out = node_cluster.run_on_node(worker, ["curl", "-sS", "--max-time", "3",
-                                                    f"http://{cluster_ip}:{port}/metrics"])
-            return out.stdout if out.returncode == 0 and "netpol_agent_" in out.stdout else None
+    cluster_ip = svc["spec"]["clusterIP"]
+    assert cluster_ip not in (None, "", "None"), svc["spec"]
+    for node in node_cluster.nodes:
+        out = node_cluster.run_on_node(worker, ["curl", "-sS", "--max-time", "5",
+                                                f"http://{node.ip}:{port}/metrics"])
+        assert out.returncode == 0 and "netpol_agent_" in out.stdout, out.stderr
 
-        metrics = _eventually(scrape, f"/metrics at {cluster_ip}:{port}", timeout=30)
-        assert "netpol_agent_" in metrics
-    finally:
-        if twin is not None:
-            node_cluster.kubectl("-n", AGENT_NAMESPACE, "delete", "service", twin)
+    def scrape() -> str | None:
+        out = node_cluster.run_on_node(worker, ["curl", "-sS", "--max-time", "3",
+                                                f"http://{cluster_ip}:{port}/metrics"])
+        return out.stdout if out.returncode == 0 and "netpol_agent_" in out.stdout else None
+
+    metrics = _eventually(scrape, f"/metrics at {cluster_ip}:{port}", timeout=30)
+    assert "netpol_agent_" in metrics
 
 
 def test_restart_kubelet_keeps_pods(node_cluster: NodeCluster, smoke_ns: str) -> None:
