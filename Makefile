@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-unit test-lab test-cluster lint typecheck bench bench-smoke cluster-build clean
+.PHONY: setup demo test test-unit test-lab test-cluster test-node lint typecheck bench bench-smoke cluster-build node-images clean
 
 setup: $(STAMP)
 
@@ -29,9 +29,15 @@ typecheck: setup
 cluster-build: setup
 	bash tests/cluster/build.sh
 
+# The real-node tests' images: pause, netprobe and the agent's own (the Dockerfile,
+# built with buildah). Cached; a second run only checks the archives exist.
+node-images: setup
+	bash tests/node/images.sh
+
 # Everything: static checks, unit tests, the network-namespace lab (both iptables
-# backends) and the tests against a real kube-apiserver + etcd (built on first use).
-test: setup lint typecheck cluster-build
+# backends), the tests against a real kube-apiserver + etcd, and the agent's image as a
+# DaemonSet on three real nodes (kubelet, containerd, kube-proxy). Builds on first use.
+test: setup lint typecheck cluster-build node-images
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests
 
 test-unit: setup
@@ -42,6 +48,9 @@ test-lab: setup
 
 test-cluster: setup cluster-build
 	$(VENV)/bin/pytest -q -p no:cacheprovider -m cluster tests
+
+test-node: setup cluster-build node-images
+	$(VENV)/bin/pytest -q -p no:cacheprovider -m node tests
 
 bench: setup
 	$(PY) -m bench.load --runs 7
