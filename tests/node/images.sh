@@ -13,10 +13,11 @@
 #             pyproject.toml, README.md, agent/ and the base>, so it changes with any of them.
 #             `agent --tag TAG` also writes a copy of that image tagged TAG (only the name
 #             differs: for a rolling-update test), and prints it instead.
+#
 # Each image is built with buildah (vfs storage, chroot isolation) and written to an OCI
 # archive (`oci-archive:`) that `ctr -n k8s.io images import` loads under the printed
-# ref. Archives are cached outside the repository, in
-#   ${NETPOL_AGENT_CACHE:-${XDG_CACHE_HOME:-~/.cache}/netpol-agent}/images/
+# ref (images/ctr-check.sh checks that). Archives are cached outside the repository, in
+#   ${NETPOL_AGENT_IMAGE_CACHE:-${NETPOL_AGENT_CACHE:-~/.cache/netpol-agent}/images}/
 # keyed by a hash of each image's inputs, so only the first run builds; later runs only
 # check that the files exist. Concurrent callers serialise on a lock and the later ones
 # find the work done.
@@ -38,7 +39,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "${here}/../.." && pwd)"
-cache="${NETPOL_AGENT_CACHE:-${XDG_CACHE_HOME:-${HOME}/.cache}/netpol-agent}/images"
+cache="${NETPOL_AGENT_IMAGE_CACHE:-${NETPOL_AGENT_CACHE:-${XDG_CACHE_HOME:-${HOME}/.cache}/netpol-agent}/images}"
 
 log() { printf 'images.sh: %s\n' "$*" >&2; }
 die() {
