@@ -369,9 +369,9 @@ build_agent() {
         mv -f "${tmp}" "${agent_archive}"
         bh rmi "${agent_ref}" >/dev/null
         log "built ${agent_archive} ($(du -h "${agent_archive}" | cut -f1)) in $((SECONDS - start))s"
-        # Keep the newest few agent archives (and their re-tagged copies), not every one.
+        # Keep the dozen most recently used agent archives (and re-tagged copies), not all.
         find "${cache}" -maxdepth 1 -name 'agent-*.oci.tar' -printf '%T@ %p\n' | sort -rn |
-            awk 'NR > 6 { print $2 }' | xargs -r rm -f
+            awk 'NR > 12 { print $2 }' | xargs -r rm -f
     fi
     touch "${agent_archive}"
     [[ -n "${agent_tag}" ]] || return 0
