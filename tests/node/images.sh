@@ -6,8 +6,9 @@
 #   pause     our own static pause (images/pause.c), the pods' sandbox image
 #   netprobe  the test server/client (netprobe/, static Go, stdlib only): the binary
 #             itself (to run on a node or in a pod's netns with nsenter) and an image
-#   agent     the project's Dockerfile, built with buildah exactly as a user would build
-#             it, with PYTHON_IMAGE = a local Debian bookworm root filesystem with Debian's
+#   agent     the project's Dockerfile, built with buildah as a user would build it (the
+#             RUN steps also see this machine's CA bundle, read-only, not in the image),
+#             with PYTHON_IMAGE = a local Debian bookworm root filesystem with Debian's
 #             python3.11 (made with mmdebstrap; it stands in for python:3.11-slim-bookworm,
 #             see build_base). The tag is dev-<hash of Dockerfile, .dockerignore,
 #             pyproject.toml, README.md, agent/ and the base>, so it changes with any of them.
