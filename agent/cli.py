@@ -413,6 +413,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.func(args)
     except SystemExit as exit_:  # a usage error found after parsing (parser.error)
         return exit_.code if isinstance(exit_.code, int) else 2
+    except BrokenPipeError:
+        # `render ... | head`: the reader is gone, which is not our error. Point stdout at
+        # /dev/null so the interpreter's final flush cannot raise again, and exit as a
+        # process killed by SIGPIPE would (128 + 13).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except UsageError as error:
         print(f"netpol-agent {args.command}: {error}", file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 packages=(iptables nftables conntrack iproute2 procps openssl python3 python3-venv ca-certificates
-  containerd runc containernetworking-plugins buildah mmdebstrap util-linux)
+  containerd runc containernetworking-plugins buildah mmdebstrap util-linux gcc libc6-dev)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

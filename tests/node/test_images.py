@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytestmark = pytest.mark.lab
+pytestmark = pytest.mark.node
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGES_SH = REPO / "tests/node/images.sh"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -242,6 +243,24 @@ def test_installed_command_exit_codes(tmp_path: Path) -> None:
 
 
 # --- bad flags: argparse's usage error, exit 2, never a traceback -------------------------
+
+
+def test_render_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
+    # `netpol-agent render ... | head`: the reader left before the output was written.
+    command = [sys.executable, "-m", "agent.cli", "render", "--node", "node1"]
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [*command, "-f", write_state(tmp_path)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141
+    assert done.stderr == ""
 
 
 @pytest.mark.parametrize(
