@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     from tests.node.cluster import NodeCluster
 
 INTERVAL = "20ms"
-ATTEMPT_TIMEOUT = "100ms"
+ATTEMPT_TIMEOUT = "50ms"
 
 
 @dataclass

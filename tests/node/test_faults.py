@@ -1,7 +1,7 @@
 """Faults on the real node while denied pairs are probed continuously.
 
 On the probed node run a policy-selected server and an egress-jailed pod; from both nodes
-``netprobe loop`` (one attempt every 20 ms, 100 ms per attempt) tries the denied pairs the
+``netprobe loop`` (an attempt every 20 ms, or every 50 ms when it times out) tries the denied pairs the
 whole time:
 
 * ``stranger-a -> server`` TCP 80 (same node, ingress denied),
@@ -31,6 +31,7 @@ from tests.node.workloads import (
     LoopCount,
     PacketCounter,
     Probe,
+    agent_image_tagged,
     agent_pod,
     agent_rolled_out,
     apply,
@@ -54,7 +55,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.node
 
 INTERVAL = "20ms"
-ATTEMPT_TIMEOUT = "100ms"
+ATTEMPT_TIMEOUT = "50ms"
 MAX_GAP = 1.0  # seconds without an attempt that would make "0 leaked" unconvincing
 BASELINE = 1.0  # seconds of probing before the fault
 RESULTS: list[list[str]] = []  # one row per fault, printed at the end of the module
@@ -202,10 +203,8 @@ def run_fault(cluster: NodeCluster, world: World, fault: str, act: Callable[[], 
 
 def test_rolling_update_to_a_new_tag_leaks_nothing(node_cluster: NodeCluster, world: World) -> None:
     cluster = node_cluster
-    source = images(cluster).agent
-    repository = source.rsplit(":", 1)[0]
-    target = f"{repository}:{unique('roll')}"
-    cluster.tag_image(source, target)
+    target = agent_image_tagged(cluster, unique("roll"))
+    assert target != images(cluster).agent
 
     def act() -> None:
         cluster.deploy_agent(target)  # kubectl apply -k, waits for the rollout and Ready

@@ -77,22 +77,33 @@ def images(cluster: NodeCluster) -> Images:
     """The image references and the netprobe binary (``tests/node/images.sh`` prints them;
     it caches, so this is instant once the cluster is up)."""
     if not _IMAGES:
-        script = Path(__file__).with_name("images.sh")
-        out = subprocess.run(
-            ["bash", str(script)], capture_output=True, text=True, check=True
-        ).stdout
-        found = dict(
-            line.split("=", 1) for line in out.splitlines() if re.match(r"^[A-Z_]+=", line)
-        )
+        found = _images_sh()
         _IMAGES.append(
             Images(
                 pause=found["PAUSE_REF"],
                 netprobe=found["NETPROBE_REF"],
-                agent=found["AGENT_REF"],
+                agent=found.get("AGENT_REF", ""),
                 netprobe_bin=found["NETPROBE_BIN"],
             )
         )
     return _IMAGES[0]
+
+
+def _images_sh(*args: str) -> dict[str, str]:
+    """The ``KEY=VALUE`` lines ``tests/node/images.sh ARGS`` prints."""
+    script = Path(__file__).with_name("images.sh")
+    out = subprocess.run(
+        ["bash", str(script), *args], capture_output=True, text=True, check=True
+    ).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if re.match(r"^[A-Z_]+=", line))
+
+
+def agent_image_tagged(cluster: NodeCluster, tag: str) -> str:
+    """The agent image under another tag, imported on every node (same content, so
+    cheap): what a user's rolling update to a new tag deploys. Returns its reference."""
+    found = _images_sh("agent", "--tag", tag)
+    cluster.import_image(Path(found["AGENT"]))
+    return found["AGENT_REF"]
 
 
 # ------------------------------------------------------------------------------ manifests
@@ -170,7 +181,7 @@ def loop_pod(
     *,
     protocol: str = "tcp",
     interval: str = "20ms",
-    timeout: str = "100ms",
+    timeout: str = "50ms",
     duration: str = "3s",
 ) -> JSON:
     """A pod whose only container runs ``netprobe loop`` to ``target`` from its first
@@ -427,7 +438,8 @@ class LoopCount:
         return leaks[-1] if leaks else None
 
 
-_VERDICT = re.compile(r"\b(ok|fail)\b")
+#: One attempt of ``netprobe loop``: ``<RFC 3339 stamp> <seq> ok|fail <ms> <reply or error>``.
+_ATTEMPT = re.compile(r"^(\S+) (\d+) (ok|fail) (.*)$")
 
 
 def parse_time(text: str) -> float | None:
@@ -451,16 +463,13 @@ def parse_time(text: str) -> float | None:
 
 
 def parse_loop(output: str) -> LoopCount:
-    """The attempts in ``netprobe loop`` output (lines without a verdict are skipped)."""
+    """The attempts in ``netprobe loop`` output (other lines, e.g. its summary, skipped)."""
     count = LoopCount()
     for line in output.splitlines():
-        match = _VERDICT.search(line)
-        if not match:
-            continue
-        stamp = parse_time(line.split()[0]) if line.split() else None
-        count.attempts.append(
-            (stamp if stamp is not None else 0.0, match.group(1), line[match.end() :].lower())
-        )
+        match = _ATTEMPT.match(line.strip())
+        stamp = parse_time(match.group(1)) if match else None
+        if match and stamp is not None:
+            count.attempts.append((stamp, match.group(3), match.group(4).lower()))
     return count
 
 
@@ -473,7 +482,7 @@ class Loop:
         probe: Probe,
         *,
         interval: str = "20ms",
-        timeout: str = "100ms",
+        timeout: str = "50ms",
     ) -> None:
         ns, pod = probe.src.split("/", 1)
         self.probe = probe
