@@ -156,10 +156,17 @@ def _converged(cluster: NodeCluster, world: World, fault: str) -> None:
 
 
 def run_fault(cluster: NodeCluster, world: World, fault: str, act: Callable[[], None]) -> None:
+    by_ip = {ip: name for name, ip in world.ips.items()}
     counters = [
-        PacketCounter(cluster, world.ns, "server", world.ips["stranger-a"]).install(),
-        PacketCounter(cluster, world.ns, "server", world.ips["stranger-b"]).install(),
-        PacketCounter(cluster, world.ns, "open", world.ips["jailed"]).install(),
+        PacketCounter(
+            cluster,
+            world.ns,
+            by_ip[probe.host],
+            world.ips[probe.src.split("/")[1]],
+            probe.protocol,
+            probe.port,
+        ).install()
+        for probe in world.denied()
     ]
     loops = [Loop(cluster, p, interval=INTERVAL, timeout=ATTEMPT_TIMEOUT) for p in world.denied()]
     for loop in loops:
@@ -175,6 +182,8 @@ def run_fault(cluster: NodeCluster, world: World, fault: str, act: Callable[[], 
     finally:
         counts = [loop.stop() for loop in loops]
     packets = [c.packets() for c in counters]
+    for counter in counters:  # leave the pods as we found them
+        counter.remove()
     rows = [
         f"{loop.probe.src.split('/')[1]}->{loop.probe.target}/{loop.probe.protocol}"
         for loop in loops
@@ -196,9 +205,7 @@ def run_fault(cluster: NodeCluster, world: World, fault: str, act: Callable[[], 
         assert count.last > converged, f"{loop.probe}: loop stopped before convergence"
         assert count.max_gap < MAX_GAP, f"{loop.probe}: {count.max_gap:.2f}s without an attempt"
         assert count.leaked == 0, f"{fault}: {loop.probe} got through {count.leaked} time(s)"
-    assert packets == [0, 0, 0], f"{fault}: denied packets arrived: {packets}"
-    for counter in counters:  # leave the pods as we found them
-        counter.reset()
+    assert packets == [0] * len(packets), f"{fault}: denied packets arrived: {packets}"
 
 
 def test_rolling_update_to_a_new_tag_leaks_nothing(node_cluster: NodeCluster, world: World) -> None:

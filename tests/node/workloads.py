@@ -657,17 +657,31 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 # ------------------------------------------------------------------------------ counting
 class PacketCounter:
-    """Counts the packets from ``src_ip`` that reach pod ``ns/pod``'s own network stack.
+    """Counts the packets of one pair (``src_ip`` -> pod ``ns/pod``, protocol and port)
+    that reach the destination pod's own network stack.
 
     One counting rule (no target) at the top of INPUT in the *pod's* network namespace
     (never the node's): whatever the node let through, this sees.
     """
 
-    COMMENT = "netpol-agent-test-count"
-
-    def __init__(self, cluster: NodeCluster, ns: str, pod: str, src_ip: str) -> None:
-        self.cluster, self.ns, self.pod, self.src_ip = cluster, ns, pod, src_ip
-        self.rule = ["INPUT", "-s", f"{src_ip}/32", "-m", "comment", "--comment", self.COMMENT]
+    def __init__(
+        self, cluster: NodeCluster, ns: str, pod: str, src_ip: str, protocol: str, port: int
+    ) -> None:
+        self.cluster, self.ns, self.pod = cluster, ns, pod
+        self.comment = f"netpol-agent-test-count-{secrets.token_hex(4)}"
+        self.rule = [
+            "INPUT",
+            "-s",
+            f"{src_ip}/32",
+            "-p",
+            protocol,
+            "--dport",
+            str(port),
+            "-m",
+            "comment",
+            "--comment",
+            self.comment,
+        ]
 
     def _iptables(self, *args: str) -> str:
         argv = in_pod(self.cluster, self.ns, self.pod, ["iptables", "-w", *args])
@@ -677,11 +691,11 @@ class PacketCounter:
         self._iptables("-I", *self.rule)
         return self
 
-    def reset(self) -> None:
-        self._iptables("-Z", "INPUT")
+    def remove(self) -> None:
+        self._iptables("-D", *self.rule)
 
     def packets(self) -> int:
         for line in self._iptables("-nvxL", "INPUT").splitlines():
-            if self.COMMENT in line and self.src_ip in line.split():
+            if self.comment in line:
                 return int(line.split()[0])
-        raise AssertionError(f"counting rule for {self.src_ip} gone from {self.ns}/{self.pod}")
+        raise AssertionError(f"counting rule {self.comment} gone from {self.ns}/{self.pod}")
