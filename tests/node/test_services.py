@@ -99,7 +99,7 @@ def test_services_clusterip_and_nodeport_follow_the_backend_policy(
     cluster = node_cluster
     ns = backend_ns
     node_a, node_b = workers(cluster)
-    clients = {  # name: (node, labels, allowed by the policy)
+    clients = {  # name: (node, labels); the policy allows role=client
         "client-a": (node_a, {"role": "client"}),
         "client-b": (node_b, {"role": "client"}),
         "other-a": (node_a, {"role": "other"}),
@@ -127,6 +127,14 @@ def test_services_clusterip_and_nodeport_follow_the_backend_policy(
             [{"name": "http", "port": 80, "targetPort": 80, "protocol": "TCP"}],
             kind="NodePort",
             external_traffic_policy="Local",
+        ),
+        service(
+            ns,
+            "backend-nodeport-cluster",
+            {"app": "backend"},
+            [{"name": "http", "port": 80, "targetPort": 80, "protocol": "TCP"}],
+            kind="NodePort",
+            external_traffic_policy="Cluster",
         ),
         policy(
             ns,
@@ -230,6 +238,37 @@ def test_services_clusterip_and_nodeport_follow_the_backend_policy(
         if verdict.allowed != bool(extra):
             failures.append(f"explain for the outside host ({step}): {verdict.why()}")
 
+    # externalTrafficPolicy: Cluster masquerades: through the other node the backend sees
+    # that node's address (not its own node: the policy decides, and the outside host's
+    # ipBlock no longer matches); through its own node it sees the node's bridge address,
+    # which the node exemption lets through whatever the policy (printed, not compared:
+    # explain knows nodes by their Node objects' addresses only).
+    np_cluster = get(cluster, "-n", ns, "service", "backend-nodeport-cluster")["spec"]["ports"][0][
+        "nodePort"
+    ]
+    other_node_ip = node_ip(cluster, node_b)
+    verdict = explain(state, other_node_ip, f"{ns}/backend", 80)
+    seen = _settle(lambda: _outside_connect(cluster, other_node_ip, np_cluster), verdict.allowed)
+    rows.append(
+        [
+            f"outside host {outside}",
+            f"NodePort {other_node_ip}:{np_cluster} (Cluster, other node: SNAT to {other_node_ip})",
+            "ok" if seen else "--",
+            f"{'ALLOWED' if verdict.allowed else 'DENIED'} (from {other_node_ip})",
+        ]
+    )
+    if seen != verdict.allowed:
+        failures.append(f"NodePort (Cluster) via {node_b}: observed {seen}, {verdict.why()}")
+    seen = _outside_connect(cluster, backend_node_ip, np_cluster)
+    rows.append(
+        [
+            f"outside host {outside}",
+            f"NodePort {backend_node_ip}:{np_cluster} (Cluster, backend's node: SNAT)",
+            "ok" if seen else "--",
+            "n/a (source: the node's own bridge address)",
+        ]
+    )
+
     print(
         "\n"
         + table(["client", "through", "observed", "explain (client -> backend pod)"], rows)
@@ -253,13 +292,12 @@ def test_kubelet_readiness_probe_passes_under_deny_all(
             server_pod(cluster, ns, "ready", node_a, {"app": "ready"}, readiness=True),
             server_pod(cluster, ns, "peer", node_b, {"app": "peer"}),
         )
-        wait_ready(cluster, ns, "ready", timeout=60)
+        wait_ready(cluster, ns, "ready", "peer", timeout=60)
         state = dump_state(cluster, tmp_path / "state.yaml")
         from_node = explain(state, node_ip(cluster, node_a), f"{ns}/ready", HTTP_PORT)
         assert from_node.allowed, from_node.why()
         assert "own node" in from_node.why(), from_node.why()
         # ...while deny-all holds for everyone else.
-        wait_ready(cluster, ns, "peer", timeout=60)
         peer = explain(state, f"{ns}/peer", f"{ns}/ready", HTTP_PORT)
         assert not peer.allowed
         ready_ip = pod_ip(cluster, ns, "ready")
