@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Build (once) the real etcd, kube-apiserver and kubectl used by the tests.
+# Build (once) the real etcd and Kubernetes binaries used by the tests.
 #
-#   bash tests/cluster/build.sh [etcd] [kube-apiserver] [kubectl]   (default: all three)
+#   bash tests/cluster/build.sh [COMPONENT...]   (default: all of them)
 #
-# The versions are pinned by the go.mod/go.sum files under tests/cluster/gobuild/:
-# kube-apiserver and kubectl come from the same k8s.io/kubernetes pin and are built by
-# one `go build`, so the packages they share compile once. Binaries are cached outside
+# COMPONENT is etcd, or one of the Kubernetes binaries: kube-apiserver, kubectl (the
+# apiserver tests), kubelet, kube-proxy, kube-controller-manager, kube-scheduler (the
+# real-node tests). The versions are pinned by the go.mod/go.sum files under
+# tests/cluster/gobuild/: every Kubernetes binary comes from the same k8s.io/kubernetes
+# pin, and all the missing ones are built by one `go build`, so the packages they share
+# compile and link in one process. Binaries are cached outside
 # the repository, in
 #   ${NETPOL_AGENT_BIN_CACHE:-${XDG_CACHE_HOME:-~/.cache}/netpol-agent/bin}/<component>-<version>/<component>
 # so only the first run compiles; later runs only check that the files exist.
@@ -14,10 +17,12 @@
 # go.mod `toolchain` line, fetched once into the project's cache); a `go` that happens
 # to be on PATH is not used for building.
 #
-# On success the last lines on stdout are, one per component asked for:
+# On success the last lines on stdout are, one per component asked for, the component's
+# name upper-cased with '-' as '_':
 #   ETCD=/abs/path/to/etcd
 #   KUBE_APISERVER=/abs/path/to/kube-apiserver
 #   KUBECTL=/abs/path/to/kubectl
+#   ...
 # Everything else (progress, compiler output) goes to stderr.
 #
 # Only the Go module proxy is needed: no git, no GitHub, no release downloads.
@@ -30,18 +35,19 @@ cache_root="${NETPOL_AGENT_BIN_CACHE:-${XDG_CACHE_HOME:-${HOME}/.cache}/netpol-a
 
 log() { printf 'build.sh: %s\n' "$*" >&2; }
 
-want_etcd=0 want_kas=0 want_kubectl=0
-(($#)) || set -- etcd kube-apiserver kubectl
+kube_components=(kube-apiserver kubectl kubelet kube-proxy kube-controller-manager kube-scheduler)
+want_etcd=0
+wanted_kube=()
+(($#)) || set -- etcd "${kube_components[@]}"
 for component in "$@"; do
-    case "${component}" in
-        etcd) want_etcd=1 ;;
-        kube-apiserver) want_kas=1 ;;
-        kubectl) want_kubectl=1 ;;
-        *)
-            log "unknown component '${component}' (etcd, kube-apiserver, kubectl)"
-            exit 2
-            ;;
-    esac
+    if [[ "${component}" == etcd ]]; then
+        want_etcd=1
+    elif [[ " ${kube_components[*]} " == *" ${component} "* ]]; then
+        wanted_kube+=("${component}")
+    else
+        log "unknown component '${component}' (etcd ${kube_components[*]})"
+        exit 2
+    fi
 done
 
 # module_version DIR MODULE: the version of MODULE that DIR/go.mod requires.
@@ -60,8 +66,7 @@ etcd_version="$(module_version "${gobuild}/etcd" go.etcd.io/etcd/server/v3)"
 }
 
 etcd_bin="${cache_root}/etcd-${etcd_version}/etcd"
-kas_bin="${cache_root}/kube-apiserver-${kube_version}/kube-apiserver"
-kubectl_bin="${cache_root}/kubectl-${kube_version}/kubectl"
+kube_bin() { echo "${cache_root}/$1-${kube_version}/$1"; }
 
 gocmd=""
 ensure_go() {
@@ -129,12 +134,11 @@ if ((want_etcd)) && [[ ! -x "${etcd_bin}" ]]; then
 fi
 
 kube_specs() {
-    if ((want_kas)) && [[ ! -x "${kas_bin}" ]]; then
-        echo "kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver=${kas_bin}"
-    fi
-    if ((want_kubectl)) && [[ ! -x "${kubectl_bin}" ]]; then
-        echo "kubectl=k8s.io/kubernetes/cmd/kubectl=${kubectl_bin}"
-    fi
+    local component
+    for component in "${wanted_kube[@]}"; do
+        [[ -x "$(kube_bin "${component}")" ]] ||
+            echo "${component}=k8s.io/kubernetes/cmd/${component}=$(kube_bin "${component}")"
+    done
 }
 if [[ -n "$(kube_specs)" ]]; then
     lock "${cache_root}/kube-apiserver-${kube_version}/.lock"
@@ -152,6 +156,8 @@ if [[ -n "$(kube_specs)" ]]; then
 fi
 
 ((want_etcd)) && echo "ETCD=${etcd_bin}"
-((want_kas)) && echo "KUBE_APISERVER=${kas_bin}"
-((want_kubectl)) && echo "KUBECTL=${kubectl_bin}"
+for component in "${wanted_kube[@]}"; do
+    name="${component^^}"
+    echo "${name//-/_}=$(kube_bin "${component}")"
+done
 exit 0

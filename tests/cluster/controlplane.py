@@ -12,6 +12,12 @@ Python process dies without cleaning up.
 
 Run ``python -m tests.cluster.controlplane`` for a control plane in the
 foreground (prints the admin kubeconfig path; Ctrl-C stops it).
+
+The real-node cluster (:mod:`tests.node.cluster`) runs the same two processes inside
+a node's network namespace: ``command_prefix`` (an ``nsenter``), ``netns`` (where this
+process opens its own health-check connections), ``host`` (the apiserver's bind and
+advertise address), ``client_url`` (how the test process reaches the apiserver),
+``extra_sans`` and ``disabled_admission_plugins``.
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ import argparse
 import base64
 import contextlib
 import ctypes
+import errno
 import http.client
+import ipaddress
 import json
 import os
 import secrets
@@ -33,8 +41,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -168,6 +174,82 @@ def build_binaries(*, quiet: bool = False) -> Binaries:
     return bins
 
 
+_CLONE_NEWNET = 0x40000000
+
+
+def socket_in_netns(netns: Path | None) -> socket.socket:
+    """A new TCP socket that lives in network namespace ``netns`` (None: this one).
+
+    setns() applies to the calling thread only, so a short-lived thread enters the
+    namespace and creates the socket; the socket stays in that namespace.
+    """
+    if netns is None:
+        return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    out: list[socket.socket | BaseException] = []
+
+    def work() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if libc.setns(fd, _CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"setns({netns}): {os.strerror(err)}")
+            finally:
+                os.close(fd)
+            out.append(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+        except BaseException as exc:  # handed to the caller
+            out.append(exc)
+
+    thread = threading.Thread(target=work, name="setns-socket")
+    thread.start()
+    thread.join()
+    result = out[0] if out else OSError(errno.EIO, "setns thread produced nothing")
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+class _NetnsHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a socket opened in a given network namespace."""
+
+    def __init__(self, host: str, port: int, *, netns: Path | None, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self._netns = netns
+
+    def connect(self) -> None:
+        sock = socket_in_netns(self._netns)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect((self.host, self.port))
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class _NetnsHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS over a socket opened in a given network namespace."""
+
+    def __init__(
+        self, host: str, port: int, *, netns: Path | None, timeout: float,
+        context: ssl.SSLContext,
+    ) -> None:
+        super().__init__(host, port, timeout=timeout, context=context)
+        self._netns = netns
+        self._ctx = context
+
+    def connect(self) -> None:
+        sock = socket_in_netns(self._netns)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect((self.host, self.port))
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = self._ctx.wrap_socket(sock, server_hostname=self.host)
+
+
 def free_port() -> int:
     """A currently free TCP port on 127.0.0.1 (the kernel picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -253,11 +335,26 @@ class Pki:
     sa_pub: Path
 
 
-def generate_pki(directory: Path) -> Pki:
-    """CA, apiserver serving cert, admin client cert (system:masters), SA key pair."""
+def generate_pki(directory: Path, extra_sans: Sequence[str] = ()) -> Pki:
+    """CA, apiserver serving cert, admin client cert (system:masters), SA key pair.
+
+    ``extra_sans`` (IP addresses or DNS names) are added to the serving cert's SANs.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     ext = directory / "extensions.cnf"
-    ext.write_text(_OPENSSL_EXTENSIONS)
+    extensions = _OPENSSL_EXTENSIONS
+    if extra_sans:
+        extra = []
+        for san in extra_sans:
+            try:
+                ipaddress.ip_address(san)
+                extra.append(f"IP:{san}")
+            except ValueError:
+                extra.append(f"DNS:{san}")
+        extensions = extensions.replace(
+            f"IP:{SERVICE_IP}\n", f"IP:{SERVICE_IP}, {', '.join(extra)}\n", 1
+        )
+    ext.write_text(extensions)
 
     def ec_key(name: str) -> None:
         _openssl(
@@ -312,12 +409,37 @@ class ControlPlane:
         etcd_compaction_interval: str = "0",
         extra_apiserver_args: Sequence[str] = (),
         ready_timeout: float = 90.0,
+        disabled_admission_plugins: Sequence[str] = DISABLED_ADMISSION_PLUGINS,
+        extra_sans: Sequence[str] = (),
+        command_prefix: Sequence[str] = (),
+        netns: Path | None = None,
+        host: str = "127.0.0.1",
+        apiserver_port: int | None = None,
+        client_url: str | None = None,
     ) -> None:
+        """See the class docstring; the last seven arguments place the control plane.
+
+        ``command_prefix`` is put before etcd's and the apiserver's argv (for example
+        ``nsenter --net=/run/netns/X``); ``netns`` is the network namespace this process
+        opens its health checks in (the one the prefix enters); ``host`` is the
+        apiserver's bind and advertise address there (etcd stays on that namespace's
+        127.0.0.1); ``apiserver_port`` fixes the port (default: a free one);
+        ``client_url`` is the apiserver URL written into the admin kubeconfig, for a
+        test process that reaches it through a forwarder (default: ``apiserver_url``).
+        A non-loopback ``host`` turns the endpoint reconciler on, so the ``kubernetes``
+        Service gets ``host`` as its endpoint.
+        """
         self.binaries = binaries if binaries is not None else build_binaries()
         self.watch_cache = watch_cache
         self.etcd_compaction_interval = etcd_compaction_interval
         self.extra_apiserver_args = list(extra_apiserver_args)
         self.ready_timeout = ready_timeout
+        self.disabled_admission_plugins = list(disabled_admission_plugins)
+        self.extra_sans = list(extra_sans)
+        self.command_prefix = list(command_prefix)
+        self.netns = netns
+        self.host = host
+        self.client_url = client_url
 
         _reap_stale_run_dirs()
         self.run_dir = Path(tempfile.mkdtemp(prefix=RUN_DIR_PREFIX, dir=RUN_DIR_PARENT))
@@ -329,7 +451,7 @@ class ControlPlane:
         self._stopped = False
         self.etcd_client_port = 0
         self.etcd_peer_port = 0
-        self.apiserver_port = 0
+        self.apiserver_port = apiserver_port or 0
         self.pki: Pki | None = None
         self.admin_kubeconfig = self.run_dir / "admin.kubeconfig"
         # Children we started, oldest first; shared with the finalizer, which must
@@ -359,9 +481,9 @@ class ControlPlane:
             if self._stopped:
                 raise ControlPlaneError("this ControlPlane was stopped; make a new one")
             try:
-                self.pki = generate_pki(self.run_dir / "pki")
+                self.pki = generate_pki(self.run_dir / "pki", self.extra_sans)
                 self._start_etcd()
-                self.apiserver_port = free_port()
+                self.apiserver_port = self.apiserver_port or free_port()
                 self._write_admin_kubeconfig()
                 self.start_apiserver()
             except BaseException:
@@ -392,7 +514,7 @@ class ControlPlane:
         log_path = self.run_dir / log_name
         with log_path.open("ab") as log:
             proc = subprocess.Popen(
-                argv,
+                [*self.command_prefix, *argv],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -440,28 +562,35 @@ class ControlPlane:
             shutil.rmtree(self.run_dir / "etcd-data", ignore_errors=True)
         raise ControlPlaneError("etcd: could not get free ports after 3 attempts")
 
+    def _etcd_request(
+        self, method: str, path: str, body: dict[str, Any] | None, timeout: float
+    ) -> tuple[int, bytes]:
+        conn = _NetnsHTTPConnection(
+            "127.0.0.1", self.etcd_client_port, netns=self.netns, timeout=timeout
+        )
+        try:
+            data = None if body is None else json.dumps(body).encode()
+            headers = {"Content-Type": "application/json"} if body is not None else {}
+            conn.request(method, path, body=data, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
     def _etcd_healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.etcd_url}/health", timeout=2) as resp:
-                body = json.loads(resp.read())
-                return bool(body.get("health") == "true")
-        except (OSError, ValueError):
+            status, data = self._etcd_request("GET", "/health", None, timeout=2)
+            return status == 200 and bool(json.loads(data).get("health") == "true")
+        except (OSError, ValueError, http.client.HTTPException):
             return False
 
     def _etcd_call(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST to etcd's gRPC-gateway (JSON form of the v3 gRPC API)."""
-        req = urllib.request.Request(
-            f"{self.etcd_url}/v3/{method}",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                out: dict[str, Any] = json.loads(resp.read())
-                return out
-        except urllib.error.HTTPError as exc:
-            raise ControlPlaneError(f"etcd {method}: {exc.code} {exc.read()!r}") from exc
+        status, data = self._etcd_request("POST", f"/v3/{method}", body, timeout=30)
+        if status != 200:
+            raise ControlPlaneError(f"etcd {method}: {status} {data!r}")
+        out: dict[str, Any] = json.loads(data)
+        return out
 
     def etcd_revision(self) -> int:
         """etcd's current revision (== the newest resourceVersion the apiserver can hand out)."""
@@ -490,15 +619,15 @@ class ControlPlane:
 
     @property
     def apiserver_url(self) -> str:
-        return f"https://127.0.0.1:{self.apiserver_port}"
+        return f"https://{self.host}:{self.apiserver_port}"
 
     def _apiserver_argv(self) -> list[str]:
         pki = self._pki()
         argv = [
             str(self.binaries.kube_apiserver),
             f"--etcd-servers={self.etcd_url}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={self.host}",
+            f"--advertise-address={self.host}",
             f"--secure-port={self.apiserver_port}",
             f"--cert-dir={self.run_dir / 'apiserver-certs'}",
             f"--tls-cert-file={pki.server_crt}",
@@ -510,17 +639,27 @@ class ControlPlane:
             f"--service-account-signing-key-file={pki.sa_key}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--enable-admission-plugins=NamespaceLifecycle",
-            f"--disable-admission-plugins={','.join(DISABLED_ADMISSION_PLUGINS)}",
+            *(
+                [f"--disable-admission-plugins={','.join(self.disabled_admission_plugins)}"]
+                if self.disabled_admission_plugins
+                else []
+            ),
             f"--watch-cache={'true' if self.watch_cache else 'false'}",
             f"--etcd-compaction-interval={self.etcd_compaction_interval}",
             # The apiserver refuses to publish a loopback address as the endpoint of
-            # the "kubernetes" Service; nothing here routes Service IPs anyway.
-            "--endpoint-reconciler-type=none",
+            # the "kubernetes" Service; nothing routes Service IPs to loopback anyway.
+            *(["--endpoint-reconciler-type=none"] if self._loopback_host() else []),
             "--profiling=false",
             "--v=1",
             *self.extra_apiserver_args,
         ]
         return argv
+
+    def _loopback_host(self) -> bool:
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return self.host == "localhost"
 
     def start_apiserver(self) -> None:
         """(Re)start kube-apiserver on the same port, against the same etcd; wait for /readyz."""
@@ -561,8 +700,9 @@ class ControlPlane:
         return ctx
 
     def _apiserver_ready(self) -> bool:
-        conn = http.client.HTTPSConnection(
-            "127.0.0.1", self.apiserver_port, context=self._ssl_context(), timeout=5
+        conn = _NetnsHTTPSConnection(
+            self.host, self.apiserver_port, netns=self.netns, timeout=5,
+            context=self._ssl_context(),
         )
         try:
             conn.request("GET", "/readyz")
@@ -610,14 +750,16 @@ class ControlPlane:
             raise ControlPlaneError("control plane not started")
         return self.pki
 
-    def _kubeconfig(self, user: dict[str, Any]) -> dict[str, Any]:
+    def _kubeconfig(self, user: dict[str, Any], server: str | None = None) -> dict[str, Any]:
         ca = base64.b64encode(self._pki().ca_crt.read_bytes()).decode()
+        if server is None:
+            server = self.client_url or self.apiserver_url
         return {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{
                 "name": "netpol-test",
-                "cluster": {"server": self.apiserver_url, "certificate-authority-data": ca},
+                "cluster": {"server": server, "certificate-authority-data": ca},
             }],
             "users": [{"name": "user", "user": user}],
             "contexts": [{
@@ -627,19 +769,29 @@ class ControlPlane:
             "current-context": "netpol-test",
         }
 
-    def _write_kubeconfig(self, path: Path, user: dict[str, Any]) -> Path:
+    def _write_kubeconfig(
+        self, path: Path, user: dict[str, Any], server: str | None = None
+    ) -> Path:
         tmp = path.with_suffix(".tmp")
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
-            yaml.safe_dump(self._kubeconfig(user), fh)
+            yaml.safe_dump(self._kubeconfig(user, server), fh)
         tmp.replace(path)
         return path
 
-    def _write_admin_kubeconfig(self) -> None:
+    def _admin_user(self) -> dict[str, Any]:
         pki = self._pki()
-        self._write_kubeconfig(self.admin_kubeconfig, {
+        return {
             "client-certificate-data": base64.b64encode(pki.admin_crt.read_bytes()).decode(),
             "client-key-data": base64.b64encode(pki.admin_key.read_bytes()).decode(),
-        })
+        }
+
+    def _write_admin_kubeconfig(self) -> None:
+        self._write_kubeconfig(self.admin_kubeconfig, self._admin_user())
+
+    def write_admin_kubeconfig(self, path: Path, server: str) -> Path:
+        """An admin (system:masters) kubeconfig for ``server``, e.g. ``apiserver_url``
+        for daemons that run beside the apiserver; returns its path."""
+        return self._write_kubeconfig(path, self._admin_user(), server)
 
     def kubeconfig_for_token(self, token: str) -> Path:
         """Write a kubeconfig that authenticates with this bearer token; returns its path."""

@@ -6,6 +6,13 @@
 #   pause     our own static pause (images/pause.c), the pods' sandbox image
 #   netprobe  the test server/client (netprobe/, static Go, stdlib only): the binary
 #             itself (to run on a node or in a pod's netns with nsenter) and an image
+#   agent     the project's Dockerfile, built with buildah exactly as a user would build
+#             it, with PYTHON_IMAGE = a local Debian bookworm root filesystem with Debian's
+#             python3.11 (made with mmdebstrap; it stands in for python:3.11-slim-bookworm,
+#             see build_base). The tag is dev-<hash of Dockerfile, .dockerignore,
+#             pyproject.toml, README.md, agent/ and the base>, so it changes with any of them.
+#             `agent --tag TAG` also writes a copy of that image tagged TAG (only the name
+#             differs: for a rolling-update test), and prints it instead.
 # Each image is built with buildah (vfs storage, chroot isolation) and written to an OCI
 # archive (`oci-archive:`) that `ctr -n k8s.io images import` loads under the printed
 # ref. Archives are cached outside the repository, in
@@ -24,6 +31,8 @@
 #   NETPROBE_BIN=/abs/path/netprobe-<hash>/netprobe
 #   NETPROBE=/abs/path/netprobe-<hash>.oci.tar
 #   NETPROBE_REF=localhost/netpol-test/netprobe:<hash>
+#   AGENT=/abs/path/agent-<hash>.oci.tar          (--tag TAG: agent-<hash>-TAG.oci.tar)
+#   AGENT_REF=localhost/netpol-agent:dev-<hash>   (--tag TAG: localhost/netpol-agent:TAG)
 # Everything else (progress, build output) goes to stderr.
 set -euo pipefail
 
@@ -37,20 +46,28 @@ die() {
     exit 1
 }
 
-want_pause=0 want_netprobe=0
+want_pause=0 want_netprobe=0 want_agent=0 agent_tag=""
 while (($#)); do
     case "$1" in
         pause) want_pause=1 ;;
         netprobe) want_netprobe=1 ;;
+        agent) want_agent=1 ;;
+        --tag)
+            (($# >= 2)) || die "--tag needs a value"
+            agent_tag="$2"
+            [[ "${agent_tag}" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] || die "bad tag '${agent_tag}'"
+            want_agent=1
+            shift
+            ;;
         -h | --help)
             sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
             exit 0
             ;;
-        *) die "unknown argument '$1' (pause, netprobe)" ;;
+        *) die "unknown argument '$1' (pause, netprobe, agent [--tag TAG])" ;;
     esac
     shift
 done
-((want_pause + want_netprobe)) || want_pause=1 want_netprobe=1
+((want_pause + want_netprobe + want_agent)) || want_pause=1 want_netprobe=1 want_agent=1
 
 # --- helpers ---------------------------------------------------------------------------
 
@@ -75,6 +92,15 @@ lock() {
         flock "${lock_fd}"
     fi
     locked=1
+    # Whoever holds the lock owns the cache and the buildah storage: clear what a run that
+    # died left behind (half-written archives, working containers, scratch files).
+    rm -f "${cache}"/*.tmp.*
+    if [[ -d "${bh_dir}/root" ]]; then
+        setup_buildah
+        bh rm --all >/dev/null 2>&1 || true
+        bh rmi --prune >/dev/null 2>&1 || true
+        rm -rf "${bh_dir:?}/tmp/"*
+    fi
 }
 
 # Private buildah configuration: storage, registries (none searched) and signature
@@ -205,10 +231,182 @@ build_netprobe() {
     log "built ${netprobe_archive} ($(du -h "${netprobe_archive}" | cut -f1)) in $((SECONDS - start))s"
 }
 
+# --- base: the stand-in for python:3.11-slim-bookworm ---------------------------------------
+# python:3.11-slim-bookworm is debian:bookworm-slim plus a CPython 3.11 built from source
+# into /usr/local, with pip. Here: a minbase bookworm root filesystem from Debian's
+# packages (mmdebstrap), with Debian's python3.11. It mimics what the Dockerfile relies on;
+# the differences, each on purpose:
+# - Python is Debian's (/usr/bin/python3.11, stdlib in /usr/lib/python3.11), not a build
+#   in /usr/local. `pip install` as root still puts packages under /usr/local/lib (Debian's
+#   dist-packages, not site-packages) and console scripts in /usr/local/bin, like the real
+#   image.
+# - pip is Debian's python3-pip (pip 23.0 in bookworm; the real image has a newer pip from
+#   PyPI), on PATH as pip and pip3, with Debian's setuptools and wheel beside it. Builds
+#   with pyproject.toml use build isolation and fetch their own setuptools either way.
+# - No EXTERNALLY-MANAGED marker: Debian's python3.11 ships
+#   /usr/lib/python3.11/EXTERNALLY-MANAGED (PEP 668), which makes `pip install` outside a
+#   venv fail; the real image has none (its Python is not the distribution's), so the
+#   marker is removed.
+# - python3.11-venv is included: the real image's Python has venv and ensurepip built in.
+# - python-is-python3: the real image has a `python` command.
+# - No Python headers (python3.11-dev): the real image has them in /usr/local/include.
+#   Nothing here compiles against Python.h (python-iptables' helper is plain C); add
+#   python3.11-dev to base_packages if that changes.
+# - /usr is merged the way debootstrap does it (mmdebstrap's merged-usr hook, which
+#   installs usr-is-merged), as in debian:bookworm-slim, rather than with the usrmerge
+#   package, which would pull in perl.
+# - apt and dpkg are configured like debian:bookworm-slim: no docs, man pages or locales
+#   installed, no apt caches or .debs kept, no translations fetched; ENV PATH puts
+#   /usr/local/bin first and LANG=C.UTF-8; CMD python3.
+# - Packages come from the bookworm, bookworm-updates and bookworm-security suites as of
+#   the build, so they are at least as new as the real image's.
+base_packages="python3.11 python3.11-venv python3-pip python-is-python3 ca-certificates netbase tzdata"
+base_mirror="${NETPOL_AGENT_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+base_security="${NETPOL_AGENT_DEBIAN_SECURITY:-http://deb.debian.org/debian-security}"
+base_recipe="base v3: mmdebstrap minbase bookworm (+updates, security); slim dpkg/apt config; no EXTERNALLY-MANAGED"
+base_hash="$(printf '%s\n' "${base_recipe}" "${base_packages}" "${base_mirror}" "${base_security}" | hash_inputs)"
+base_archive="${cache}/python-bookworm-${base_hash}.oci.tar"
+base_ref="localhost/netpol-test/python:3.11-slim-bookworm-${base_hash}"
+
+# What debian:bookworm-slim's /etc/dpkg/dpkg.cfg.d/docker and /etc/apt/apt.conf.d/docker-*
+# say (see above), as mmdebstrap options; mmdebstrap keeps them in the root filesystem, so
+# they hold for the Dockerfile's apt-get too.
+base_dpkgopts=(
+    'path-exclude=/usr/share/doc/*' 'path-include=/usr/share/doc/*/copyright'
+    'path-exclude=/usr/share/man/*' 'path-exclude=/usr/share/groff/*'
+    'path-exclude=/usr/share/info/*' 'path-exclude=/usr/share/lintian/*'
+    'path-exclude=/usr/share/linda/*' 'path-exclude=/usr/share/locale/*'
+    'path-include=/usr/share/locale/locale.alias'
+)
+base_aptopts=(
+    'DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };'
+    'Dir::Cache::pkgcache ""; Dir::Cache::srcpkgcache "";'
+    'Acquire::GzipIndexes "true";'
+    'Acquire::Languages "none";'
+    'Apt::AutoRemove::SuggestsImportant "false";'
+)
+
+# build_base: the base image in buildah's storage (from the cached archive if there is
+# one, else built with mmdebstrap and archived).
+build_base() {
+    setup_buildah
+    bh inspect --type image "${base_ref}" >/dev/null 2>&1 && return
+    if [[ ! -s "${base_archive}" ]]; then
+        command -v mmdebstrap >/dev/null || die "mmdebstrap is not installed (scripts/setup-host.sh)"
+        local start=${SECONDS} work ctr opts=() o
+        log "building base image ${base_ref} with mmdebstrap (${base_packages})"
+        work="$(mktemp -d "${bh_dir}/tmp/base.XXXXXX")"
+        for o in "${base_dpkgopts[@]}"; do opts+=(--dpkgopt="${o}"); done
+        for o in "${base_aptopts[@]}"; do opts+=(--aptopt="${o}"); done
+        # shellcheck disable=SC2016  # "$1" is for mmdebstrap's hook
+        mmdebstrap --mode=root --variant=minbase --format=tar --quiet \
+            --include="${base_packages// /,}" "${opts[@]}" \
+            --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
+            --customize-hook='rm -f "$1"/usr/lib/python3*/EXTERNALLY-MANAGED' \
+            bookworm "${work}/rootfs.tar" \
+            "deb ${base_mirror} bookworm main" \
+            "deb ${base_mirror} bookworm-updates main" \
+            "deb ${base_security} bookworm-security main" >&2
+        ctr="$(bh from --quiet --signature-policy "${bh_dir}/policy.json" scratch)"
+        containers+=("${ctr}")
+        bh add --quiet "${ctr}" "${work}/rootfs.tar" / >/dev/null
+        bh config --env PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin \
+            --env LANG=C.UTF-8 --cmd '["python3"]' \
+            --label "org.opencontainers.image.title=python:3.11-slim-bookworm stand-in" \
+            --label "netpol-agent.inputs=${base_hash}" "${ctr}"
+        commit_archive "${ctr}" "${base_archive}" "${base_ref}"
+        rm -rf "${work}"
+        log "built ${base_archive} ($(du -h "${base_archive}" | cut -f1)) in $((SECONDS - start))s"
+    fi
+    bh pull --quiet --signature-policy "${bh_dir}/policy.json" "oci-archive:${base_archive}" >/dev/null
+    bh inspect --type image "${base_ref}" >/dev/null || die "${base_archive} did not load as ${base_ref}"
+    # Only the current base is kept (in storage and as an archive).
+    local old
+    for old in $(bh images --format '{{.Name}}:{{.Tag}}' | grep -F "${base_ref%:*}:" | grep -vxF "${base_ref}"); do
+        bh rmi "${old}" >/dev/null 2>&1 || true
+    done
+    find "${cache}" -maxdepth 1 -name 'python-bookworm-*.oci.tar' ! -name "${base_archive##*/}" -delete
+}
+
+# --- agent -----------------------------------------------------------------------------
+agent_recipe="agent v1: buildah bud --layers=false --pull=never, PYTHON_IMAGE=${base_ref}"
+agent_hash="$( {
+    echo "${agent_recipe}"
+    file_digests Dockerfile .dockerignore pyproject.toml README.md agent
+} | hash_inputs)"
+agent_archive="${cache}/agent-${agent_hash}.oci.tar"
+agent_ref="localhost/netpol-agent:dev-${agent_hash}"
+
+build_agent() {
+    if [[ ! -s "${agent_archive}" ]]; then
+        lock
+    fi
+    if [[ ! -s "${agent_archive}" ]]; then
+        build_base
+        local start=${SECONDS} tmp trust=()
+        # The RUN steps fetch from Debian and PyPI through this machine's network, so they
+        # trust what this machine trusts (its CA bundle, e.g. with a TLS-inspecting proxy),
+        # through a read-only bind mount that is not part of the image.
+        if [[ -s /etc/ssl/certs/ca-certificates.crt ]]; then
+            trust=(--volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
+        fi
+        log "building ${agent_ref} from the Dockerfile (PYTHON_IMAGE=${base_ref})"
+        bh bud --isolation chroot --layers=false --pull=never "${trust[@]}" \
+            --signature-policy "${bh_dir}/policy.json" \
+            --build-arg "PYTHON_IMAGE=${base_ref}" \
+            --label "netpol-agent.inputs=${agent_hash}" \
+            -f "${repo}/Dockerfile" -t "${agent_ref}" "${repo}" >&2
+        tmp="${agent_archive}.tmp.$$"
+        rm -f "${tmp}"
+        bh push --quiet --signature-policy "${bh_dir}/policy.json" \
+            "${agent_ref}" "oci-archive:${tmp}:${agent_ref}" >/dev/null
+        mv -f "${tmp}" "${agent_archive}"
+        bh rmi "${agent_ref}" >/dev/null
+        log "built ${agent_archive} ($(du -h "${agent_archive}" | cut -f1)) in $((SECONDS - start))s"
+        # Keep the newest few agent archives (and their re-tagged copies), not every one.
+        find "${cache}" -maxdepth 1 -name 'agent-*.oci.tar' -printf '%T@ %p\n' | sort -rn |
+            awk 'NR > 6 { print $2 }' | xargs -r rm -f
+    fi
+    touch "${agent_archive}"
+    [[ -n "${agent_tag}" ]] || return 0
+    # The same image under another name: only index.json's ref annotation differs.
+    local tagged="${cache}/agent-${agent_hash}-${agent_tag}.oci.tar"
+    agent_ref="localhost/netpol-agent:${agent_tag}"
+    if [[ ! -s "${tagged}" ]]; then
+        lock
+        retag_archive "${agent_archive}" "${tagged}" "${agent_ref}"
+    fi
+    agent_archive="${tagged}"
+}
+
+# retag_archive SRC DST REF: copy the OCI archive SRC to DST with its image named REF.
+retag_archive() {
+    python3 - "$@" <<'PY'
+import io, json, os, sys, tarfile
+
+src, dst, ref = sys.argv[1:]
+tmp = f"{dst}.tmp.{os.getpid()}"
+with tarfile.open(src) as tin, tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tout:
+    for member in tin:
+        data = tin.extractfile(member) if member.isfile() else None
+        if member.name == "index.json":
+            index = json.load(data)
+            for manifest in index["manifests"]:
+                manifest.setdefault("annotations", {})["org.opencontainers.image.ref.name"] = ref
+            body = json.dumps(index, separators=(",", ":")).encode()
+            member.size = len(body)
+            data = io.BytesIO(body)
+        tout.addfile(member, data)
+os.replace(tmp, dst)
+PY
+}
+
 ((want_pause)) && build_pause
 ((want_netprobe)) && build_netprobe
+((want_agent)) && build_agent
 
 ((want_pause)) && printf 'PAUSE=%s\nPAUSE_REF=%s\n' "${pause_archive}" "${pause_ref}"
 ((want_netprobe)) && printf 'NETPROBE_BIN=%s\nNETPROBE=%s\nNETPROBE_REF=%s\n' \
     "${netprobe_bin}" "${netprobe_archive}" "${netprobe_ref}"
+((want_agent)) && printf 'AGENT=%s\nAGENT_REF=%s\n' "${agent_archive}" "${agent_ref}"
 exit 0

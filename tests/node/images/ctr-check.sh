@@ -9,6 +9,8 @@
 # (a lone "," separates the images; all are imported into the same containerd).
 # Example (after images.sh):
 #   bash tests/node/images/ctr-check.sh "$PAUSE" "$PAUSE_REF" -- /pause -v
+# CTR_RUN_ARGS (word-split) adds options to every `ctr run`, e.g.
+#   CTR_RUN_ARGS="--read-only --mount type=bind,src=/tmp/s.yaml,dst=/s.yaml,options=rbind:ro"
 # The containerd started here is stopped by its PID and its directories removed on exit.
 set -euo pipefail
 
@@ -82,6 +84,7 @@ while (($#)); do
     if ((${#argv[@]})); then
         n=$((n + 1))
         log "running in ${ref}: ${argv[*]}"
-        c run --rm "${ref}" "ctrcheck-${n}" "${argv[@]}"
+        # shellcheck disable=SC2086  # word-split on purpose
+        c run --rm ${CTR_RUN_ARGS:-} "${ref}" "ctrcheck-${n}" "${argv[@]}"
     fi
 done
