@@ -26,6 +26,7 @@ asserts only what must hold after the window.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -33,6 +34,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tests.node.workloads import (
@@ -191,11 +193,11 @@ def sandbox_created(cluster: NodeCluster, node: str, uid: str) -> float | None:
             "-q",
             f'labels."io.kubernetes.pod.uid"=={uid},labels."io.cri-containerd.kind"==sandbox',
         ],
-    )
+    ).stdout
     ids = listing.split()
     if len(ids) != 1:
         return None
-    info = json.loads(cluster.run_on_node(node, [*ctr, "containers", "info", ids[0]]))
+    info = json.loads(cluster.run_on_node(node, [*ctr, "containers", "info", ids[0]]).stdout)
     return parse_time(info.get("CreatedAt", ""))
 
 
@@ -351,12 +353,16 @@ def report(results: Sequence[Start]) -> str:
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
 def _cluster() -> Iterator[NodeCluster]:
-    """A real-node cluster with the agent deployed, as the pytest fixture makes it."""
-    from tests.node.cluster import NodeCluster
+    """A real-node cluster with the agent deployed, as the pytest fixtures make it."""
+    from tests.node.cluster import NodeCluster, build_images
 
-    with NodeCluster() as cluster:
-        cluster.deploy_agent(cluster.images.agent)
+    found = build_images("pause", "netprobe", "agent")
+    with NodeCluster(pause=(Path(found["PAUSE"]), found["PAUSE_REF"])) as cluster:
+        cluster.import_image(found["NETPROBE"])
+        cluster.import_image(found["AGENT"])
+        cluster.deploy_agent(found["AGENT_REF"])
         yield cluster
 
 
@@ -367,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=3.0, help="seconds probed per pod")
     args = parser.parse_args(argv)
     began = time.monotonic()
-    for cluster in _cluster():
+    with _cluster() as cluster:
         results = measure(cluster, args.starts, batch=args.batch, window=args.window)
         print(
             f"Pod start window over {len(results)} starts (batches of {args.batch}, "

@@ -21,10 +21,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.node.cluster import NodeCluster, NodeClusterError
+from tests.node.conftest import AgentImage
 from tests.node.workloads import (
     AGENT_NAMESPACE,
     Loop,
@@ -32,12 +33,10 @@ from tests.node.workloads import (
     PacketCounter,
     Probe,
     agent_image_tagged,
-    agent_pod,
     agent_rolled_out,
     apply,
     connect,
     delete_namespaces,
-    images,
     namespace,
     pod_ip,
     policy,
@@ -48,9 +47,6 @@ from tests.node.workloads import (
     wait_until,
     workers,
 )
-
-if TYPE_CHECKING:
-    from tests.node.cluster import NodeCluster
 
 pytestmark = pytest.mark.node
 
@@ -81,7 +77,7 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(node_cluster: NodeCluster) -> Iterator[World]:
+def world(node_cluster: NodeCluster, deployed_agent: AgentImage) -> Iterator[World]:
     cluster = node_cluster
     probed, other = workers(cluster)
     ns = unique("faults")
@@ -208,10 +204,12 @@ def run_fault(cluster: NodeCluster, world: World, fault: str, act: Callable[[], 
     assert packets == [0] * len(packets), f"{fault}: denied packets arrived: {packets}"
 
 
-def test_rolling_update_to_a_new_tag_leaks_nothing(node_cluster: NodeCluster, world: World) -> None:
+def test_rolling_update_to_a_new_tag_leaks_nothing(
+    node_cluster: NodeCluster, world: World, deployed_agent: AgentImage
+) -> None:
     cluster = node_cluster
     target = agent_image_tagged(cluster, unique("roll"))
-    assert target != images(cluster).agent
+    assert target != deployed_agent.ref
 
     def act() -> None:
         cluster.deploy_agent(target)  # kubectl apply -k, waits for the rollout and Ready
@@ -231,7 +229,7 @@ def test_rolling_update_to_a_new_tag_leaks_nothing(node_cluster: NodeCluster, wo
 
 def test_deleting_the_agent_pod_leaks_nothing(node_cluster: NodeCluster, world: World) -> None:
     cluster = node_cluster
-    old = agent_pod(cluster, world.probed)
+    old = cluster.agent_pod(world.probed)
 
     def act() -> None:
         cluster.kubectl("-n", AGENT_NAMESPACE, "delete", "pod", old, "--wait=true")
@@ -241,15 +239,15 @@ def test_deleting_the_agent_pod_leaks_nothing(node_cluster: NodeCluster, world: 
             timeout=60,
         )
         agent_rolled_out(cluster)
-        wait_ready(cluster, AGENT_NAMESPACE, agent_pod(cluster, world.probed), timeout=90)
+        wait_ready(cluster, AGENT_NAMESPACE, cluster.agent_pod(world.probed), timeout=90)
 
     run_fault(cluster, world, "kubectl delete pod (agent)", act)
 
 
 def _new_agent(cluster: NodeCluster, node: str, old: str) -> bool:
     try:
-        return agent_pod(cluster, node) != old
-    except AssertionError:
+        return cluster.agent_pod(node) != old
+    except NodeClusterError:
         return False
 
 
@@ -260,7 +258,7 @@ def test_kubelet_restart_leaks_nothing(node_cluster: NodeCluster, world: World) 
         cluster.restart_kubelet(world.probed)
         cluster.kubectl("wait", "--for=condition=Ready", f"node/{world.probed}", "--timeout=90s")
         agent_rolled_out(cluster)
-        wait_ready(cluster, AGENT_NAMESPACE, agent_pod(cluster, world.probed), timeout=90)
+        wait_ready(cluster, AGENT_NAMESPACE, cluster.agent_pod(world.probed), timeout=90)
         wait_ready(cluster, world.ns, "server", "stranger-a", "jailed", timeout=90)
 
     run_fault(cluster, world, "kubelet restart", act)

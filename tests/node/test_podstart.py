@@ -18,7 +18,7 @@ from tests.node.podstart import measure, report
 if TYPE_CHECKING:
     from tests.node.cluster import NodeCluster
 
-pytestmark = pytest.mark.node
+pytestmark = [pytest.mark.node, pytest.mark.usefixtures("deployed_agent")]
 
 STARTS = 4
 SLACK = 0.5  # seconds after the rule-change log's ts (ms resolution, end of the pass)

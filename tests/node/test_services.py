@@ -48,7 +48,7 @@ from tests.node.workloads import (
 if TYPE_CHECKING:
     from tests.node.cluster import NodeCluster
 
-pytestmark = pytest.mark.node
+pytestmark = [pytest.mark.node, pytest.mark.usefixtures("deployed_agent")]
 
 SETTLE = 20.0
 

@@ -37,7 +37,7 @@ from tests.node.workloads import (
 if TYPE_CHECKING:
     from tests.node.cluster import NodeCluster
 
-pytestmark = pytest.mark.node
+pytestmark = [pytest.mark.node, pytest.mark.usefixtures("deployed_agent")]
 
 BACKEND = "development/backend"
 DEV_FRONTEND = "development/frontend"

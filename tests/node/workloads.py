@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from tests.node.cluster import AGENT_NAMESPACE, build_images
+
 if TYPE_CHECKING:
     from tests.node.cluster import NodeCluster
 
@@ -51,7 +53,6 @@ NETPROBE_IN_IMAGE = "/netprobe"
 SERVE_TCP: tuple[int, ...] = (80, 8080, 9000)
 SERVE_UDP: tuple[int, ...] = (53, 9000)
 HTTP_PORT = 8080
-AGENT_NAMESPACE = "netpol-agent"
 AGENT_LABEL = "app.kubernetes.io/name=netpol-agent"
 RULE_LOG = "netpol-agent.log"
 
@@ -64,9 +65,7 @@ def unique(prefix: str) -> str:
 # ------------------------------------------------------------------------------ images
 @dataclass(frozen=True)
 class Images:
-    pause: str
-    netprobe: str
-    agent: str
+    netprobe: str  # the netprobe image's ref (imported on every node by node_cluster)
     netprobe_bin: str  # the static netprobe binary on this host (run via nsenter)
 
 
@@ -74,34 +73,17 @@ _IMAGES: list[Images] = []
 
 
 def images(cluster: NodeCluster) -> Images:
-    """The image references and the netprobe binary (``tests/node/images.sh`` prints them;
-    it caches, so this is instant once the cluster is up)."""
+    """The netprobe image and binary (``tests/node/images.sh`` caches: instant here)."""
     if not _IMAGES:
-        found = _images_sh()
-        _IMAGES.append(
-            Images(
-                pause=found["PAUSE_REF"],
-                netprobe=found["NETPROBE_REF"],
-                agent=found.get("AGENT_REF", ""),
-                netprobe_bin=found["NETPROBE_BIN"],
-            )
-        )
+        found = build_images("netprobe")
+        _IMAGES.append(Images(found["NETPROBE_REF"], found["NETPROBE_BIN"]))
     return _IMAGES[0]
-
-
-def _images_sh(*args: str) -> dict[str, str]:
-    """The ``KEY=VALUE`` lines ``tests/node/images.sh ARGS`` prints."""
-    script = Path(__file__).with_name("images.sh")
-    out = subprocess.run(
-        ["bash", str(script), *args], capture_output=True, text=True, check=True
-    ).stdout
-    return dict(line.split("=", 1) for line in out.splitlines() if re.match(r"^[A-Z_]+=", line))
 
 
 def agent_image_tagged(cluster: NodeCluster, tag: str) -> str:
     """The agent image under another tag, imported on every node (same content, so
     cheap): what a user's rolling update to a new tag deploys. Returns its reference."""
-    found = _images_sh("agent", "--tag", tag)
+    found = build_images("agent", "--tag", tag)
     cluster.import_image(Path(found["AGENT"]))
     return found["AGENT_REF"]
 
@@ -619,19 +601,6 @@ def log_time(entry: Mapping[str, Any]) -> float:
     stamp = parse_time(str(entry["ts"]))
     assert stamp is not None, entry
     return stamp
-
-
-def agent_pod(cluster: NodeCluster, node: str) -> str:
-    """The name of the agent pod on ``node``."""
-    pods = get(cluster, "-n", AGENT_NAMESPACE, "pods", "-l", AGENT_LABEL)["items"]
-    names = [
-        p["metadata"]["name"]
-        for p in pods
-        if p["spec"].get("nodeName") == node and not p["metadata"].get("deletionTimestamp")
-    ]
-    if len(names) != 1:
-        raise AssertionError(f"expected one agent pod on {node}, found {names}")
-    return names[0]
 
 
 def agent_rolled_out(cluster: NodeCluster, timeout: float = 180) -> None:
