@@ -32,6 +32,7 @@ from tests.node.workloads import (
     explain,
     get,
     images,
+    last_peer,
     namespace,
     node_ip,
     pod_ip,
@@ -238,34 +239,55 @@ def test_services_clusterip_and_nodeport_follow_the_backend_policy(
         if verdict.allowed != bool(extra):
             failures.append(f"explain for the outside host ({step}): {verdict.why()}")
 
-    # externalTrafficPolicy: Cluster masquerades: through the other node the backend sees
-    # that node's address (not its own node: the policy decides, and the outside host's
-    # ipBlock no longer matches); through its own node it sees the node's bridge address,
-    # which the node exemption lets through whatever the policy (printed, not compared:
-    # explain knows nodes by their Node objects' addresses only).
+    # externalTrafficPolicy: Cluster masquerades. Through the other node the backend sees
+    # that node's address: not its own node, so the policy decides (the outside host's
+    # ipBlock no longer matches), until an ipBlock names that node. Through its own node it
+    # sees the node's bridge address, which the node exemption lets through whatever the
+    # policy (not compared with explain, which knows a node by its Node object's
+    # addresses only). The source the backend saw is read from its log.
     np_cluster = get(cluster, "-n", ns, "service", "backend-nodeport-cluster")["spec"]["ports"][0][
         "nodePort"
     ]
     other_node_ip = node_ip(cluster, node_b)
-    verdict = explain(state, other_node_ip, f"{ns}/backend", 80)
-    seen = _settle(lambda: _outside_connect(cluster, other_node_ip, np_cluster), verdict.allowed)
-    rows.append(
-        [
-            f"outside host {outside}",
-            f"NodePort {other_node_ip}:{np_cluster} (Cluster, other node: SNAT to {other_node_ip})",
-            "ok" if seen else "--",
-            f"{'ALLOWED' if verdict.allowed else 'DENIED'} (from {other_node_ip})",
-        ]
-    )
-    if seen != verdict.allowed:
-        failures.append(f"NodePort (Cluster) via {node_b}: observed {seen}, {verdict.why()}")
+    for step, cidr in (("", None), (f" + ipBlock {other_node_ip}/32", f"{other_node_ip}/32")):
+        if cidr:
+            apply(
+                cluster,
+                policy(
+                    ns,
+                    "backend-from-node",
+                    {"matchLabels": {"app": "backend"}},
+                    ingress=[{"from": [{"ipBlock": {"cidr": cidr}}]}],
+                ),
+            )
+        state = dump_state(cluster, tmp_path / f"state-cluster-{bool(cidr)}.yaml")
+        verdict = explain(state, other_node_ip, f"{ns}/backend", 80)
+        seen = _settle(
+            lambda: _outside_connect(cluster, other_node_ip, np_cluster), verdict.allowed
+        )
+        source = last_peer(cluster, ns, "backend", 80) if seen else "-"
+        rows.append(
+            [
+                f"outside host {outside}{step}",
+                f"NodePort {other_node_ip}:{np_cluster} (Cluster, other node)",
+                f"ok (from {source})" if seen else "--",
+                f"{'ALLOWED' if verdict.allowed else 'DENIED'} (from {other_node_ip})",
+            ]
+        )
+        if seen != verdict.allowed:
+            failures.append(
+                f"NodePort (Cluster) via {node_b}{step}: observed {seen}, {verdict.why()}"
+            )
+        if seen and source != other_node_ip:
+            failures.append(f"NodePort (Cluster) via {node_b}: the backend saw {source}")
     seen = _outside_connect(cluster, backend_node_ip, np_cluster)
+    source = last_peer(cluster, ns, "backend", 80) if seen else "-"
     rows.append(
         [
             f"outside host {outside}",
-            f"NodePort {backend_node_ip}:{np_cluster} (Cluster, backend's node: SNAT)",
-            "ok" if seen else "--",
-            "n/a (source: the node's own bridge address)",
+            f"NodePort {backend_node_ip}:{np_cluster} (Cluster, backend's node)",
+            f"ok (from {source})" if seen else "--",
+            "n/a: the source is the node's own bridge address",
         ]
     )
 

@@ -297,6 +297,19 @@ def node_ip(cluster: NodeCluster, name: str) -> str:
     raise KeyError(name)
 
 
+_PEER = re.compile(r" (tcp|udp) (\d+) from (\S+):\d+$")
+
+
+def last_peer(cluster: NodeCluster, ns: str, pod: str, port: int, protocol: str = "tcp") -> str:
+    """The source address of the last connection a ``netprobe serve`` pod logged on a port."""
+    peers = [
+        m.group(3)
+        for line in cluster.kubectl("-n", ns, "logs", pod).splitlines()
+        if (m := _PEER.search(line)) and (m.group(1), int(m.group(2))) == (protocol, port)
+    ]
+    return peers[-1] if peers else ""
+
+
 def pod_node(cluster: NodeCluster, ns: str, pod: str) -> str:
     node: str = get(cluster, "-n", ns, "pod", pod)["spec"]["nodeName"]
     return node
