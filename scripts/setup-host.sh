@@ -4,17 +4,20 @@
 #
 #   Debian packages: the iptables/nftables/conntrack/iproute2/procps commands the lab,
 #     the agent and the benchmarks run, openssl (the test control plane's certificates),
-#     python3 + venv.
+#     python3 + venv; for the real-node tests, containerd and runc (the container
+#     runtime), the reference CNI plugins (containernetworking-plugins, in /usr/lib/cni),
+#     and buildah + mmdebstrap (images built without a registry or a Docker engine).
 #   Go: the toolchain pinned in tests/cluster/gobuild/kube-apiserver/go.mod, fetched once
 #     into ~/.cache/netpol-agent/go by scripts/go-toolchain.sh (which, only when the
 #     machine has no Go at all, installs Debian's golang-1.NN-go to fetch it with). It
-#     builds etcd, kube-apiserver and kubectl (tests/cluster/build.sh) and the benchmark's
+#     builds etcd and the Kubernetes binaries (tests/cluster/build.sh) and the benchmark's
 #     load generator. Nothing is installed into /usr/local, and no `go` is put on PATH.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
-packages=(iptables nftables conntrack iproute2 procps openssl python3 python3-venv ca-certificates)
+packages=(iptables nftables conntrack iproute2 procps openssl python3 python3-venv ca-certificates
+  containerd runc containernetworking-plugins buildah mmdebstrap util-linux)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

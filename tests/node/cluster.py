@@ -8,9 +8,9 @@
 * three nodes, ``netpol-control-plane``, ``netpol-worker`` and ``netpol-worker2``
   (kind's names for a cluster called ``netpol``). Each is a network namespace plus a
   private mount namespace (held by a ``sleep`` started with ``unshare --mount``) in which
-  per-node directories are bind-mounted over ``/var/lib/kubelet``,
-  ``/var/lib/containerd``, ``/var/lib/cni``, ``/run/containerd``, ``/etc/cni/net.d`` and
-  ``/var/log`` (``/run`` and ``/var/lib`` are fresh tmpfs mounts there first). Each node
+  ``/run`` and ``/var/lib`` are fresh tmpfs mounts (``/var/lib/containerd`` stays on it)
+  and per-node directories are bind-mounted over ``/var/lib/kubelet``, ``/var/lib/cni``,
+  ``/run/containerd``, ``/etc/cni/net.d`` and ``/var/log``. Each node
   runs containerd, a kubelet (with its own cgroupRoot) and kube-proxy (iptables mode),
   all started with ``nsenter --mount=... --net=...``;
 * the control plane in the control-plane node's network namespace: etcd and
@@ -587,7 +587,8 @@ class NodeCluster:
         self._wait(self._agent_ready_everywhere, "an agent pod Ready on every node",
                    self._all_node_daemons(), timeout)
         self.timings["agent_ready"] = time.monotonic() - self._t0
-        return time.monotonic() - start
+        self.timings["deploy_agent"] = time.monotonic() - start
+        return self.timings["deploy_agent"]
 
     def agent_pod(self, node: str | Node) -> str:
         """The name of the agent pod on a node."""
@@ -798,7 +799,7 @@ class NodeCluster:
 
     def _make_node_root(self, node: Node) -> None:
         root = node.dir / "root"
-        for sub in ("var/lib/kubelet", "var/lib/containerd", "var/lib/cni", "run/containerd",
+        for sub in ("var/lib/kubelet", "var/lib/cni", "run/containerd",
                     "etc/cni/net.d", "var/log", "sysctl"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         node.log_dir.mkdir(parents=True, exist_ok=True)
@@ -814,12 +815,13 @@ class NodeCluster:
         lines = [
             "set -e",
             # Fresh /run and /var/lib for the node, then its own directories on top.
+            # containerd's root (content and unpacked snapshots) stays on that tmpfs:
+            # imports are faster and it is gone with the mount namespace.
             "mount -t tmpfs -o mode=0755 none /run",
             "mount -t tmpfs -o mode=0755 none /var/lib",
             "mkdir -p /run/containerd /var/lib/kubelet /var/lib/containerd /var/lib/cni",
             f"mount --bind {root}/run/containerd /run/containerd",
             f"mount --bind {root}/var/lib/kubelet /var/lib/kubelet",
-            f"mount --bind {root}/var/lib/containerd /var/lib/containerd",
             f"mount --bind {root}/var/lib/cni /var/lib/cni",
             f"mount --bind {root}/etc/cni/net.d /etc/cni/net.d",
             f"mount --bind {root}/var/log /var/log",
@@ -827,13 +829,13 @@ class NodeCluster:
         for i, key in enumerate(KUBELET_SYSCTLS):
             lines.append(f"mount --bind {root}/sysctl/{i} /proc/sys/{key}")
         lines += ["echo ready", "exec sleep 2147483647"]
-        proc = subprocess.Popen(
-            ["nsenter", f"--net={node.netns_path}", "--", "unshare", "--mount",
-             "--propagation", "private", "--", "sh", "-c", "\n".join(lines)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=open(node.log_dir / "holder.log", "ab"),  # noqa: SIM115
-            preexec_fn=_die_with_parent,
-        )
+        with (node.log_dir / "holder.log").open("ab") as log:
+            proc = subprocess.Popen(
+                ["nsenter", f"--net={node.netns_path}", "--", "unshare", "--mount",
+                 "--propagation", "private", "--", "sh", "-c", "\n".join(lines)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+                preexec_fn=_die_with_parent,
+            )
         self._holders.append(proc)
         node.holder_pid = proc.pid
         assert proc.stdout is not None
@@ -1094,9 +1096,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         return all(n.name in ready for n in self.nodes)
 
     def _kubelet_healthy(self, node: Node) -> bool:
-        proc = self.run_on_node(node, ["sh", "-c", "exec 3<>/dev/tcp/127.0.0.1/10248"],
-                                timeout=5)
-        return proc.returncode == 0
+        proc = self.run_on_node(node, ["curl", "-sf", "--max-time", "2",
+                                       "http://127.0.0.1:10248/healthz"], timeout=5)
+        return proc.returncode == 0 and proc.stdout.strip() == "ok"
 
     def _agent_ready_everywhere(self) -> bool:
         pods = k8s_client.CoreV1Api(self.api).list_namespaced_pod(
