@@ -290,7 +290,18 @@ base_aptopts=(
 # one, else built with mmdebstrap and archived).
 build_base() {
     setup_buildah
-    bh inspect --type image "${base_ref}" >/dev/null 2>&1 && return
+    if ! bh inspect --type image "${base_ref}" >/dev/null 2>&1; then
+        load_base
+    fi
+    # Only the current base is kept (in storage and as an archive).
+    local old
+    for old in $(bh images --format '{{.Name}}:{{.Tag}}' | grep -F "${base_ref%:*}:" | grep -vxF "${base_ref}"); do
+        bh rmi "${old}" >/dev/null 2>&1 || true
+    done
+    find "${cache}" -maxdepth 1 -name 'python-bookworm-*.oci.tar' ! -name "${base_archive##*/}" -delete
+}
+
+load_base() {
     if [[ ! -s "${base_archive}" ]]; then
         command -v mmdebstrap >/dev/null || die "mmdebstrap is not installed (scripts/setup-host.sh)"
         local start=${SECONDS} work ctr opts=() o
@@ -320,12 +331,6 @@ build_base() {
     fi
     bh pull --quiet --signature-policy "${bh_dir}/policy.json" "oci-archive:${base_archive}" >/dev/null
     bh inspect --type image "${base_ref}" >/dev/null || die "${base_archive} did not load as ${base_ref}"
-    # Only the current base is kept (in storage and as an archive).
-    local old
-    for old in $(bh images --format '{{.Name}}:{{.Tag}}' | grep -F "${base_ref%:*}:" | grep -vxF "${base_ref}"); do
-        bh rmi "${old}" >/dev/null 2>&1 || true
-    done
-    find "${cache}" -maxdepth 1 -name 'python-bookworm-*.oci.tar' ! -name "${base_archive##*/}" -delete
 }
 
 # --- agent -----------------------------------------------------------------------------
