@@ -107,6 +107,7 @@ class World:
     open_ns: str  # the sink and the probers
     nodes: tuple[str, str]
     sink_ip: str
+    prober_netns: dict[str, str]  # node -> the prober pod's network namespace there
 
 
 def setup(cluster: NodeCluster) -> World:
@@ -121,7 +122,13 @@ def setup(cluster: NodeCluster) -> World:
         server_pod(cluster, open_ns, f"prober-{node_b}", node_b, {"app": "prober"}),
     )
     wait_ready(cluster, open_ns, "sink", f"prober-{node_a}", f"prober-{node_b}")
-    return World(ns, open_ns, (node_a, node_b), pod_ip(cluster, open_ns, "sink"))
+    return World(
+        ns,
+        open_ns,
+        (node_a, node_b),
+        pod_ip(cluster, open_ns, "sink"),
+        {node: cluster.pod_netns(open_ns, f"prober-{node}") for node in (node_a, node_b)},
+    )
 
 
 class Watch:
@@ -177,6 +184,7 @@ class Watch:
                 Probe(prober, ip, 80, "tcp"),
                 interval=INTERVAL,
                 timeout=ATTEMPT_TIMEOUT,
+                netns=self.world.prober_netns[times.node],
             )
             self.loops[name] = loop.start()
 

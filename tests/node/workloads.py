@@ -316,9 +316,12 @@ def pod_node(cluster: NodeCluster, ns: str, pod: str) -> str:
 
 
 # ------------------------------------------------------------------------------ probes
-def in_pod(cluster: NodeCluster, ns: str, pod: str, argv: Sequence[str]) -> list[str]:
-    """``argv`` run in the pod's network namespace (and nothing else of the pod's)."""
-    return ["nsenter", f"--net={cluster.pod_netns(ns, pod)}", *argv]
+def in_pod(
+    cluster: NodeCluster, ns: str, pod: str, argv: Sequence[str], *, netns: str | None = None
+) -> list[str]:
+    """``argv`` run in the pod's network namespace (and nothing else of the pod's);
+    ``netns``: the pod's ``cluster.pod_netns`` when the caller already has it."""
+    return ["nsenter", f"--net={netns or cluster.pod_netns(ns, pod)}", "--", *argv]
 
 
 @dataclass(frozen=True, order=True)
@@ -478,13 +481,14 @@ class Loop:
         *,
         interval: str = "20ms",
         timeout: str = "50ms",
+        netns: str | None = None,
     ) -> None:
         ns, pod = probe.src.split("/", 1)
         self.probe = probe
         argv = loop_argv(
             images(cluster).netprobe_bin, probe.protocol, probe.target, interval, timeout
         )
-        self.argv = in_pod(cluster, ns, pod, argv)
+        self.argv = in_pod(cluster, ns, pod, argv, netns=netns)
         self._proc: subprocess.Popen[str] | None = None
         self._out: list[str] = []
         self._reader: threading.Thread | None = None
