@@ -24,10 +24,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.node.cluster import NodeCluster, NodeClusterError
+from tests.node.cluster import AGENT_NAMESPACE, NodeCluster, NodeClusterError
 from tests.node.conftest import AgentImage
 from tests.node.workloads import (
-    AGENT_NAMESPACE,
     Loop,
     LoopCount,
     PacketCounter,
@@ -216,7 +215,6 @@ def test_rolling_update_to_a_new_tag_leaks_nothing(
         agent_rolled_out(cluster)
         spec = cluster.kubectl(
             "-n",
-            AGENT_NAMESPACE,
             "get",
             "ds/netpol-agent",
             "-o",

@@ -208,7 +208,11 @@ def test_aks_walkthrough_matches_explain(node_cluster: NodeCluster, tmp_path: Pa
         )
         apply(
             cluster,
-            *(server_pod(cluster, *pod.split("/"), placement[pod], labels[pod]) for pod in PODS),
+            *(
+                server_pod(cluster, ns, name, placement[pod], labels[pod])
+                for pod in PODS
+                for ns, name in [pod.split("/")]
+            ),
         )
         for pod in PODS:
             wait_ready(cluster, *pod.split("/"))
