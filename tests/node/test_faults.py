@@ -215,6 +215,7 @@ def test_rolling_update_to_a_new_tag_leaks_nothing(
         agent_rolled_out(cluster)
         spec = cluster.kubectl(
             "-n",
+            AGENT_NAMESPACE,
             "get",
             "ds/netpol-agent",
             "-o",
