@@ -36,9 +36,11 @@ from tests.node.workloads import (
     apply,
     connect,
     delete_namespaces,
+    log_time,
     namespace,
     pod_ip,
     policy,
+    rule_log,
     server_pod,
     table,
     unique,
@@ -120,10 +122,11 @@ FAULT_HEADER = [
     "packets arrived",
     "longest gap",
     "fault to converged",
+    "rule changes on the probed node (reasons)",
 ]
 
 
-def _converged(cluster: NodeCluster, world: World, fault: str) -> None:
+def _converged(cluster: NodeCluster, world: World, fault: str) -> str:
     """After the fault: the allowed pair works, and a new policy reaches the data plane
     (stranger-a may reach server:9000 while it exists, and not once it is deleted)."""
     friend = Probe(world.pod("friend"), world.ips["server"], 80, "tcp")
@@ -148,6 +151,24 @@ def _converged(cluster: NodeCluster, world: World, fault: str) -> None:
     wait_until(f"{late} allowed by {name} after {fault}", lambda: connect(cluster, late))
     cluster.kubectl("-n", world.ns, "delete", "networkpolicy", name)
     wait_until(f"{late} denied again after {name} is deleted", lambda: not connect(cluster, late))
+    return name
+
+
+def _rule_changes(cluster: NodeCluster, node: str, start: float, end: float, skip: str) -> str:
+    """The rule-change log lines the node's agent wrote in [start, end], by reason (the
+    convergence check's own policy left out): what the fault made the agent rewrite."""
+    reasons: dict[str, int] = {}
+    own = 0
+    for entry in rule_log(cluster, node):
+        if not start <= log_time(entry) <= end:
+            continue
+        reason = str(entry.get("reason"))
+        if skip in reason:
+            own += 1
+        else:
+            reasons[reason] = reasons.get(reason, 0) + 1
+    listed = "; ".join(f"{r}: {n}" for r, n in sorted(reasons.items()))
+    return f"{sum(reasons.values())}{f' ({listed})' if listed else ''}, +{own} for {skip}"
 
 
 def run_fault(cluster: NodeCluster, world: World, fault: str, act: Callable[[], None]) -> None:
@@ -171,7 +192,7 @@ def run_fault(cluster: NodeCluster, world: World, fault: str, act: Callable[[], 
         time.sleep(BASELINE)
         started = time.time()
         act()
-        _converged(cluster, world, fault)
+        late = _converged(cluster, world, fault)
         converged = time.time()
         time.sleep(0.5)
     finally:
@@ -192,6 +213,7 @@ def run_fault(cluster: NodeCluster, world: World, fault: str, act: Callable[[], 
             " ".join(str(p) for p in packets),
             f"{max(c.max_gap for c in counts) * 1000:.0f} ms",
             f"{converged - started:.1f} s",
+            _rule_changes(cluster, world.probed, started, converged, late),
         ]
     )
     for loop, count in zip(loops, counts, strict=True):
