@@ -6,7 +6,9 @@ its node with the production frontend (bridged traffic), the development pods si
 other node (routed traffic). After each step of the guide every ordered pair of pods is
 probed from inside the source pod (TCP 80 and UDP 53, ``netprobe connect``), and every
 result must equal what ``netpol-agent explain`` says for the same live objects
-(``kubectl get -o yaml``). The matrix of each step is printed (``pytest -s``).
+(``kubectl get -o yaml``). The matrix of each step is printed (``pytest -s``). The backend
+node's rule-change log must give the reasons the guide quotes (``policy created
+development/backend-policy``, ``namespace labelled production``).
 """
 
 from __future__ import annotations
@@ -26,11 +28,14 @@ from tests.node.workloads import (
     delete_namespaces,
     dump_state,
     explain,
+    log_time,
     namespace,
     pod_ip,
+    rule_log,
     server_pod,
     table,
     wait_ready,
+    wait_until,
     workers,
 )
 
@@ -73,6 +78,7 @@ class Step:
     title: str
     change: Callable[[NodeCluster], None]
     reach_backend: frozenset[str]  # the guide's expectation, checked besides explain
+    log_reason: str | None = None  # the backend node's rule-change log says why (the guide)
 
 
 def _apply_policy(ingress: list[dict[str, Any]]) -> Callable[[NodeCluster], None]:
@@ -85,11 +91,17 @@ def _relabel_production(cluster: NodeCluster) -> None:
 
 STEPS: tuple[Step, ...] = (
     Step("0 no policy", lambda cluster: None, frozenset({DEV_FRONTEND, DEV_OTHER, PROD_FRONTEND})),
-    Step("1 deny all inbound to the backend", _apply_policy([]), frozenset()),
+    Step(
+        "1 deny all inbound to the backend",
+        _apply_policy([]),
+        frozenset(),
+        "policy created development/backend-policy",
+    ),
     Step(
         "2 allow frontends by pod label (any namespace)",
         _apply_policy([{"from": [{"namespaceSelector": {}, "podSelector": FRONTEND}]}]),
         frozenset({DEV_FRONTEND, PROD_FRONTEND}),
+        "policy updated development/backend-policy",
     ),
     Step(
         "3 allow frontends only from purpose=development namespaces",
@@ -106,11 +118,13 @@ STEPS: tuple[Step, ...] = (
             ]
         ),
         frozenset({DEV_FRONTEND}),
+        "policy updated development/backend-policy",
     ),
     Step(
         "4 production relabelled purpose=development",
         _relabel_production,
         frozenset({DEV_FRONTEND, PROD_FRONTEND}),
+        "namespace labelled production",
     ),
 )
 
@@ -155,6 +169,23 @@ def probe_step(cluster: NodeCluster, ips: dict[str, str], state: Path) -> tuple[
             break
         time.sleep(0.5)
     return cells, rounds
+
+
+def _logged(cluster: NodeCluster, node: str, since: float, reason: str) -> bool:
+    """The node's rule-change log has a line since ``since`` with this reason (a pass
+    with several changes appends ``(+N more changes)``)."""
+
+    def found() -> bool:
+        return any(
+            log_time(e) >= since - 0.5 and str(e.get("reason")).startswith(reason)
+            for e in rule_log(cluster, node)
+        )
+
+    try:
+        wait_until(f"{reason!r} in {node}'s rule-change log", found, timeout=10)
+    except AssertionError:
+        return False
+    return True
 
 
 def render(step: Step, cells: Sequence[Cell]) -> str:
@@ -224,8 +255,11 @@ def test_aks_walkthrough_matches_explain(node_cluster: NodeCluster, tmp_path: Pa
         ]
         mismatches: list[str] = []
         for number, step in enumerate(STEPS):
+            began = time.time()
             step.change(cluster)
             cells, rounds = probe_step(cluster, ips, tmp_path / f"state-{number}.yaml")
+            if step.log_reason and not _logged(cluster, node_a, began, step.log_reason):
+                mismatches.append(f"step {step.title}: no rule-change log line {step.log_reason!r}")
             report.append(render(step, cells) + f"\n\n(settled in {rounds} probe round(s))")
             for cell in cells:
                 if cell.observed != cell.explained:
