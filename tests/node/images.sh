@@ -6,17 +6,19 @@
 #   pause     our own static pause (images/pause.c), the pods' sandbox image
 #   netprobe  the test server/client (netprobe/, static Go, stdlib only): the binary
 #             itself (to run on a node or in a pod's netns with nsenter) and an image
-#   agent     the project's Dockerfile, built with buildah exactly as a user would build
-#             it, with PYTHON_IMAGE = a local Debian bookworm root filesystem with Debian's
+#   agent     the project's Dockerfile, built with buildah as a user would build it (the
+#             RUN steps also see this machine's CA bundle, read-only, not in the image),
+#             with PYTHON_IMAGE = a local Debian bookworm root filesystem with Debian's
 #             python3.11 (made with mmdebstrap; it stands in for python:3.11-slim-bookworm,
 #             see build_base). The tag is dev-<hash of Dockerfile, .dockerignore,
 #             pyproject.toml, README.md, agent/ and the base>, so it changes with any of them.
 #             `agent --tag TAG` also writes a copy of that image tagged TAG (only the name
 #             differs: for a rolling-update test), and prints it instead.
+#
 # Each image is built with buildah (vfs storage, chroot isolation) and written to an OCI
 # archive (`oci-archive:`) that `ctr -n k8s.io images import` loads under the printed
-# ref. Archives are cached outside the repository, in
-#   ${NETPOL_AGENT_CACHE:-${XDG_CACHE_HOME:-~/.cache}/netpol-agent}/images/
+# ref (images/ctr-check.sh checks that). Archives are cached outside the repository, in
+#   ${NETPOL_AGENT_IMAGE_CACHE:-${NETPOL_AGENT_CACHE:-~/.cache/netpol-agent}/images}/
 # keyed by a hash of each image's inputs, so only the first run builds; later runs only
 # check that the files exist. Concurrent callers serialise on a lock and the later ones
 # find the work done.
@@ -38,7 +40,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "${here}/../.." && pwd)"
-cache="${NETPOL_AGENT_CACHE:-${XDG_CACHE_HOME:-${HOME}/.cache}/netpol-agent}/images"
+cache="${NETPOL_AGENT_IMAGE_CACHE:-${NETPOL_AGENT_CACHE:-${XDG_CACHE_HOME:-${HOME}/.cache}/netpol-agent}/images}"
 
 log() { printf 'images.sh: %s\n' "$*" >&2; }
 die() {
@@ -368,9 +370,9 @@ build_agent() {
         mv -f "${tmp}" "${agent_archive}"
         bh rmi "${agent_ref}" >/dev/null
         log "built ${agent_archive} ($(du -h "${agent_archive}" | cut -f1)) in $((SECONDS - start))s"
-        # Keep the newest few agent archives (and their re-tagged copies), not every one.
+        # Keep the dozen most recently used agent archives (and re-tagged copies), not all.
         find "${cache}" -maxdepth 1 -name 'agent-*.oci.tar' -printf '%T@ %p\n' | sort -rn |
-            awk 'NR > 6 { print $2 }' | xargs -r rm -f
+            awk 'NR > 12 { print $2 }' | xargs -r rm -f
     fi
     touch "${agent_archive}"
     [[ -n "${agent_tag}" ]] || return 0

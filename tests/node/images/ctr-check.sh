@@ -16,7 +16,30 @@ set -euo pipefail
 
 log() { printf 'ctr-check.sh: %s\n' "$*" >&2; }
 
+# Reap what a run that was killed left behind: processes whose command line names its
+# run dir (its containerd and shims, nothing else) and the dir itself.
+for stale in /tmp/netpol-ctrcheck.*; do
+    [[ -f "${stale}/owner" ]] || continue
+    kill -0 "$(cat "${stale}/owner")" 2>/dev/null && continue
+    # Its containers: runc's state is in the run dir (runc/<namespace>), their cgroups
+    # are /<run dir name>-N.
+    for root in "${stale}"/runc/*/; do
+        for id in $(runc --root "${root}" list -q 2>/dev/null); do
+            runc --root "${root}" delete -f "${id}" >/dev/null 2>&1 || true
+        done
+    done
+    for proc in /proc/[0-9]*; do
+        if tr '\0' ' ' <"${proc}/cmdline" 2>/dev/null | grep -qF "${stale}/"; then
+            kill -KILL "${proc#/proc/}" 2>/dev/null || true
+        fi
+    done
+    grep -o " ${stale}/[^ ]*" /proc/self/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+    rm -rf "${stale}"
+    find /sys/fs/cgroup -maxdepth 2 -type d -name "${stale##*/}-*" -delete 2>/dev/null || true
+done
+
 run="$(mktemp -d /tmp/netpol-ctrcheck.XXXXXX)"
+echo $$ >"${run}/owner"
 sock="${run}/containerd.sock"
 pid=""
 cleanup() {
@@ -85,6 +108,7 @@ while (($#)); do
         n=$((n + 1))
         log "running in ${ref}: ${argv[*]}"
         # shellcheck disable=SC2086  # word-split on purpose
-        c run --rm ${CTR_RUN_ARGS:-} "${ref}" "ctrcheck-${n}" "${argv[@]}"
+        c run --rm --fifo-dir "${run}/fifo" --runc-root "${run}/runc" \
+            --cgroup "/${run##*/}-${n}" ${CTR_RUN_ARGS:-} "${ref}" "${run##*/}-${n}" "${argv[@]}"
     fi
 done
