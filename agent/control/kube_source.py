@@ -157,10 +157,14 @@ def make_api_client(kubeconfig: str | None) -> Any:
     configuration = client.Configuration()
     if kubeconfig is None:
         config.load_incluster_config(client_configuration=configuration)
+        source = "in-cluster service account"
     else:
         config.load_kube_config(
             config_file=kubeconfig, client_configuration=configuration, persist_config=False
         )
+        source = kubeconfig
+    # Which credentials a pod runs with is the first question when it is refused.
+    log.info("kubernetes api", extra={"kv": {"config": source, "server": configuration.host}})
     configuration.keep_alive = True
     # Four long-lived watches plus a list at a time; never make a watch wait for a slot.
     configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0, 8)
