@@ -411,6 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         result: int = args.func(args)
+        sys.stdout.flush()  # inside the try: a reader gone by now is a broken pipe too
     except SystemExit as exit_:  # a usage error found after parsing (parser.error)
         return exit_.code if isinstance(exit_.code, int) else 2
     except BrokenPipeError:
