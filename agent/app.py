@@ -225,7 +225,7 @@ def _run(config: AgentConfig, stop: threading.Event, startup_gc: StartupGc) -> i
         on_heartbeat=health.heartbeat if health is not None else None,
         # Both modes: flows of addresses that local pods gave up are deleted; strict
         # also judges established flows again after a policy change.
-        flows=FlowRevoker(make_conntrack(), config.established_flows),
+        flows=FlowRevoker(make_conntrack(), config.established_flows, config.compiler.revoked_mark),
     )
     try:
         try:

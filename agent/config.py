@@ -7,12 +7,13 @@ agent from it.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from agent.compiler.config import CompilerConfig
+from agent.compiler.config import DEFAULT_REVOKED_MARK, CompilerConfig
 from agent.control.flows import EstablishedFlows
 from agent.model.objects import IPAddress
 from agent.observability.health import parse_address
@@ -181,6 +182,13 @@ class AgentConfig:
             raise ConfigError("at least one family, each at most once")
         if self.backend not in BACKENDS:
             raise ConfigError(f"--backend takes {', '.join(BACKENDS)}, not {self.backend!r}")
+        # Strict mode needs the entry chain's rule dropping revoked flows; keep mode has
+        # no such rule.
+        strict = self.established_flows is EstablishedFlows.STRICT
+        revoked_mark = (self.compiler.revoked_mark or DEFAULT_REVOKED_MARK) if strict else 0
+        if revoked_mark != self.compiler.revoked_mark:
+            compiler = dataclasses.replace(self.compiler, revoked_mark=revoked_mark)
+            object.__setattr__(self, "compiler", compiler)
         if self.metrics_address:
             try:
                 parse_address(self.metrics_address)

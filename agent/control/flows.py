@@ -8,8 +8,13 @@ which entries to look at and which to delete, and reports what it did.
 - **Strict** (``--established-flows=strict``, the default): after a pass that changed a
   family's rules (and after the first pass of a process, which may follow rules written
   by someone else), every conntrack entry with a local pod at either end is judged as the
-  first packet of a new connection through the new rules; denied ones are deleted, so
-  their next packet is tracked again as NEW and meets the policy chains.
+  first packet of a new connection through the new rules. Denied ones are *revoked*:
+  their conntrack mark gets the revoked bit, which the entry chain drops before it lets
+  established traffic through, so not one more packet passes in either direction.
+  Deleting the entry is not enough for TCP: with ``nf_conntrack_tcp_loose`` (the
+  default) the next packet of the accepting side is picked up as a NEW flow in the
+  reverse direction, which the rules may allow, and the connection lives on. A revoked
+  flow the rules allow again (a later change) is unmarked.
 - **Keep**: established flows are left alone (what Calico and Antrea do).
 - **Released addresses**, in both modes: when an address leaves this node's pod set (its
   pod was deleted or finished, or the address now belongs to another pod), every entry
@@ -57,15 +62,16 @@ class FlowReport:
 
     scanned: Mapping[Family, int] = field(default_factory=dict)  # entries listed
     revoked: tuple[RevokedFlow, ...] = ()
+    restored: int = 0  # revoked flows the rules allow again
     list_seconds: float = 0.0  # reading the table
     judge_seconds: float = 0.0  # deciding
-    delete_seconds: float = 0.0
+    write_seconds: float = 0.0  # deleting and marking entries
     walks: int = 0  # distinct packets walked through the rules
     error: str | None = None
 
     @property
     def seconds(self) -> float:
-        return self.list_seconds + self.judge_seconds + self.delete_seconds
+        return self.list_seconds + self.judge_seconds + self.write_seconds
 
 
 def flow_of(entry: ConntrackEntry) -> Flow:
@@ -81,37 +87,60 @@ def flow_of(entry: ConntrackEntry) -> Flow:
     )
 
 
-def select_revocations(
+@dataclass(frozen=True, slots=True)
+class FlowPlan:
+    """What to do to a family's entries."""
+
+    delete: tuple[tuple[ConntrackEntry, RevokedFlow], ...] = ()  # released addresses
+    revoke: tuple[tuple[ConntrackEntry, RevokedFlow], ...] = ()  # now denied: mark them
+    restore: tuple[ConntrackEntry, ...] = ()  # revoked before, allowed again: unmark
+
+
+def plan_flows(
     entries: Iterable[ConntrackEntry],
     judge: FlowJudge | None,
     released: Collection[IPAddress],
     node_addresses: Collection[IPAddress],
-) -> list[tuple[ConntrackEntry, RevokedFlow]]:
-    """The entries to delete, and why. ``judge`` is None when the rules are not to be
-    applied to established flows (keep mode, or this family's rules did not change)."""
-    chosen: list[tuple[ConntrackEntry, RevokedFlow]] = []
+    revoked_mark: int = 0,
+) -> FlowPlan:
+    """Which entries to delete (an end at a released address), to revoke (the new rules
+    deny them) and to restore (revoked earlier, allowed again). ``judge`` is None when
+    established flows are not to be judged (keep mode, or the rules did not change)."""
+    delete: list[tuple[ConntrackEntry, RevokedFlow]] = []
+    revoke: list[tuple[ConntrackEntry, RevokedFlow]] = []
+    restore: list[ConntrackEntry] = []
     for entry in entries:
         flow = flow_of(entry)
         ends = (flow.source, flow.destination, entry.original.destination)
-        reason: RevokeReason | None = None
         if released and any(address in released for address in ends):
-            reason = RevokeReason.POD_DELETED
-        elif (
-            judge is not None
+            revoked = RevokedFlow(
+                entry.family, flow, RevokeReason.POD_DELETED, entry.original.sport
+            )
+            delete.append((entry, revoked))
+            continue
+        if judge is None or flow.destination in node_addresses:
             # Traffic to the node itself never crosses FORWARD: not ours to judge.
-            and flow.destination not in node_addresses
-            and judge.judge(flow) is Verdict.DENIED
-        ):
-            reason = RevokeReason.POLICY
-        if reason is not None:
-            chosen.append((entry, RevokedFlow(entry.family, flow, reason, entry.original.sport)))
-    return chosen
+            continue
+        verdict = judge.judge(flow)
+        marked = bool(revoked_mark and entry.mark & revoked_mark)
+        if verdict is Verdict.DENIED and not marked:
+            revoked = RevokedFlow(entry.family, flow, RevokeReason.POLICY, entry.original.sport)
+            revoke.append((entry, revoked))
+        elif verdict is Verdict.ALLOWED and marked:
+            restore.append(entry)
+    return FlowPlan(tuple(delete), tuple(revoke), tuple(restore))
 
 
 class FlowRevoker:
-    def __init__(self, table: ConntrackTable, mode: EstablishedFlows) -> None:
+    """``revoked_mark``: the conntrack mark bit the entry chain drops (strict mode; 0 in
+    keep mode, where only released addresses are cleaned)."""
+
+    def __init__(self, table: ConntrackTable, mode: EstablishedFlows, revoked_mark: int) -> None:
+        if mode is EstablishedFlows.STRICT and not revoked_mark:
+            raise ValueError("strict mode needs a conntrack mark bit for revoked flows")
         self.table = table
         self.mode = mode
+        self.revoked_mark = revoked_mark if mode is EstablishedFlows.STRICT else 0
 
     def after_sync(
         self,
@@ -124,9 +153,11 @@ class FlowRevoker:
         """Judge (strict, ``changed`` families) and clean (``released`` addresses)."""
         scanned: dict[Family, int] = {}
         revoked: list[RevokedFlow] = []
-        list_seconds = judge_seconds = delete_seconds = 0.0
+        restored = 0
+        list_seconds = judge_seconds = write_seconds = 0.0
         walks = 0
         strict = self.mode is EstablishedFlows.STRICT
+        mark = self.revoked_mark
         try:
             for family, ruleset in rulesets.items():
                 version = family.version
@@ -139,37 +170,42 @@ class FlowRevoker:
                 scanned[family] = len(listed.entries)
                 started = time.monotonic()
                 judge = FlowJudge(ruleset, local_pods, node_addresses) if judged else None
-                chosen = select_revocations(
+                plan = plan_flows(
                     listed.entries,
                     judge,
                     gone,
                     frozenset(a for a in node_addresses if a.version == version),
+                    mark,
                 )
                 walks += judge.walks if judge is not None else 0
                 judge_seconds += time.monotonic() - started
-                if not chosen:
-                    continue
                 started = time.monotonic()
-                self.table.delete([entry for entry, _ in chosen])
-                delete_seconds += time.monotonic() - started
-                revoked.extend(flow for _, flow in chosen)
+                if plan.delete:
+                    self.table.delete([entry for entry, _ in plan.delete])
+                if plan.revoke:
+                    self.table.set_mark([entry for entry, _ in plan.revoke], mark, mark)
+                if plan.restore:
+                    restored += self.table.set_mark(plan.restore, 0, mark)
+                write_seconds += time.monotonic() - started
+                revoked.extend(flow for _, flow in (*plan.delete, *plan.revoke))
         except ConntrackError as error:
             log.warning("established flows not checked: %s", error)
             return FlowReport(
-                scanned, tuple(revoked), list_seconds, judge_seconds, delete_seconds, walks,
-                str(error),
+                scanned, tuple(revoked), restored, list_seconds, judge_seconds, write_seconds,
+                walks, str(error),
             )  # fmt: skip
         return FlowReport(
-            scanned, tuple(revoked), list_seconds, judge_seconds, delete_seconds, walks
+            scanned, tuple(revoked), restored, list_seconds, judge_seconds, write_seconds, walks
         )
 
 
 __all__ = [
     "EstablishedFlows",
+    "FlowPlan",
     "FlowReport",
     "FlowRevoker",
     "RevokeReason",
     "RevokedFlow",
     "flow_of",
-    "select_revocations",
+    "plan_flows",
 ]

@@ -65,6 +65,10 @@ class ConntrackTable(Protocol):
         """Delete ``entries``; how many were deleted (the rest were already gone)."""
         ...
 
+    def set_mark(self, entries: Sequence[ConntrackEntry], value: int, mask: int) -> int:
+        """Set the bits ``mask`` of each entry's mark to ``value``; how many were found."""
+        ...
+
 
 def _tuple(family: int, nla: Any) -> Tuple:
     ip = nla.get_attr("CTA_TUPLE_IP")
@@ -123,11 +127,20 @@ class NetlinkConntrack:
         return ListedEntries(tuple(entries), time.monotonic() - started)
 
     def delete(self, entries: Sequence[ConntrackEntry]) -> int:
+        return self._each("del", entries)
+
+    def set_mark(self, entries: Sequence[ConntrackEntry], value: int, mask: int) -> int:
+        return self._each("set", entries, mark=value, mark_mask=mask)
+
+    @staticmethod
+    def _each(command: str, entries: Sequence[ConntrackEntry], **attributes: int) -> int:
+        """One request per entry over one socket per family; an entry already gone
+        (ENOENT) is skipped."""
         from pyroute2 import NFCTSocket
         from pyroute2.netlink.exceptions import NetlinkError
         from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 
-        deleted = 0
+        done = 0
         sockets: dict[Family, Any] = {}
         try:
             for entry in entries:
@@ -147,18 +160,20 @@ class NetlinkConntrack:
                     icmp_code=t.icmp_code,
                 )
                 try:
-                    sock.entry("del", tuple_orig=key)
+                    sock.entry(command, tuple_orig=key, **attributes)
                 except NetlinkError as error:
                     if error.code != errno.ENOENT:  # gone already: that is fine
-                        raise ConntrackError(f"cannot delete a conntrack entry: {error}") from error
+                        raise ConntrackError(
+                            f"cannot {command} a conntrack entry: {error}"
+                        ) from error
                     continue
-                deleted += 1
+                done += 1
         except OSError as error:
-            raise ConntrackError(f"cannot delete a conntrack entry: {error}") from error
+            raise ConntrackError(f"cannot {command} a conntrack entry: {error}") from error
         finally:
             for sock in sockets.values():
                 sock.close()
-        return deleted
+        return done
 
 
 __all__ = [

@@ -5,18 +5,20 @@ are ours. No root: the rules are walked, not loaded."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Sequence
 
-from agent.compiler.config import NodeContext
+from agent.compiler.config import CompilerConfig, NodeContext
 from agent.compiler.flows import Flow, FlowJudge, Verdict
 from agent.compiler.node import compile_node
+from agent.compiler.walk import walk
 from agent.control.flows import (
     EstablishedFlows,
     FlowRevoker,
     RevokeReason,
     flow_of,
-    select_revocations,
+    plan_flows,
 )
 from agent.control.outcome import Cause
 from agent.control.reconciler import Reconciler, ReconcilerConfig
@@ -142,12 +144,16 @@ def test_a_flow_of_the_other_family_is_not_judged_by_this_ruleset() -> None:
 # --- which entries are deleted ----------------------------------------------------------
 
 
+MARK = 0x2000
+
+
 def revoked(
     entries: Sequence[ConntrackEntry], judge: FlowJudge | None, released: Sequence[str] = ()
 ) -> list[tuple[str, RevokeReason]]:
+    """The entries deleted or revoked, as ``(flow, reason)``."""
     gone = {ip(POD_IPS.get(r, r)) for r in released}
-    chosen = select_revocations(entries, judge, gone, {ip(NODE_IP)})
-    return [(f.flow.describe(), f.reason) for _, f in chosen]
+    plan = plan_flows(entries, judge, gone, {ip(NODE_IP)}, MARK)
+    return [(f.flow.describe(), f.reason) for _, f in (*plan.delete, *plan.revoke)]
 
 
 def test_a_service_flow_is_judged_by_its_backend_and_target_port() -> None:
@@ -191,6 +197,37 @@ def test_without_a_judge_established_flows_are_kept() -> None:
     assert revoked([entry("y/c", "x/a")], None) == []
 
 
+def test_a_flow_revoked_before_is_not_revoked_again() -> None:
+    judge = judge_on_node1(cluster(A_NO_INGRESS))
+    marked = dataclasses.replace(entry("y/c", "x/a"), mark=MARK | 0x1)
+    assert revoked([marked], judge) == []
+
+
+def test_a_revoked_flow_the_rules_allow_again_is_restored() -> None:
+    judge = judge_on_node1(cluster())
+    marked = dataclasses.replace(entry("y/c", "x/a"), mark=MARK)
+    plan = plan_flows([marked, entry("x/b", "x/a")], judge, set(), {ip(NODE_IP)}, MARK)
+    assert plan.restore == (marked,) and plan.revoke == () and plan.delete == ()
+
+
+def test_the_entry_chain_drops_every_packet_of_a_revoked_flow_even_established_ones() -> None:
+    """Strict mode's first rule: the revoked conntrack mark drops, both ways, before
+    established traffic is let through; other established flows still pass."""
+    state = cluster()
+    config = CompilerConfig(revoked_mark=MARK)
+    ruleset = compile_node(state, NodeContext("node1", (ip(NODE_IP),)), Family.IPV4, config)
+    for src, dst in (("y/c", "x/a"), ("x/a", "y/c")):
+        packet = dataclasses.replace(flow(src, dst).packet(), ctstate="ESTABLISHED")
+        assert walk(ruleset, packet).accepted
+        assert walk(ruleset, dataclasses.replace(packet, ctmark=MARK)).verdict == "DROP"
+
+
+def test_keep_mode_has_no_rule_for_revoked_flows() -> None:
+    ruleset = compile_node(cluster(), NodeContext("node1", (ip(NODE_IP),)), Family.IPV4)
+    packet = dataclasses.replace(flow("y/c", "x/a").packet(), ctstate="ESTABLISHED", ctmark=MARK)
+    assert walk(ruleset, packet).accepted
+
+
 # --- the reconciler calls it after a successful write ---------------------------------------
 
 
@@ -207,6 +244,16 @@ class FakeConntrack:
             self.entries.remove(e)
             self.deleted.append(e)
         return len(entries)
+
+    def set_mark(self, entries: Sequence[ConntrackEntry], value: int, mask: int) -> int:
+        for e in entries:
+            self.entries[self.entries.index(e)] = dataclasses.replace(
+                e, mark=(e.mark & ~mask) ^ value
+            )
+        return len(entries)
+
+    def revoked(self) -> list[ConntrackEntry]:
+        return [dataclasses.replace(e, mark=0) for e in self.entries if e.mark & MARK]
 
 
 class SyncedSource:
@@ -228,7 +275,7 @@ def reconciler(table: FakeConntrack, mode: EstablishedFlows) -> Reconciler:
         config,
         SyncedSource(),  # type: ignore[arg-type]
         dataplane,
-        flows=FlowRevoker(table, mode),
+        flows=FlowRevoker(table, mode, MARK),
     )
 
 
@@ -258,17 +305,27 @@ TOPOLOGY = (
 )
 
 
-def test_strict_a_policy_change_deletes_the_flows_it_denies_and_keeps_the_rest() -> None:
+def test_strict_a_policy_change_revokes_the_flows_it_denies_and_keeps_the_rest() -> None:
     table = FakeConntrack([entry("y/c", "x/a"), entry("x/b", "x/a"), entry("x/a", "y/c")])
     r = reconciler(table, EstablishedFlows.STRICT)
     r.on_changes(changes(*TOPOLOGY))
     assert r.run_pass(Cause.INITIAL).flows is not None
-    assert table.deleted == []  # no policy yet: everything is allowed
+    assert table.revoked() == []  # no policy yet: everything is allowed
     r.on_changes(changes(A_ONLY_FROM_B_ON_80))
     outcome = r.run_pass(Cause.CHANGE)
-    assert table.deleted == [entry("y/c", "x/a")]
+    assert table.revoked() == [entry("y/c", "x/a")]
+    assert table.deleted == []
     assert outcome.flows is not None and outcome.flows.scanned == {Family.IPV4: 3}
     assert [f.reason for f in outcome.flows.revoked] == [RevokeReason.POLICY]
+
+
+def test_strict_a_pass_that_changed_no_rules_does_not_look_at_flows() -> None:
+    table = FakeConntrack([entry("y/c", "x/a")])
+    r = reconciler(table, EstablishedFlows.STRICT)
+    r.on_changes(changes(*TOPOLOGY))
+    r.run_pass(Cause.INITIAL)
+    r.on_changes(changes(b.namespace("z", ns="z")))  # selects nothing: no rule changes
+    assert r.run_pass(Cause.CHANGE).flows is None
 
 
 def test_keep_a_policy_change_leaves_established_flows_alone() -> None:
@@ -278,7 +335,7 @@ def test_keep_a_policy_change_leaves_established_flows_alone() -> None:
     r.run_pass(Cause.INITIAL)
     r.on_changes(changes(A_NO_INGRESS))
     r.run_pass(Cause.CHANGE)
-    assert table.deleted == []
+    assert table.deleted == [] and table.revoked() == []
 
 
 def test_a_deleted_pod_takes_its_flows_with_it_in_either_mode() -> None:
