@@ -54,6 +54,18 @@ class RevokedFlow:
     flow: Flow
     reason: RevokeReason
     sport: int | None = None
+    pod: str = ""  # the local pod (namespace/name) at an end, or the one that left
+
+    def describe(self) -> str:
+        """``tcp 10.0.0.1:40000 -> 10.0.0.2:80``."""
+        flow = self.flow
+
+        def host(address: IPAddress) -> str:
+            return f"[{address}]" if address.version == 6 else str(address)
+
+        sport = f":{self.sport}" if self.sport is not None else ""
+        dport = f":{flow.dport}" if flow.dport is not None else ""
+        return f"{flow.protocol_name} {host(flow.source)}{sport} -> {host(flow.destination)}{dport}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +114,7 @@ def plan_flows(
     released: Collection[IPAddress],
     node_addresses: Collection[IPAddress],
     revoked_mark: int = 0,
+    pods: Mapping[IPAddress, str] | None = None,
 ) -> FlowPlan:
     """Which entries to delete (an end at a released address), to revoke (the new rules
     deny them) and to restore (revoked earlier, allowed again). ``judge`` is None when
@@ -109,12 +122,17 @@ def plan_flows(
     delete: list[tuple[ConntrackEntry, RevokedFlow]] = []
     revoke: list[tuple[ConntrackEntry, RevokedFlow]] = []
     restore: list[ConntrackEntry] = []
+    owners = pods or {}
+
+    def pod_of(flow: Flow) -> str:
+        return owners.get(flow.destination) or owners.get(flow.source) or ""
+
     for entry in entries:
         flow = flow_of(entry)
         ends = (flow.source, flow.destination, entry.original.destination)
         if released and any(address in released for address in ends):
             revoked = RevokedFlow(
-                entry.family, flow, RevokeReason.POD_DELETED, entry.original.sport
+                entry.family, flow, RevokeReason.POD_DELETED, entry.original.sport, pod_of(flow)
             )
             delete.append((entry, revoked))
             continue
@@ -124,7 +142,9 @@ def plan_flows(
         verdict = judge.judge(flow)
         marked = bool(revoked_mark and entry.mark & revoked_mark)
         if verdict is Verdict.DENIED and not marked:
-            revoked = RevokedFlow(entry.family, flow, RevokeReason.POLICY, entry.original.sport)
+            revoked = RevokedFlow(
+                entry.family, flow, RevokeReason.POLICY, entry.original.sport, pod_of(flow)
+            )
             revoke.append((entry, revoked))
         elif verdict is Verdict.ALLOWED and marked:
             restore.append(entry)
@@ -146,11 +166,12 @@ class FlowRevoker:
         self,
         rulesets: Mapping[Family, Ruleset],
         changed: Collection[Family],
-        local_pods: Collection[IPAddress],
+        local_pods: Mapping[IPAddress, str],
         node_addresses: Collection[IPAddress],
-        released: Collection[IPAddress],
+        released: Mapping[IPAddress, str],
     ) -> FlowReport:
-        """Judge (strict, ``changed`` families) and clean (``released`` addresses)."""
+        """Judge (strict, ``changed`` families) and clean (``released`` addresses).
+        Both map an address to its pod (``namespace/name``), now and before."""
         scanned: dict[Family, int] = {}
         revoked: list[RevokedFlow] = []
         restored = 0
@@ -176,6 +197,7 @@ class FlowRevoker:
                     gone,
                     frozenset(a for a in node_addresses if a.version == version),
                     mark,
+                    {**released, **local_pods},
                 )
                 walks += judge.walks if judge is not None else 0
                 judge_seconds += time.monotonic() - started

@@ -116,7 +116,7 @@ class Reconciler:
         self._flows = flows
         # Local pod addresses and who held them after the last pass that looked at the
         # conntrack table: an address that leaves (or changes hands) has its flows deleted.
-        self._local_owners: dict[IPAddress, str] | None = None
+        self._local_owners: dict[IPAddress, tuple[str, str]] | None = None  # (key, uid)
         self._lock = threading.Lock()
         self._store: dict[Kind, TrackedStore[ModelObject]] = {kind: TrackedStore() for kind in Kind}
         self._index = ClusterIndex()  # follows the store by deltas (see snapshot)
@@ -417,15 +417,15 @@ class Reconciler:
         if compiler is None:
             return None
         owners = {
-            address: f"{pod.key} {pod.uid}"
+            address: (pod.key, pod.uid)
             for pod in compiler.local_pods.values()
             for address in pod.ips
         }
         previous = self._local_owners
         released = (
-            frozenset(a for a, owner in previous.items() if owners.get(a) != owner)
+            {a: owner[0] for a, owner in previous.items() if owners.get(a) != owner}
             if previous is not None
-            else frozenset()
+            else {}
         )
         changed = {
             family
@@ -436,8 +436,9 @@ class Reconciler:
             self._local_owners = owners
             return None
         try:
+            pods = {address: owner[0] for address, owner in owners.items()}
             flows = self._flows.after_sync(
-                rulesets, changed, owners.keys(), self.node_addresses(state), released
+                rulesets, changed, pods, self.node_addresses(state), released
             )
         except Exception:  # revoking flows must never break enforcement
             log.exception("checking established flows failed")

@@ -12,19 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.lab.background import ContinuousProber
-from tests.lab.nsutil import in_netns, run
+from tests.lab.nsutil import in_netns
 from tests.lab.scenarios_support import Scenario, netpol, ns_sel, pod_sel
 from tests.lab.topology import Backend, Lab
 

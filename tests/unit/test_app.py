@@ -7,8 +7,8 @@ import logging
 import re
 import threading
 import time
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -68,6 +68,9 @@ class EmptyConntrack:
         return ListedEntries((), 0.0)
 
     def delete(self, entries: Sequence[ConntrackEntry]) -> int:
+        return 0
+
+    def set_mark(self, entries: Sequence[ConntrackEntry], value: int, mask: int) -> int:
         return 0
 
 
