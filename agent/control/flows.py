@@ -197,7 +197,7 @@ class FlowRevoker:
                     gone,
                     frozenset(a for a in node_addresses if a.version == version),
                     mark,
-                    {**released, **local_pods},
+                    {**local_pods, **released},  # a released address: its old pod
                 )
                 walks += judge.walks if judge is not None else 0
                 judge_seconds += time.monotonic() - started

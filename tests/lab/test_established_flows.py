@@ -11,17 +11,22 @@ Topology (e2e model): x/a x/b y/a y/c z/b on node-1; x/c y/b z/a z/c on node-2.
 from __future__ import annotations
 
 import contextlib
+import datetime
+import json
+import os
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.lab.background import ContinuousProber
-from tests.lab.nsutil import in_netns
-from tests.lab.scenarios_support import Scenario, netpol, ns_sel, pod_sel
+from tests.lab.nsutil import in_netns, run
+from tests.lab.scenarios_support import Scenario, TcpClient, TcpEcho, netpol, ns_sel, pod_sel
 from tests.lab.topology import Backend, Lab
 
 pytestmark = pytest.mark.lab
@@ -233,3 +238,198 @@ def apply_with(sc: Scenario, policies: Sequence[dict[str, Any]], *args: str) -> 
     """Like ``Scenario.apply``, with extra agent flags."""
     assert sc.lab.workdir is not None
     sc.lab.apply(policies, sc.backend, extra_args=args)
+
+
+# ------------------------------------------------------------------------ deleting is not enough
+@BOTH
+def test_deleting_the_entry_alone_does_not_stop_tcp_the_accepting_side_picks_it_up_reversed(
+    sc: Scenario,
+) -> None:
+    """Why strict mode marks instead of deleting. Keep mode, then y/b admits only x/c and
+    the x/a -> y/b entry is deleted by hand on node-2: y/b's next segment is tracked as a
+    NEW flow y/b -> x/a (nf_conntrack_tcp_loose picks up mid-stream), which nothing
+    isolates, so x/a's segments pass again as its replies and the stream runs on."""
+    sc.apply([allow_all_to_y_b()])
+    stream = TcpStream(sc.lab, "x/a", "y/b", 8107)
+    node2 = sc.lab.node("node-2").netns
+    try:
+        apply_with(sc, [y_b_only_from_x_c()], "--established-flows=keep")
+        run(["conntrack", "-D", "-p", "tcp", "--orig-port-dst", "8107"], netns=node2)
+        assert flowing(stream.received) == (True, True)
+        listed = run(["conntrack", "-L", "-p", "tcp", "--orig-port-src", "8107"], netns=node2)
+        x_a, y_b = sc.lab.pod("x/a").ipv4, sc.lab.pod("y/b").ipv4
+        assert f"src={y_b} dst={x_a} sport=8107" in listed.stdout, listed.stdout
+    finally:
+        stream.close()
+
+
+# ------------------------------------------------------------------------ running agents
+class RunningAgents:
+    """``netpol-agent run`` (not --once) on every node, following a state file."""
+
+    def __init__(self, lab: Lab, backend: Backend, objects: Sequence[dict[str, Any]],
+                 *args: str) -> None:  # fmt: skip
+        assert lab.workdir is not None
+        self.lab = lab
+        self.path = lab.workdir / f"live-{time.monotonic_ns()}.yaml"
+        self.rule_logs = {n: lab.workdir / f"{n}-{time.monotonic_ns()}.log" for n in lab.nodes}
+        self.lines: dict[str, list[tuple[float, str]]] = {n: [] for n in lab.nodes}
+        self.write(objects)
+        self.procs: dict[str, subprocess.Popen[str]] = {}
+        self._readers: list[threading.Thread] = []
+        for node in lab.nodes:
+            argv = [a for a in lab.agent_argv(node, self.path, backend=backend) if a != "--once"]
+            argv += ["--metrics-address", "", "--rule-log", str(self.rule_logs[node]),
+                     "--min-sync-interval", "0", *args]  # fmt: skip
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True)  # fmt: skip
+            self.procs[node] = proc
+            reader = threading.Thread(target=self._read, args=(node, proc), daemon=True)
+            reader.start()
+            self._readers.append(reader)
+        for node in lab.nodes:
+            self.wait_for(node, "msg=synced", 0)
+
+    def _read(self, node: str, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self.lines[node].append((time.monotonic(), line.rstrip()))
+
+    def write(self, objects: Sequence[dict[str, Any]]) -> float:
+        """Replace the state file (atomically, with a new mtime); when it was written."""
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump_all(list(objects), sort_keys=False))
+        os.replace(tmp, self.path)
+        stamp = time.time_ns()
+        os.utime(self.path, ns=(stamp, stamp))
+        return time.monotonic()
+
+    def mark(self, node: str) -> int:
+        return len(self.lines[node])
+
+    def wait_for(self, node: str, text: str, after: int, timeout: float = 20.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for _, line in self.lines[node][after:]:
+                if text in line:
+                    return line
+            time.sleep(0.02)
+        log = "\n".join(line for _, line in self.lines[node])
+        raise AssertionError(f"{node}: no {text!r} within {timeout}s:\n{log}")
+
+    def rule_log(self, node: str) -> list[dict[str, Any]]:
+        path = self.rule_logs[node]
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            proc.terminate()  # our own children, by PID
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextlib.contextmanager
+def running_agents(lab: Lab, backend: Backend, objects: Sequence[dict[str, Any]],
+                   *args: str) -> Iterator[RunningAgents]:  # fmt: skip
+    agents = RunningAgents(lab, backend, objects, *args)
+    try:
+        yield agents
+    finally:
+        agents.stop()
+
+
+def stopped_at(reads: Sequence[Any], since: float, timeout: float = 10.0) -> list[float]:
+    """For each counter: seconds from ``since`` until it last grew, once all have been
+    silent for QUIET seconds."""
+    values = [read() for read in reads]
+    changed = [time.monotonic()] * len(reads)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.005)
+        now = time.monotonic()
+        for i, read in enumerate(reads):
+            value = read()
+            if value != values[i]:
+                values[i], changed[i] = value, now
+        if all(now - t >= QUIET for t in changed):
+            return [max(0.0, t - since) for t in changed]
+    raise AssertionError(f"still flowing {timeout}s after the change")
+
+
+@BOTH
+def test_strict_time_from_a_policy_change_until_denied_tcp_and_udp_streams_stop(
+    sc: Scenario,
+) -> None:
+    """A running agent (file source, polled every 0.5 s): from writing the state with the
+    new policy until the last byte of the denied x/a -> y/b streams arrives at y/b. Printed
+    for the record; bounded by the file poll plus one sync."""
+    objects = [*sc.lab.objects(), allow_all_to_y_b()]
+    with running_agents(sc.lab, sc.backend, objects) as agents:
+        tcp = TcpStream(sc.lab, "x/a", "y/b", 8108)
+        udp = udp_stream(sc.lab, "x/a", "y/b")
+        try:
+            assert flowing(tcp.received, 0.5) == (True, True)
+            before = agents.mark("node-2")
+            since = agents.write([*sc.lab.objects(), y_b_only_from_x_c()])
+            since_wall = time.time() - (time.monotonic() - since)
+            tcp_stop, udp_stop = stopped_at(
+                [lambda: tcp.received()[0], lambda: udp.snapshot().received], since
+            )
+            revoked = agents.wait_for("node-2", 'msg="flows revoked"', before)
+            synced = agents.wait_for("node-2", "msg=synced", before)
+            # The pass's log line: when the rules were in and the flows revoked.
+            done = datetime.datetime.strptime(revoked.split()[0][3:], "%Y-%m-%dT%H:%M:%S.%fZ")
+            pass_end = done.replace(tzinfo=datetime.UTC).timestamp() - since_wall
+            print(f"\n[{sc.backend}] state written -> last byte at y/b: TCP "
+                  f"{tcp_stop * 1000:.0f} ms, UDP {udp_stop * 1000:.0f} ms; -> flows revoked "
+                  f"(file poll + pass) {pass_end * 1000:.0f} ms\n  {synced}\n  {revoked}")  # fmt: skip
+            assert tcp_stop < 3.0 and udp_stop < 3.0
+            log = [e for e in agents.rule_log("node-2") if e["action"] == "flow_revoked"]
+            assert {e["pod"] for e in log} == {"y/b"}
+            # the pass also deleted b-from-anyone: "(+1 more changes)"
+            assert all(e["reason"].startswith("policy created y/b-from-x-c") for e in log)
+            assert {e["rule"].split()[0] for e in log} == {"tcp", "udp"}
+        finally:
+            tcp.close()
+            udp.stop()
+
+
+# ------------------------------------------------------------------------ reused addresses
+@BOTH
+def test_a_new_pod_that_reuses_a_deleted_pods_address_inherits_none_of_its_flows(
+    sc: Scenario,
+) -> None:
+    """x/a has a connection open to y/b. y/b is deleted and y/new gets its addresses,
+    under a policy that admits nothing: the old connection's next packets do not get
+    through. Keep mode, so only the cleanup of the released address can stop it."""
+    lab = sc.lab
+    echo = TcpEcho(lab, "y/b", 8109)
+    old = None
+    try:
+        with running_agents(lab, sc.backend, lab.objects(), "--established-flows=keep") as agents:
+            old = TcpClient(lab, "x/a", "y/b", 8109)
+            assert old.round_trip(b"to the old pod")
+            yb = lab.pod("y/b")
+            reused = sc.extra_pod("y", "new", node=yb.spec.node, ips=[yb.ipv4, yb.ipv6],
+                                  pod_labels={"pod": "new"})  # fmt: skip
+            without_y_b = [o for o in lab.objects()
+                           if not (o["kind"] == "Pod" and o["metadata"]["name"] == "b"
+                                   and o["metadata"]["namespace"] == "y")]  # fmt: skip
+            before = agents.mark("node-2")
+            agents.write([*without_y_b, reused,
+                          netpol("y", "new-deny-all", {"podSelector": pod_sel("new")})])  # fmt: skip
+            removed = agents.wait_for("node-2", 'msg="flows revoked"', before)
+            assert "pod_deleted=" in removed, removed
+            old.sock.settimeout(1.0)
+            assert not old.round_trip(b"to whoever has the address now")
+            log = [e for e in agents.rule_log("node-2") if e["action"] == "flow_removed"]
+            assert log and {e["pod"] for e in log} == {"y/b"}
+            assert {e["reason"] for e in log} == {"pod deleted y/b"}
+    finally:
+        if old is not None:
+            old.close()
+        echo.close()
