@@ -10,8 +10,9 @@ entry with a local pod at an end (the compiled-rule walker, memoised by source,
 destination, protocol and port), mark the denied ones. Two passes:
 
 - ``unchanged``: the same rules again; nothing is revoked: the scan's own cost;
-- ``deny_all``: a deny-all in the namespace of one local pod; that namespace's flows on
-  the node are revoked (marks cleared between runs, so each run revokes the same).
+- ``deny_all``: the namespace of one local pod loses its policies but a deny-all; its
+  flows on the node are revoked (marks cleared between runs, so each run revokes the
+  same).
 
     python -m bench.conntrack [--size L] [--entries 10000,50000] [--runs 7]   # root
 """
@@ -104,16 +105,22 @@ def _fill(entries: int, seed: int, state: Any, judge: Any) -> dict[str, int]:
     return mix
 
 
-def _namespace_deny_all(state: Any) -> dict[str, Any]:
-    """The rule change measured: a deny-all (both ways) in the namespace of the
-    measured node's first pod, which revokes that namespace's flows on the node."""
+def _lockdown(objects: list[dict[str, Any]], state: Any) -> list[dict[str, Any]]:
+    """The rule change measured: the namespace of the measured node's first pod loses
+    every policy but a deny-all (both ways), which revokes its pods' flows on the node
+    (policies only add allows: a deny-all alone takes nothing away)."""
     namespace = next(p.namespace for p in state.pods.values() if p.node_name == MEASURED_NODE)
-    return {
+    kept = [
+        o for o in objects
+        if not (o["kind"] == "NetworkPolicy" and o["metadata"]["namespace"] == namespace)
+    ]  # fmt: skip
+    deny_all = {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
         "metadata": {"namespace": namespace, "name": "bench-deny-all"},
         "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
     }
+    return [*kept, deny_all]
 
 
 def _timed(revoker: Any, table: Any, ruleset: Any, pods: Any, addresses: Any,
@@ -166,7 +173,7 @@ def measure_inside(size_name: str, entries: int, runs: int) -> dict[str, Any]:
     started = time.perf_counter()
     mix = _fill(entries, 1, state, FlowJudge(ruleset, pods, addresses))
     fill_seconds = time.perf_counter() - started
-    changed_state = build_state([*objects, _namespace_deny_all(state)]).state
+    changed_state = build_state(_lockdown(objects, state)).state
     changed = NodeCompiler(MEASURED_NODE, Family.IPV4, config).compile(changed_state, addresses)
     table = NetlinkConntrack()
     revoker = FlowRevoker(table, EstablishedFlows.STRICT, DEFAULT_REVOKED_MARK)
@@ -178,7 +185,7 @@ def measure_inside(size_name: str, entries: int, runs: int) -> dict[str, Any]:
         "runs": runs,
         # The same rules again: every entry judged, nothing revoked (the scan's cost).
         "unchanged": _timed(revoker, table, ruleset, pods, addresses, runs),
-        # A namespace of local pods gets a deny-all: its flows are revoked.
+        # A namespace of local pods is locked down: its flows are revoked.
         "deny_all": _timed(revoker, table, changed, pods, addresses, runs),
     }
 
