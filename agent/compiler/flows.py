@@ -17,7 +17,8 @@ never touched, whatever the rules say about it.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+import ipaddress
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from agent.compiler.walk import Packet, walk
@@ -92,7 +93,8 @@ def flow_key(flow: Flow) -> tuple[IPAddress, IPAddress, int, int | None, int | N
 class FlowJudge:
     """Judges flows of one family against that family's compiled ruleset.
 
-    ``local_pods`` are the addresses of the pods this node enforces for; ``node_addresses``
+    ``local_pods`` are the addresses of the pods this node enforces for (or the part of
+    them whose flows are to be judged: only flows with one of them at an end are); ``node_addresses``
     are the node's own (what ``addrtype LOCAL`` matches). Verdicts are memoised by what
     the rules can distinguish (source, destination, protocol, port), so a table of many
     flows between the same pods costs one walk per distinct pair and port.
@@ -127,9 +129,58 @@ class FlowJudge:
         return verdict
 
 
-def released_flow(flow: Flow, released: frozenset[IPAddress]) -> bool:
-    """Whether ``flow`` has an end at an address a local pod no longer holds."""
-    return flow.source in released or flow.destination in released
+def affected_addresses(ruleset: Ruleset, changed: Collection[str]) -> frozenset[IPAddress] | None:
+    """The local pod addresses whose verdicts a change of the chains ``changed`` (created
+    or rewritten in ``ruleset``) can alter; None when it can be any (the entry chain).
+
+    A pod's verdicts come from its pod chain and everything that chain reaches, so a pod
+    is affected when its chain reaches a changed chain, or when the dispatch chain that
+    sends its address to its chain was rewritten. A pod that left a dispatch tree is no
+    longer isolated that way: nothing of it can be newly denied there.
+    """
+    chains = ruleset.chains
+    if ruleset.entry_chain in changed:
+        return None
+    prefix = ruleset.entry_chain.removesuffix("FORWARD")
+    parents: dict[str, list[str]] = {}
+    for chain in chains.values():
+        for target in chain.targets:
+            parents.setdefault(target, []).append(chain.name)
+    tainted: set[str] = set()
+    stack = [name for name in changed if name in chains]
+    while stack:
+        name = stack.pop()
+        if name not in tainted:
+            tainted.add(name)
+            stack.extend(parents.get(name, ()))
+    pod_chains = (prefix + "I-", prefix + "E-")
+    affected: set[IPAddress] = set()
+    for root, ingress in ((prefix + "INGRESS", True), (prefix + "EGRESS", False)):
+        if root not in tainted:
+            continue  # nothing below this dispatch tree changed
+        todo, seen = [root], set()
+        while todo:
+            name = todo.pop()
+            if name in seen or name not in tainted:
+                continue
+            seen.add(name)
+            for rule in chains[name].rules:
+                target = rule.target
+                if target.startswith(pod_chains):
+                    if target in tainted or name in changed:
+                        own_end = rule.destination if ingress else rule.source
+                        if own_end is not None:
+                            affected.update(_hosts(own_end))
+                elif target in chains:
+                    todo.append(target)
+    return frozenset(affected)
 
 
-__all__ = ["PROTOCOL_NAMES", "Flow", "FlowJudge", "Verdict", "flow_key", "released_flow"]
+def _hosts(text: str) -> tuple[IPAddress, ...]:
+    network = ipaddress.ip_network(text, strict=False)
+    if network.num_addresses == 1:
+        return (network.network_address,)
+    return tuple(network)  # a dispatch leaf holds one pod address; never large
+
+
+__all__ = ["PROTOCOL_NAMES", "Flow", "FlowJudge", "Verdict", "affected_addresses", "flow_key"]

@@ -30,12 +30,16 @@ import time
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from agent.compiler.flows import Flow, FlowJudge, Verdict
+from agent.compiler.flows import Flow, FlowJudge, Verdict, affected_addresses
 from agent.dataplane.conntrack import ConntrackEntry, ConntrackError, ConntrackTable
 from agent.model.objects import IPAddress
 from agent.rules import Family, Ruleset
 
 log = logging.getLogger(__name__)
+
+# Up to this many addresses, the conntrack dump is filtered by the kernel, two dumps per
+# address (as the original source, as the reply source); beyond, one dump of everything.
+FILTERED_LIST_LIMIT = 16
 
 
 class EstablishedFlows(enum.Enum):
@@ -165,13 +169,18 @@ class FlowRevoker:
     def after_sync(
         self,
         rulesets: Mapping[Family, Ruleset],
-        changed: Collection[Family],
+        changed: Mapping[Family, Collection[str] | None],
         local_pods: Mapping[IPAddress, str],
         node_addresses: Collection[IPAddress],
         released: Mapping[IPAddress, str],
     ) -> FlowReport:
-        """Judge (strict, ``changed`` families) and clean (``released`` addresses).
-        Both map an address to its pod (``namespace/name``), now and before."""
+        """Judge (strict) and clean (``released`` addresses).
+
+        ``changed``: per family whose rules changed, the chains created or rewritten
+        (None: any may have, e.g. a first pass); only flows of the local pods those
+        chains can affect are judged. ``local_pods`` and ``released`` map an address to
+        its pod (``namespace/name``), now and before.
+        """
         scanned: dict[Family, int] = {}
         revoked: list[RevokedFlow] = []
         restored = 0
@@ -184,13 +193,25 @@ class FlowRevoker:
                 version = family.version
                 gone = frozenset(a for a in released if a.version == version)
                 judged = strict and family in changed
-                if not judged and not gone:
+                started = time.monotonic()
+                mine = frozenset(a for a in local_pods if a.version == version)
+                affected: frozenset[IPAddress] = frozenset()
+                if judged:
+                    chains = changed[family]
+                    found = affected_addresses(ruleset, chains) if chains is not None else None
+                    affected = mine if found is None else found & mine
+                judge_seconds += time.monotonic() - started
+                if not affected and not gone:
                     continue
-                listed = self.table.list(family)
+                wanted = affected | gone
+                # A few addresses: the kernel filters the dump; many: one dump of it all.
+                listed = self.table.list(
+                    family, wanted if len(wanted) <= FILTERED_LIST_LIMIT else None
+                )
                 list_seconds += listed.seconds
                 scanned[family] = len(listed.entries)
                 started = time.monotonic()
-                judge = FlowJudge(ruleset, local_pods, node_addresses) if judged else None
+                judge = FlowJudge(ruleset, affected, node_addresses) if affected else None
                 plan = plan_flows(
                     listed.entries,
                     judge,

@@ -38,6 +38,7 @@ from agent.control.outcome import (
 )
 from agent.control.source import Change, Kind, Source
 from agent.dataplane.backend import BackendError
+from agent.dataplane.plan import ChangeKind
 from agent.dataplane.table import Dataplane, DataplaneSyncError, SyncReport
 from agent.model import parse
 from agent.model.objects import Direction, IPAddress, Namespace, NetworkPolicy, Node, Pod
@@ -427,8 +428,16 @@ class Reconciler:
             if previous is not None
             else {}
         )
-        changed = {
-            family
+        # Per family whose rules changed, the chains written (None: after the first
+        # pass of this process, any rule may differ from when a flow started).
+        changed: dict[Family, frozenset[str] | None] = {
+            family: None
+            if cause is Cause.INITIAL
+            else frozenset(
+                change.name
+                for change in synced.plan.changes
+                if change.kind is not ChangeKind.DELETE
+            )
             for family, synced in report.families.items()
             if cause is Cause.INITIAL or not synced.plan.is_noop
         }

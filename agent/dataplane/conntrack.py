@@ -15,7 +15,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -61,7 +61,10 @@ class ListedEntries:
 class ConntrackTable(Protocol):
     """What the reconciler needs of the kernel's table (tests pass a fake)."""
 
-    def list(self, family: Family) -> ListedEntries: ...
+    def list(self, family: Family, addresses: Collection[IPAddress] | None = None) -> ListedEntries:
+        """The entries of ``family``; with ``addresses``, at least those with one of them
+        as the original source or the reply source (the destination after DNAT)."""
+        ...
 
     def delete(self, entries: Sequence[ConntrackEntry]) -> int:
         """Delete ``entries``; how many were deleted (the rest were already gone)."""
@@ -83,6 +86,7 @@ _CT_GET = (1 << 8) | 1
 _CT_DELETE = (1 << 8) | 2
 _NLA_TYPE, _NLA_F_NESTED = 0x3FFF, 0x8000
 _CTA_TUPLE_ORIG, _CTA_TUPLE_REPLY, _CTA_MARK, _CTA_MARK_MASK = 1, 2, 8, 21
+_CTA_FILTER, _CTA_FILTER_FLAG_IP_SRC = 25, 1 << 0
 _BATCH = 256  # requests per send; their acknowledgements fit one receive buffer
 _CTA_TUPLE_IP, _CTA_TUPLE_PROTO = 1, 2
 _HEADER = struct.Struct("=IHHII")
@@ -134,12 +138,23 @@ def _decode_tuple(payload: memoryview) -> Tuple:
     return Tuple(source, destination, number, sport, dport)
 
 
-def _dump(family: Family) -> Iterator[ConntrackEntry]:
+def _dump(
+    family: Family, direction: int | None = None, source: IPAddress | None = None
+) -> Iterator[ConntrackEntry]:
+    """Every entry of ``family``; or only those whose ``direction`` tuple (original or
+    reply) has ``source`` as its source, filtered by the kernel (CTA_FILTER, Linux 5.8)."""
+    request = struct.pack("=BBH", _AF[family], 0, 0)
+    if direction is not None and source is not None:
+        attribute = 1 if source.version == 4 else 3  # CTA_IP_V4_SRC / CTA_IP_V6_SRC
+        ip = _nla(_CTA_TUPLE_IP, _nla(attribute, source.packed), nested=True)
+        # CTA_FILTER_ORIG_FLAGS / _REPLY_FLAGS have the numbers of the tuples they filter.
+        what = _nla(direction, struct.pack("=I", _CTA_FILTER_FLAG_IP_SRC))
+        request += _nla(direction, ip, nested=True) + _nla(_CTA_FILTER, what, nested=True)
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         sock.bind((0, 0))
-        request = _HEADER.pack(_HEADER.size + 4, _CT_GET, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0)
-        sock.send(request + struct.pack("=BBH", _AF[family], 0, 0))
+        flags = _NLM_F_REQUEST | _NLM_F_DUMP
+        sock.send(_HEADER.pack(_HEADER.size + len(request), _CT_GET, flags, 1, 0) + request)
         while True:
             data = sock.recv(1 << 20)
             offset = 0
@@ -176,10 +191,30 @@ class NetlinkConntrack:
     busy node holds tens of thousands.
     """
 
-    def list(self, family: Family) -> ListedEntries:
+    def list(self, family: Family, addresses: Collection[IPAddress] | None = None) -> ListedEntries:
         started = time.monotonic()
         try:
-            entries = tuple(_dump(family))
+            if addresses is None:
+                entries = tuple(_dump(family))
+            else:
+                wanted = frozenset(addresses)
+                if family is Family.IPV4:
+                    found: dict[Tuple, ConntrackEntry] = {}
+                    for address in wanted:
+                        for direction in (_CTA_TUPLE_ORIG, _CTA_TUPLE_REPLY):
+                            for entry in _dump(family, direction, address):
+                                found.setdefault(entry.original, entry)
+                    candidates: Iterable[ConntrackEntry] = found.values()
+                else:
+                    # The kernel's IPv6 source filter is not to be trusted (on 6.18 it
+                    # returns the entries that do NOT match): dump everything.
+                    candidates = _dump(family)
+                # The kernel's filter only narrows (a kernel before 5.8 ignores it).
+                entries = tuple(
+                    entry
+                    for entry in candidates
+                    if entry.original.source in wanted or entry.reply.source in wanted
+                )
         except OSError as error:
             raise ConntrackError(
                 f"cannot list {family.value} conntrack entries: {error}"

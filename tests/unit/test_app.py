@@ -64,7 +64,7 @@ class RecordingBackend:
 class EmptyConntrack:
     """A conntrack table with nothing in it (the agent must not read this machine's)."""
 
-    def list(self, family: Family) -> ListedEntries:
+    def list(self, family: Family, addresses: object = None) -> ListedEntries:
         return ListedEntries((), 0.0)
 
     def delete(self, entries: Sequence[ConntrackEntry]) -> int:

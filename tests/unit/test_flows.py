@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from agent.compiler.config import CompilerConfig, NodeContext
-from agent.compiler.flows import Flow, FlowJudge, Verdict
+from agent.compiler.flows import Flow, FlowJudge, Verdict, affected_addresses
 from agent.compiler.node import compile_node
 from agent.compiler.walk import walk
 from agent.control.flows import (
@@ -141,6 +141,52 @@ def test_a_flow_of_the_other_family_is_not_judged_by_this_ruleset() -> None:
     assert judge.judge(Flow(ip("fd00::1"), ip("fd00::2"), TCP, 80)) is Verdict.NOT_OURS
 
 
+# --- which local pods a change affects ----------------------------------------------------
+
+
+def affected_by(before: ClusterState, after: ClusterState, node_ip: str = NODE_IP) -> set[str]:
+    """The local pods whose flows must be judged again, by name (``*``: all of them)."""
+    old = compile_node(before, NodeContext("node1", (ip(NODE_IP),)), Family.IPV4)
+    new = compile_node(after, NodeContext("node1", (ip(node_ip),)), Family.IPV4)
+    changed = {
+        name for name, chain in new.chains.items()
+        if name not in old.chains or old.chains[name].hashes != chain.hashes
+    }  # fmt: skip
+    found = affected_addresses(new, changed)
+    if found is None:
+        return {"*"}
+    names = {ip(address): pod for pod, address in POD_IPS.items()}
+    return {names[address] for address in found}
+
+
+def test_a_policy_change_affects_only_the_pods_it_selects() -> None:
+    assert affected_by(cluster(), cluster(A_NO_INGRESS)) == {"x/a"}
+    assert affected_by(cluster(A_NO_INGRESS), cluster(A_ONLY_FROM_B_ON_80)) == {"x/a"}
+
+
+def test_a_peer_leaving_a_group_affects_the_pods_whose_policies_name_it() -> None:
+    """x/b is relabelled out of ``app: b``: x/a (which admits app b) is affected."""
+    relabelled = b.state_of(
+        b.namespace("x", ns="x"),
+        b.namespace("y", ns="y"),
+        b.node("node1", NODE_IP),
+        b.pod("x/a", POD_IPS["x/a"], labels={"app": "a"}),
+        b.pod("x/b", POD_IPS["x/b"], labels={"app": "other"}),
+        b.pod("y/c", POD_IPS["y/c"], labels={"app": "c"}, node_name="node2"),
+        A_ONLY_FROM_B_ON_80,
+    )
+    assert affected_by(cluster(A_ONLY_FROM_B_ON_80), relabelled) == {"x/a"}
+
+
+def test_a_change_that_adds_no_isolation_affects_nobody() -> None:
+    opens = b.policy("y/c-open", podSelector=b.labels(app="c"))  # selects no local pod
+    assert affected_by(cluster(), cluster(opens)) == set()
+
+
+def test_new_node_addresses_affect_every_local_pod() -> None:
+    assert affected_by(cluster(A_NO_INGRESS), cluster(A_NO_INGRESS), "192.168.0.2") == {"*"}
+
+
 # --- which entries are deleted ----------------------------------------------------------
 
 
@@ -235,9 +281,19 @@ class FakeConntrack:
     def __init__(self, entries: Sequence[ConntrackEntry]) -> None:
         self.entries = list(entries)
         self.deleted: list[ConntrackEntry] = []
+        self.listed: list[frozenset[IPAddress] | None] = []  # the addresses asked for
 
-    def list(self, family: Family) -> ListedEntries:
-        return ListedEntries(tuple(e for e in self.entries if e.family is family), 0.0)
+    def list(self, family: Family, addresses: Collection[IPAddress] | None = None) -> ListedEntries:
+        self.listed.append(None if addresses is None else frozenset(addresses))
+        return ListedEntries(
+            tuple(
+                e
+                for e in self.entries
+                if e.family is family
+                and (addresses is None or {e.original.source, e.reply.source} & set(addresses))
+            ),
+            0.0,
+        )
 
     def delete(self, entries: Sequence[ConntrackEntry]) -> int:
         for e in entries:
@@ -315,6 +371,8 @@ def test_strict_a_policy_change_revokes_the_flows_it_denies_and_keeps_the_rest()
     outcome = r.run_pass(Cause.CHANGE)
     assert table.revoked() == [entry("y/c", "x/a")]
     assert table.deleted == []
+    # Only x/a's rules changed: only its flows were asked for (and judged).
+    assert table.listed[-1] == {ip(POD_IPS["x/a"])}
     assert outcome.flows is not None and outcome.flows.scanned == {Family.IPV4: 3}
     assert [f.reason for f in outcome.flows.revoked] == [RevokeReason.POLICY]
 
