@@ -7,12 +7,16 @@ pod), and some that are none of theirs; only flows the node's current rules allo
 established flow was allowed when it started). Then the pass the reconciler runs after
 a rule change is timed, median over runs: list the table (netlink dump), judge every
 entry with a local pod at an end (the compiled-rule walker, memoised by source,
-destination, protocol and port), mark the denied ones. Two passes:
+destination, protocol and port), mark the denied ones. Three passes:
 
-- ``unchanged``: the same rules again; nothing is revoked: the scan's own cost;
-- ``deny_all``: the namespace of one local pod loses its policies but a deny-all; its
-  flows on the node are revoked (marks cleared between runs, so each run revokes the
-  same).
+- ``all_pods``: as after a first pass (or new node addresses): the flows of every local
+  pod are judged against the same rules; nothing is revoked: a full scan's cost;
+- ``one_app``: a policy (allowing all) selects one app of a local pod's namespace: only
+  the flows of the pods whose chains changed are listed (the kernel filters the dump)
+  and judged;
+- ``lockdown``: the namespace of one local pod loses its policies but a deny-all; its
+  pods' flows on the node are revoked (marks cleared between runs, so each run revokes
+  the same).
 
     python -m bench.conntrack [--size L] [--entries 10000,50000] [--runs 7]   # root
 """
@@ -123,8 +127,29 @@ def _lockdown(objects: list[dict[str, Any]], state: Any) -> list[dict[str, Any]]
     return [*kept, deny_all]
 
 
-def _timed(revoker: Any, table: Any, ruleset: Any, pods: Any, addresses: Any,
-           runs: int) -> dict[str, Any]:  # fmt: skip
+def _one_app_isolated(objects: list[dict[str, Any]], state: Any) -> list[dict[str, Any]]:
+    """A small change: a policy selecting one app of a local pod's namespace (the pods of
+    that app on the node are affected; the policy allows all, so nothing is revoked)."""
+    pod = next(p for p in state.pods.values() if p.node_name == MEASURED_NODE)
+    policy = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"namespace": pod.namespace, "name": "bench-one-app"},
+        "spec": {"podSelector": {"matchLabels": {"app": pod.labels["app"]}}, "ingress": [{}]},
+    }
+    return [*objects, policy]
+
+
+def _changed_chains(old: Any, new: Any) -> frozenset[str]:
+    return frozenset(
+        name
+        for name, chain in new.chains.items()
+        if name not in old.chains or old.chains[name].hashes != chain.hashes
+    )
+
+
+def _timed(revoker: Any, table: Any, ruleset: Any, changed: frozenset[str] | None, pods: Any,
+           addresses: Any, runs: int) -> dict[str, Any]:  # fmt: skip
     from agent.compiler.config import DEFAULT_REVOKED_MARK
     from agent.rules import Family
 
@@ -132,7 +157,9 @@ def _timed(revoker: Any, table: Any, ruleset: Any, pods: Any, addresses: Any,
     revoked = walks = scanned = 0
     for _ in range(runs):
         started = time.perf_counter()
-        report = revoker.after_sync({Family.IPV4: ruleset}, {Family.IPV4}, pods, addresses, {})
+        report = revoker.after_sync(
+            {Family.IPV4: ruleset}, {Family.IPV4: changed}, pods, addresses, {}
+        )
         total = time.perf_counter() - started
         if report.error is not None:
             raise RuntimeError(report.error)
@@ -141,7 +168,7 @@ def _timed(revoker: Any, table: Any, ruleset: Any, pods: Any, addresses: Any,
         samples["mark"].append(report.write_seconds)
         samples["total"].append(total)
         revoked, walks = len(report.revoked), report.walks
-        scanned = report.scanned[Family.IPV4]
+        scanned = report.scanned.get(Family.IPV4, 0)
         # Unmark, so the next run revokes the same flows again.
         marked = [e for e in table.list(Family.IPV4).entries if e.mark & DEFAULT_REVOKED_MARK]
         table.set_mark(marked, 0, DEFAULT_REVOKED_MARK)
@@ -156,7 +183,7 @@ def _timed(revoker: Any, table: Any, ruleset: Any, pods: Any, addresses: Any,
 
 def measure_inside(size_name: str, entries: int, runs: int) -> dict[str, Any]:
     from agent.compiler.config import DEFAULT_REVOKED_MARK, CompilerConfig, node_addresses
-    from agent.compiler.flows import FlowJudge
+    from agent.compiler.flows import FlowJudge, affected_addresses
     from agent.compiler.node import NodeCompiler
     from agent.control.flows import EstablishedFlows, FlowRevoker
     from agent.dataplane.conntrack import NetlinkConntrack
@@ -173,21 +200,32 @@ def measure_inside(size_name: str, entries: int, runs: int) -> dict[str, Any]:
     started = time.perf_counter()
     mix = _fill(entries, 1, state, FlowJudge(ruleset, pods, addresses))
     fill_seconds = time.perf_counter() - started
-    changed_state = build_state(_lockdown(objects, state)).state
-    changed = NodeCompiler(MEASURED_NODE, Family.IPV4, config).compile(changed_state, addresses)
     table = NetlinkConntrack()
     revoker = FlowRevoker(table, EstablishedFlows.STRICT, DEFAULT_REVOKED_MARK)
-    return {
+    result: dict[str, Any] = {
         "size": size_name,
         "local_pods": len(compiler.local_pods),
         "mix": mix,
         "fill_seconds": fill_seconds,
         "runs": runs,
-        # The same rules again: every entry judged, nothing revoked (the scan's cost).
-        "unchanged": _timed(revoker, table, ruleset, pods, addresses, runs),
-        # A namespace of local pods is locked down: its flows are revoked.
-        "deny_all": _timed(revoker, table, changed, pods, addresses, runs),
+        # A first pass (or new node addresses): every local pod's flows are judged.
+        "all_pods": _timed(revoker, table, ruleset, None, pods, addresses, runs),
     }
+    cases = {
+        # One app's pods get a policy (allowing all): only their flows are judged.
+        "one_app": _one_app_isolated(objects, state),
+        # A namespace of local pods loses its policies but a deny-all: its flows revoked.
+        "lockdown": _lockdown(objects, state),
+    }
+    for case, changed_objects in cases.items():
+        changed_state = build_state(changed_objects).state
+        new = NodeCompiler(MEASURED_NODE, Family.IPV4, config).compile(changed_state, addresses)
+        chains = _changed_chains(ruleset, new)
+        affected = affected_addresses(new, chains)
+        timed = _timed(revoker, table, new, chains, pods, addresses, runs)
+        timed["affected_pods"] = len(pods) if affected is None else len(affected)
+        result[case] = timed
+    return result
 
 
 def run(size: str, entries: Sequence[int], runs: int) -> list[dict[str, Any]]:
@@ -210,18 +248,23 @@ def run(size: str, entries: Sequence[int], runs: int) -> list[dict[str, Any]]:
     return results
 
 
+CASES = ("all_pods", "one_app", "lockdown")
+
+
 def render(results: Sequence[dict[str, Any]]) -> str:
     lines = [
-        f"{'size':5} {'pass':9} {'entries':>8} {'revoked':>8} {'walks':>6} {'list':>8} "
-        f"{'judge':>8} {'mark':>8} {'total':>8}   (median of runs)"
+        f"{'size':5} {'pass':9} {'affected':>8} {'listed':>7} {'revoked':>8} {'walks':>6} "
+        f"{'list':>8} {'judge':>8} {'mark':>8} {'total':>8}   (IPv4, median of runs)"
     ]
     for r in results:
-        for case in ("unchanged", "deny_all"):
+        for case in CASES:
             c = r[case]
+            affected = c.get("affected_pods", r["local_pods"])
             lines.append(
-                f"{r['size']:5} {case:9} {c['entries']:8} {c['revoked']:8} {c['walks']:6} "
-                f"{c['list_seconds'] * 1000:6.0f}ms {c['judge_seconds'] * 1000:6.0f}ms "
-                f"{c['mark_seconds'] * 1000:6.0f}ms {c['total_seconds'] * 1000:6.0f}ms"
+                f"{r['size']:5} {case:9} {affected:8} {c['entries']:7} {c['revoked']:8} "
+                f"{c['walks']:6} {c['list_seconds'] * 1000:6.0f}ms "
+                f"{c['judge_seconds'] * 1000:6.0f}ms {c['mark_seconds'] * 1000:6.0f}ms "
+                f"{c['total_seconds'] * 1000:6.0f}ms"
             )
     return "\n".join(lines)
 
@@ -243,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = run(args.size, [int(n) for n in args.entries.split(",")], args.runs)
     print(render(results))
     for r in results:
-        print(f"  {r['unchanged']['entries']} entries ({r['local_pods']} local pods): "
+        print(f"  {r['all_pods']['entries']} entries ({r['local_pods']} local pods): "
               f"{r['mix']}; filled in {r['fill_seconds']:.1f}s")  # fmt: skip
     return 0
 
