@@ -218,6 +218,23 @@ def test_strict_a_newly_denied_egress_stream_stops_on_the_source_node(sc: Scenar
         stream.close()
 
 
+@BOTH
+def test_strict_a_revoked_stream_resumes_when_a_later_change_allows_it_again(
+    sc: Scenario,
+) -> None:
+    """The revoked mark comes off when the rules allow the flow again: TCP retransmits
+    and the same connection carries data both ways again."""
+    sc.apply([allow_all_to_y_b()])
+    stream = TcpStream(sc.lab, "x/a", "y/b", 8110)
+    try:
+        sc.apply([y_b_only_from_x_c()])
+        assert flowing(stream.received) == (False, False)
+        sc.apply([allow_all_to_y_b()])
+        assert flowing(stream.received, 3.0) == (True, True)  # after a retransmit timeout
+    finally:
+        stream.close()
+
+
 # ------------------------------------------------------------------------ keep mode
 @BOTH
 def test_keep_a_newly_denied_established_stream_runs_on_and_new_ones_are_denied(
