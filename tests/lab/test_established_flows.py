@@ -26,7 +26,15 @@ import yaml
 
 from tests.lab.background import ContinuousProber
 from tests.lab.nsutil import in_netns, run
-from tests.lab.scenarios_support import Scenario, TcpClient, TcpEcho, netpol, ns_sel, pod_sel
+from tests.lab.scenarios_support import (
+    Scenario,
+    Service,
+    TcpClient,
+    TcpEcho,
+    netpol,
+    ns_sel,
+    pod_sel,
+)
 from tests.lab.topology import Backend, Lab
 
 pytestmark = pytest.mark.lab
@@ -80,7 +88,10 @@ class TcpStream:
     """One TCP connection from ``src`` to ``dst``:``port`` carrying data both ways all
     the time: the client pushes to the server and the server pushes to the client."""
 
-    def __init__(self, lab: Lab, src: str, dst: str, port: int, family: int = 4) -> None:
+    def __init__(
+        self, lab: Lab, src: str, dst: str, port: int, family: int = 4, *, via: str = ""
+    ) -> None:
+        """``via``: connect to this address instead (a ClusterIP in front of ``dst``)."""
         af = socket.AF_INET6 if family == 6 else socket.AF_INET
         with in_netns(lab.endpoint(dst).netns):
             self._listener = socket.socket(af, socket.SOCK_STREAM)
@@ -90,7 +101,7 @@ class TcpStream:
         with in_netns(lab.endpoint(src).netns):
             self._client = socket.socket(af, socket.SOCK_STREAM)
         self._client.settimeout(3)
-        self._client.connect((lab.endpoint(dst).ip(family), port))
+        self._client.connect((via or lab.endpoint(dst).ip(family), port))
         self._listener.settimeout(3)
         self._server, _ = self._listener.accept()
         self.to_server, self.at_server = _Counter(), _Counter()  # client -> server
@@ -213,6 +224,25 @@ def test_strict_a_newly_denied_egress_stream_stops_on_the_source_node(sc: Scenar
         assert flowing(stream.received, 0.5) == (True, True)
         sc.apply([netpol("x", "a-no-egress", {"podSelector": pod_sel("a"),
                                               "policyTypes": ["Egress"]})])  # fmt: skip
+        assert flowing(stream.received) == (False, False)
+    finally:
+        stream.close()
+
+
+@BOTH
+def test_strict_a_stream_through_a_service_is_judged_by_its_backend(sc: Scenario) -> None:
+    """x/a streams to a ClusterIP that node-1 DNATs to y/b. x/a's new egress allows the
+    Service range but not y/b: node-1's entry names the ClusterIP as its original
+    destination, and the flow is judged by the backend it really goes to, so it stops."""
+    sc.add_service(Service("svc", "y/b", "10.96.0.81", "fd00:10:96::51", {(8111, "TCP"): 8111}))
+    sc.apply([])
+    stream = TcpStream(sc.lab, "x/a", "y/b", 8111, via="10.96.0.81")
+    try:
+        assert flowing(stream.received, 0.5) == (True, True)
+        sc.apply([netpol("x", "a-to-services-only", {
+            "podSelector": pod_sel("a"), "policyTypes": ["Egress"],
+            "egress": [{"to": [{"ipBlock": {"cidr": "10.96.0.0/16"}}]}],
+        })])  # fmt: skip
         assert flowing(stream.received) == (False, False)
     finally:
         stream.close()
