@@ -227,10 +227,13 @@ class Metrics:
 
         if outcome.succeeded:
             self.last_sync.set(finished)
+            # The rules were in the kernel before the pass looked at established flows.
+            programmed = finished - (outcome.flows.seconds if outcome.flows is not None else 0.0)
             if outcome.cause is not Cause.INITIAL:
                 for change in outcome.changes:
                     if change.received_at > 0:
-                        self.programming_duration.observe(max(0.0, finished - change.received_at))
+                        latency = max(0.0, programmed - change.received_at)
+                        self.programming_duration.observe(latency)
         else:
             self.sync_failures.inc()
             # Families that were to be written but are not in the report failed.

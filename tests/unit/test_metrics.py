@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -191,6 +192,20 @@ def test_flows_revoked_are_counted_by_family_and_reason() -> None:
         == 2
     )
     assert value(registry, "netpol_agent_flow_scan_duration_seconds_count") == 2
+
+
+def test_programming_latency_ends_when_the_rules_are_in_not_after_the_flow_scan() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    desired = ruleset(with_policy=True)
+    sync = family_sync(desired, empty_state())
+    change = ObjectChange(Kind.NETWORK_POLICY, "x/deny", "added", received_at=T0 - 0.5)
+    scan = dataclasses.replace(revoked_flows(), list_seconds=0.1, judge_seconds=0.05)
+    metrics.sync_finished(dataclasses.replace(outcome([sync], changes=[change]), flows=scan))
+    # The pass took 0.25 s (started at T0), 0.15 s of it judging flows after the write.
+    assert value(registry, "netpol_agent_network_programming_duration_seconds_sum") == (
+        pytest.approx(0.6)
+    )
 
 
 def test_watch_health_is_read_at_scrape_time() -> None:
