@@ -20,11 +20,13 @@ from types import FrameType
 from prometheus_client import CollectorRegistry
 
 from agent.config import AgentConfig, BackendChoice
+from agent.control.flows import FlowRevoker
 from agent.control.node_addresses import AddressWatcher
 from agent.control.outcome import Cause, SyncObserver, SyncOutcome
 from agent.control.reconciler import Reconciler, ReconcilerConfig
 from agent.control.source import Source
 from agent.dataplane.backend import Backend, BackendError
+from agent.dataplane.conntrack import ConntrackTable
 from agent.dataplane.table import Dataplane
 from agent.model.objects import IPAddress
 from agent.observability.health import HealthServer, HealthState
@@ -64,6 +66,13 @@ def make_backend(
             )
             if stop.wait(delay):
                 raise
+
+
+def make_conntrack() -> ConntrackTable:
+    """The conntrack table of the namespace the agent runs in (the node's)."""
+    from agent.dataplane.conntrack import NetlinkConntrack
+
+    return NetlinkConntrack()
 
 
 def make_source(config: AgentConfig) -> Source:
@@ -214,6 +223,9 @@ def _run(config: AgentConfig, stop: threading.Event, startup_gc: StartupGc) -> i
         observers=[*observers.observers, startup_gc],
         kernel_addresses=(lambda: watcher.addresses) if watcher is not None else None,
         on_heartbeat=health.heartbeat if health is not None else None,
+        # Both modes: flows of addresses that local pods gave up are deleted; strict
+        # also judges established flows again after a policy change.
+        flows=FlowRevoker(make_conntrack(), config.established_flows, config.compiler.revoked_mark),
     )
     try:
         try:

@@ -29,6 +29,7 @@ from agent.config import (
     RuleLogConfig,
     SourceConfig,
 )
+from agent.control.flows import EstablishedFlows
 from agent.model.objects import Protocol
 from agent.observability.logs import configure_logging
 from agent.observability.rulelog import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES
@@ -142,6 +143,7 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
             source=SourceConfig(file=args.source_file, kubeconfig=args.kubeconfig),
             node_ips=tuple(args.node_ip),
             kernel_addresses=not args.no_kernel_addresses,
+            established_flows=args.established_flows,
             once=args.once,
             intervals=Intervals(min_sync=args.min_sync_interval, resync=args.resync_period),
             metrics_address=args.metrics_address,
@@ -341,6 +343,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--node-ip", type=node_ip, action="append", default=[], help="extra node address"
+    )
+    run.add_argument(
+        "--established-flows",
+        type=_flag(config.parse_established_flows),
+        default=EstablishedFlows.STRICT,
+        metavar="strict|keep",
+        help="strict (default): after a policy change, delete the conntrack entries of"
+        " established flows the new rules deny; keep: leave established flows alone",
     )
     run.add_argument(
         "--no-kernel-addresses",

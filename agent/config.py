@@ -7,12 +7,14 @@ agent from it.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from agent.compiler.config import CompilerConfig
+from agent.compiler.config import DEFAULT_REVOKED_MARK, CompilerConfig
+from agent.control.flows import EstablishedFlows
 from agent.model.objects import IPAddress
 from agent.observability.health import parse_address
 from agent.observability.rulelog import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES, MIN_MAX_BYTES
@@ -77,6 +79,13 @@ def parse_backend(text: str) -> BackendChoice:
     if text not in BACKENDS:
         raise ConfigError(f"--backend takes {', '.join(BACKENDS)}, not {text!r}")
     return text
+
+
+def parse_established_flows(text: str) -> EstablishedFlows:
+    try:
+        return EstablishedFlows(text)
+    except ValueError:
+        raise ConfigError(f"--established-flows takes strict or keep, not {text!r}") from None
 
 
 def compiler_config(chain_prefix: str, allow_mark: int, reject: bool) -> CompilerConfig:
@@ -155,6 +164,8 @@ class AgentConfig:
     source: SourceConfig = field(default_factory=SourceConfig)
     node_ips: tuple[IPAddress, ...] = ()
     kernel_addresses: bool = True  # follow this node's addresses in the kernel
+    # strict: judge established flows again after a policy change; keep: leave them.
+    established_flows: EstablishedFlows = EstablishedFlows.STRICT
     once: bool = False  # sync once and exit (no metrics, health, rule log)
     intervals: Intervals = field(default_factory=Intervals)
     metrics_address: str = DEFAULT_METRICS_ADDRESS  # "" disables /metrics and probes
@@ -171,6 +182,13 @@ class AgentConfig:
             raise ConfigError("at least one family, each at most once")
         if self.backend not in BACKENDS:
             raise ConfigError(f"--backend takes {', '.join(BACKENDS)}, not {self.backend!r}")
+        # Strict mode needs the entry chain's rule dropping revoked flows; keep mode has
+        # no such rule.
+        strict = self.established_flows is EstablishedFlows.STRICT
+        revoked_mark = (self.compiler.revoked_mark or DEFAULT_REVOKED_MARK) if strict else 0
+        if revoked_mark != self.compiler.revoked_mark:
+            compiler = dataclasses.replace(self.compiler, revoked_mark=revoked_mark)
+            object.__setattr__(self, "compiler", compiler)
         if self.metrics_address:
             try:
                 parse_address(self.metrics_address)

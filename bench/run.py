@@ -391,8 +391,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="only the compile figures (full, incremental through the reconciler); no root",
     )
+    parser.add_argument(
+        "--conntrack-only",
+        action="store_true",
+        help="only the strict-mode conntrack scan at L (bench/conntrack.py)",
+    )
+    parser.add_argument(
+        "--no-conntrack", action="store_true", help="skip the conntrack scan (bench/conntrack.py)"
+    )
     parser.add_argument("--inside", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.conntrack_only:
+        from bench import conntrack
+
+        if os.geteuid() != 0:
+            print("the conntrack scan needs root (a network namespace)", file=sys.stderr)
+            return 2
+        size = "tiny" if args.smoke else "L"
+        counts = [200] if args.smoke else [10_000, 50_000]
+        print(conntrack.render(conntrack.run(size, counts, 1 if args.smoke else args.runs)))
+        return 0
     if args.compile_only:
         for size in ["tiny"] if args.smoke else args.sizes.split(","):
             figures = measure_compile(size, 1 if args.smoke else args.runs)
@@ -439,6 +457,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             1 if args.smoke else 5,
             args.backends.split(","),
         )
+    if not args.no_conntrack:
+        from bench import conntrack
+
+        print("... conntrack: the strict-mode scan after a rule change", file=sys.stderr,
+              flush=True)  # fmt: skip
+        smoke = args.smoke
+        document["conntrack"] = conntrack.run(
+            "tiny" if smoke else "L", [200] if smoke else [10_000, 50_000], 1 if smoke else 7
+        )
+        print()
+        print(conntrack.render(document["conntrack"]))
     if not args.no_soak:
         from bench import soak
 

@@ -11,6 +11,8 @@ from agent.policy.view import PolicyView
 
 DEFAULT_CHAIN_PREFIX = "NPA"
 DEFAULT_MARK = 0x1000
+# The conntrack mark bit (ctmark, not the packet mark) of flows revoked in strict mode.
+DEFAULT_REVOKED_MARK = 0x2000
 MAX_PREFIX = 8
 # Neighbour discovery: router solicitation/advertisement, neighbour solicitation/
 # advertisement, redirect. Bridged with br_netfilter, these cross FORWARD.
@@ -22,6 +24,10 @@ class CompilerConfig:
     chain_prefix: str = DEFAULT_CHAIN_PREFIX
     allow_mark: int = DEFAULT_MARK
     reject: bool = False
+    # Strict mode: a connmark bit set on established flows the rules now deny; the entry
+    # chain drops their packets, both ways, before letting established traffic through.
+    # 0: no such rule (keep mode).
+    revoked_mark: int = 0
 
     def __post_init__(self) -> None:
         if not self.chain_prefix or len(self.chain_prefix) > MAX_PREFIX:
@@ -36,6 +42,10 @@ class CompilerConfig:
             raise ValueError("allow mark must be a single bit of the 32-bit packet mark")
         if self.allow_mark & 0xC000:
             raise ValueError("allow mark clashes with kube-proxy's 0x4000/0x8000")
+        if self.revoked_mark and (
+            self.revoked_mark > 0xFFFFFFFF or self.revoked_mark & (self.revoked_mark - 1)
+        ):
+            raise ValueError("revoked mark must be a single bit of the 32-bit conntrack mark")
 
     def name(self, suffix: str) -> str:
         return f"{self.chain_prefix}-{suffix}"
@@ -52,6 +62,10 @@ class CompilerConfig:
     @property
     def mark_text(self) -> str:
         return f"{self.allow_mark:#x}/{self.allow_mark:#x}"
+
+    @property
+    def revoked_mark_text(self) -> str:
+        return f"{self.revoked_mark:#x}/{self.revoked_mark:#x}"
 
 
 @dataclass(frozen=True, slots=True)

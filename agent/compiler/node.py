@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, KeysView, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from agent.compiler import named_ports
 from agent.compiler.addresses import DISPATCH_DEPTH, build_tree
@@ -187,6 +188,11 @@ class NodeCompiler:
     @property
     def local_pod_count(self) -> int:
         return len(self._local)
+
+    @property
+    def local_pods(self) -> Mapping[str, Pod]:
+        """The selectable pods on this node, by ``namespace/name`` (read-only)."""
+        return MappingProxyType(self._local)
 
     def cache_sizes(self) -> dict[str, int]:
         """Entries held between compiles, by cache: they follow the cluster as it is."""

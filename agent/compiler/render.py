@@ -292,13 +292,26 @@ class Renderer:
 
     def entry_chain(self, node_addresses: Sequence[IPAddress]) -> Chain:
         config = self.config
-        rules: list[Rule] = [
+        rules: list[Rule] = []
+        if config.revoked_mark:
+            # Flows the agent revoked (strict mode): dropped both ways. Deleting their
+            # conntrack entries is not enough: the next packet from the side that
+            # accepted the connection is picked up as a NEW flow in the reverse
+            # direction, which the policy may allow, and the flow lives on.
+            rules.append(
+                Rule(
+                    "DROP",
+                    "netpol-agent: established flows revoked by a policy change",
+                    matches=(Match("connmark", (("--mark", config.revoked_mark_text),)),),
+                )
+            )
+        rules.append(
             Rule(
                 "RETURN",
                 "netpol-agent: replies and established flows",
                 matches=(Match("conntrack", (("--ctstate", "RELATED,ESTABLISHED"),)),),
             )
-        ]
+        )
         if self.version == 6:
             rules.extend(
                 Rule(

@@ -1,7 +1,7 @@
 """A tiny, pure model of how netfilter walks a compiled :class:`Ruleset`.
 
 It follows exactly the constructs the compiler emits -- ``-s``/``-d``/``-p``, the
-``conntrack``, ``addrtype``, ``mark``, ``tcp``/``udp``/``sctp``, ``multiport`` and
+``conntrack``, ``addrtype``, ``mark``, ``connmark``, ``tcp``/``udp``/``sctp``, ``multiport`` and
 ``icmp6`` matches, and the ``-j``/``-g``/RETURN/MARK/DROP/REJECT targets -- and refuses
 anything else, so a new construct in the compiler fails loudly here instead of being
 silently misjudged. It also checks what iptables itself would reject (a port match
@@ -44,6 +44,7 @@ class Packet:
     icmp_type: int | None = None
     ctstate: str = "NEW"
     mark: int = 0
+    ctmark: int = 0  # the connection's conntrack mark
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +106,9 @@ def _match_module(
     if module == "mark":
         value, mask = _value_mask(_option(match, "--mark"))
         return (mark & mask) == value
+    if module == "connmark":
+        value, mask = _value_mask(_option(match, "--mark"))
+        return (packet.ctmark & mask) == value
     if module in PORT_MODULES:
         if rule.protocol != module:
             raise WalkError(f"-m {module} needs -p {module}, rule has -p {rule.protocol}")

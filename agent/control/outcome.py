@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from agent.control.flows import FlowReport
 from agent.control.source import Kind
 from agent.dataplane.table import SyncReport
 from agent.rules import Family, Ruleset
@@ -58,6 +59,8 @@ class SyncOutcome:
     error: str | None = None
     # The families whose write failed, and why (the others were written).
     family_errors: Mapping[Family, str] = field(default_factory=dict)
+    # What the pass did to established flows (None: it did not look at them).
+    flows: FlowReport | None = None
 
     @property
     def succeeded(self) -> bool:

@@ -27,6 +27,7 @@ from typing import Any
 
 from agent.compiler.config import CompilerConfig, node_addresses
 from agent.compiler.node import NodeCompiler
+from agent.control.flows import FlowReport, FlowRevoker
 from agent.control.node_addresses import compare_with_node_object
 from agent.control.outcome import (
     Cause,
@@ -37,6 +38,7 @@ from agent.control.outcome import (
 )
 from agent.control.source import Change, Kind, Source
 from agent.dataplane.backend import BackendError
+from agent.dataplane.plan import ChangeKind
 from agent.dataplane.table import Dataplane, DataplaneSyncError, SyncReport
 from agent.model import parse
 from agent.model.objects import Direction, IPAddress, Namespace, NetworkPolicy, Node, Pod
@@ -103,6 +105,7 @@ class Reconciler:
         observers: Iterable[SyncObserver] = (),
         kernel_addresses: Callable[[], tuple[IPAddress, ...]] | None = None,
         on_heartbeat: Callable[[], None] | None = None,
+        flows: FlowRevoker | None = None,
         clock: Clock = time.monotonic,
         wait: Callable[[float], None] | None = None,
     ) -> None:
@@ -111,6 +114,10 @@ class Reconciler:
         self.dataplane = dataplane
         self._observers = tuple(observers)
         self._kernel_addresses = kernel_addresses
+        self._flows = flows
+        # Local pod addresses and who held them after the last pass that looked at the
+        # conntrack table: an address that leaves (or changes hands) has its flows deleted.
+        self._local_owners: dict[IPAddress, tuple[str, str]] | None = None  # (key, uid)
         self._lock = threading.Lock()
         self._store: dict[Kind, TrackedStore[ModelObject]] = {kind: TrackedStore() for kind in Kind}
         self._index = ClusterIndex()  # follows the store by deltas (see snapshot)
@@ -339,6 +346,9 @@ class Reconciler:
             with self._lock:
                 # Not applied: the changes are still owed to the next pass.
                 self._pending[:0] = changes
+        flows: FlowReport | None = None
+        if error is None and report is not None and self._flows is not None:
+            flows = self._revoke_flows(cause, state, rulesets, report)
         if record:
             self.runner.record(_REASONS[cause], error is None)
         outcome = SyncOutcome(
@@ -353,6 +363,7 @@ class Reconciler:
             report=report,
             error=error,
             family_errors=family_errors,
+            flows=flows,
         )
         self.last_outcome = outcome
         for observer in self._observers:
@@ -376,7 +387,74 @@ class Reconciler:
                     }
                 },
             )
+        if flows is not None and flows.revoked:
+            by_reason: dict[str, int] = {}
+            for revoked in flows.revoked:
+                by_reason[revoked.reason.value] = by_reason.get(revoked.reason.value, 0) + 1
+            log.info(
+                "flows revoked",
+                extra={
+                    "kv": {
+                        "revoked": len(flows.revoked),
+                        **{reason.replace(" ", "_"): n for reason, n in by_reason.items()},
+                        "scanned": sum(flows.scanned.values()),
+                        "scan_ms": f"{flows.seconds * 1000:.1f}",
+                    }
+                },
+            )
         return outcome
+
+    def _revoke_flows(
+        self,
+        cause: Cause,
+        state: ClusterIndex,
+        rulesets: Mapping[Family, Ruleset],
+        report: SyncReport,
+    ) -> FlowReport | None:
+        """Strict mode: judge the flows of local pods against rules that changed. Both
+        modes: delete the flows of addresses local pods gave up since the last look."""
+        assert self._flows is not None
+        compiler = next(iter(self._compilers.values()), None)
+        if compiler is None:
+            return None
+        owners = {
+            address: (pod.key, pod.uid)
+            for pod in compiler.local_pods.values()
+            for address in pod.ips
+        }
+        previous = self._local_owners
+        released = (
+            {a: owner[0] for a, owner in previous.items() if owners.get(a) != owner}
+            if previous is not None
+            else {}
+        )
+        # Per family whose rules changed, the chains written (None: after the first
+        # pass of this process, any rule may differ from when a flow started).
+        changed: dict[Family, frozenset[str] | None] = {
+            family: None
+            if cause is Cause.INITIAL
+            else frozenset(
+                change.name
+                for change in synced.plan.changes
+                if change.kind is not ChangeKind.DELETE
+            )
+            for family, synced in report.families.items()
+            if cause is Cause.INITIAL or not synced.plan.is_noop
+        }
+        if not changed and not released:
+            self._local_owners = owners
+            return None
+        try:
+            pods = {address: owner[0] for address, owner in owners.items()}
+            flows = self._flows.after_sync(
+                rulesets, changed, pods, self.node_addresses(state), released
+            )
+        except Exception:  # revoking flows must never break enforcement
+            log.exception("checking established flows failed")
+            return None
+        if flows.error is None:
+            self._local_owners = owners
+        return flows
 
     def _counts(self, state: ClusterIndex) -> StateCounts:
         # The compilers already know the local pods; walking 110 pods and their policies

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from agent.control.flows import RevokeReason
 from agent.control.outcome import Cause, SyncOutcome
 from agent.control.source import SourceHealth
 from agent.rules import Family
@@ -72,6 +73,11 @@ METRICS: Final[tuple[tuple[str, str, str, str], ...]] = (
     ("invalid_policies", "gauge", "", "NetworkPolicies the agent could not use."),
     ("pods", "gauge", "", "Pods in the cluster."),
     ("namespaces", "gauge", "", "Namespaces in the cluster."),
+    ("flows_revoked_total", "counter", "family,reason",
+     "Established flows revoked: reason policy (strict mode: the new rules deny them), "
+     "or pod deleted (an end is an address no local pod holds any more)."),
+    ("flow_scan_duration_seconds", "histogram", "",
+     "Reading and judging the conntrack table after a pass (and revoking what it must)."),
     ("watch_restarts_total", "counter", "kind",
      "Watches of the API server that ended and were restarted."),
     ("relists_total", "counter", "kind",
@@ -177,6 +183,8 @@ class Metrics:
         self.invalid_policies = gauge("invalid_policies")
         self.pods = gauge("pods")
         self.namespaces = gauge("namespaces")
+        self.flows_revoked = counter("flows_revoked_total", ("family", "reason"))
+        self.flow_scan_duration = histogram("flow_scan_duration_seconds", SYNC_BUCKETS)
         # Both kinds exist from the start, so rate() and absent() behave before any sync.
         for kind in ("full", "partial"):
             self.sync_duration.labels(kind=kind)
@@ -219,16 +227,27 @@ class Metrics:
 
         if outcome.succeeded:
             self.last_sync.set(finished)
+            # The rules were in the kernel before the pass looked at established flows.
+            programmed = finished - (outcome.flows.seconds if outcome.flows is not None else 0.0)
             if outcome.cause is not Cause.INITIAL:
                 for change in outcome.changes:
                     if change.received_at > 0:
-                        self.programming_duration.observe(max(0.0, finished - change.received_at))
+                        latency = max(0.0, programmed - change.received_at)
+                        self.programming_duration.observe(latency)
         else:
             self.sync_failures.inc()
             # Families that were to be written but are not in the report failed.
             for family in outcome.rulesets:
                 if family not in synced:
                     self.restore_failures.labels(family=family.value).inc()
+
+        flows = outcome.flows
+        if flows is not None:
+            self.flow_scan_duration.observe(flows.seconds)
+            for revoked in flows.revoked:
+                self.flows_revoked.labels(
+                    family=revoked.family.value, reason=revoked.reason.value
+                ).inc()
 
         counts = outcome.counts
         self.local_pods.set(counts.local_pods)
@@ -247,3 +266,5 @@ class Metrics:
         self.restores.labels(family=name)
         self.restore_failures.labels(family=name)
         self.bytes_written.labels(family=name)
+        for reason in RevokeReason:
+            self.flows_revoked.labels(family=name, reason=reason.value)

@@ -16,19 +16,23 @@ UTF-8, one JSON object per line (JSON Lines), keys always in this order::
     When the pass that made the change finished (the rules were in the kernel), RFC 3339
     in UTC with milliseconds. Every line of one pass carries the same ``ts``.
 ``action``
-    ``chain_added``, ``chain_removed``, ``rule_added`` or ``rule_removed``.
+    ``chain_added``, ``chain_removed``, ``rule_added`` or ``rule_removed``; for
+    established flows, ``flow_revoked`` (strict mode: the new rules deny the flow, its
+    packets are dropped from now on) and ``flow_removed`` (its conntrack entry was
+    deleted because a local pod gave up the address).
 ``family``
     ``ipv4`` or ``ipv6``.
 ``table``
-    Always ``filter``.
+    ``filter``; ``conntrack`` on flow lines.
 ``chain``
     The chain the rule is in (or the chain added/removed). Rules in ``FORWARD`` are the
-    agent's single jump into its own chains.
+    agent's single jump into its own chains. Empty on flow lines.
 ``rule``
     The rule's arguments after ``-A <chain>`` exactly as written to iptables-restore,
     including the ``npa:<hash>`` comment. For a removed rule whose text the agent no
     longer knows (it was written by an earlier process, or changed behind its back) this
-    is the rule's 16-hex-digit hash. ``null`` on chain lines.
+    is the rule's 16-hex-digit hash. ``null`` on chain lines. On flow lines, the flow as
+    the filter table saw it: ``tcp 10.244.1.10:40312 -> 10.244.2.11:8080`` (after DNAT).
 ``hash``
     The rule's chained hash (the ``npa:`` comment in ``iptables-save``), to correlate a
     log line with the kernel; ``-`` for a rule in our chain that carried no hash of ours
@@ -47,7 +51,9 @@ UTF-8, one JSON object per line (JSON Lines), keys always in this order::
     For a change pass the reason names the object change that matches the rule's policy or
     pod; when none matches (e.g. a namespace relabel that changed who a selector picks),
     it names the pass's first change and how many more there were, e.g. ``namespace
-    labelled prod (+2 more changes)``.
+    labelled prod (+2 more changes)``. On flow lines: the change behind the new rules
+    (``flow_revoked``), or the change of the pod that gave up the address
+    (``flow_removed``: ``pod deleted ns/name``, else ``pod address released ns/name``).
 
 A pass that changes nothing writes nothing. Failed passes write nothing either:
 iptables-restore commits a table atomically, so a failed family changed nothing.
@@ -74,6 +80,7 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+from agent.control.flows import RevokedFlow, RevokeReason
 from agent.control.outcome import Cause, ObjectChange, SyncOutcome
 from agent.control.source import Kind
 from agent.dataplane.plan import ChainChange, ChangeKind, RuleAction, TablePlan
@@ -92,6 +99,9 @@ CHAIN_ADDED = "chain_added"
 CHAIN_REMOVED = "chain_removed"
 RULE_ADDED = "rule_added"
 RULE_REMOVED = "rule_removed"
+FLOW_REVOKED = "flow_revoked"
+FLOW_REMOVED = "flow_removed"
+CONNTRACK = "conntrack"
 
 REASON_INITIAL = "initial sync"
 REASON_REPAIR = "resync repair"
@@ -198,6 +208,10 @@ class _Reasons:
         else:
             self._fallback = self._fixed or outcome.cause.value
 
+    def pod_change(self, pod: str | None) -> str | None:
+        """The pass's change of ``pod`` (``pod deleted ns/name``...), if it has one."""
+        return self._pods.get(pod) if pod else None
+
     def of(self, policy: str | None, pod: str | None) -> str:
         if self._fixed is not None and self._fixed != REASON_REPAIR:
             return self._fixed
@@ -270,14 +284,29 @@ def entries_for(outcome: SyncOutcome) -> list[Entry]:
     if report is None:
         return []
     synced = [fs for fs in report.families.values() if not fs.plan.is_noop]
-    if not synced:
+    revoked = outcome.flows.revoked if outcome.flows is not None else ()
+    if not synced and not revoked:
         return []
     ts = format_ts(outcome.started_at + outcome.total_seconds)
     reasons = _Reasons(outcome)
     entries: list[Entry] = []
     for family_sync in synced:
         entries.extend(_family_entries(family_sync, ts, reasons, outcome.cause))
+    entries.extend(_flow_entries(revoked, ts, reasons))
     return entries
+
+
+def _flow_entries(revoked: Iterable[RevokedFlow], ts: str, reasons: _Reasons) -> Iterator[Entry]:
+    """One line per flow revoked (the new rules deny it) or removed (its pod is gone)."""
+    for flow in revoked:
+        pod = flow.pod or None
+        if flow.reason is RevokeReason.POD_DELETED:
+            action = FLOW_REMOVED
+            reason = reasons.pod_change(pod) or f"pod address released {pod or '?'}"
+        else:
+            action, reason = FLOW_REVOKED, reasons.of(None, pod)
+        text = flow.describe()
+        yield Entry(ts, action, flow.family.value, CONNTRACK, "", text, None, None, pod, reason)
 
 
 def _family_entries(

@@ -7,6 +7,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from agent import app
 from agent.cli import main
 from agent.config import AgentConfig, SourceConfig
 from agent.dataplane.backend import ApplyResult
+from agent.dataplane.conntrack import ConntrackEntry, ListedEntries
 from agent.dataplane.plan import TablePlan
 from agent.dataplane.restore import render_restore
 from agent.dataplane.state import ForwardJump, ProgrammedState, canonical_jump_spec
@@ -59,10 +61,24 @@ class RecordingBackend:
         return ApplyResult.nothing(family, self.name)
 
 
+class EmptyConntrack:
+    """A conntrack table with nothing in it (the agent must not read this machine's)."""
+
+    def list(self, family: Family, addresses: object = None) -> ListedEntries:
+        return ListedEntries((), 0.0)
+
+    def delete(self, entries: Sequence[ConntrackEntry]) -> int:
+        return 0
+
+    def set_mark(self, entries: Sequence[ConntrackEntry], value: int, mask: int) -> int:
+        return 0
+
+
 @pytest.fixture
 def backend(monkeypatch: pytest.MonkeyPatch) -> RecordingBackend:
     fake = RecordingBackend()
     monkeypatch.setattr("agent.dataplane.detect.make_backend", lambda choice: fake)
+    monkeypatch.setattr("agent.app.make_conntrack", EmptyConntrack)
     return fake
 
 

@@ -275,6 +275,7 @@ def test_render_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
         (["run", "--node", "n", "--allow-mark", "0x4000"], "kube-proxy"),
         (["run", "--node", "n", "--allow-mark", "-1"], "single bit"),
         (["run", "--node", "n", "--chain-prefix", "TOOLONGPREFIX"], "chain prefix"),
+        (["run", "--node", "n", "--established-flows", "drop"], "takes strict or keep"),
         (["run", "--node", "n", "--chain-prefix", "a b"], "chain prefix"),
         (["run", "--node", "n", "--min-sync-interval", "-1"], "--min-sync-interval '-1'"),
         (["run", "--node", "n", "--min-sync-interval", "nan"], "--min-sync-interval 'nan'"),
@@ -362,3 +363,15 @@ def test_run_flags_become_a_frozen_agent_config() -> None:
     assert not config.kernel_addresses
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.node_name = "other"  # type: ignore[misc]
+
+
+def test_established_flows_are_strict_by_default_with_a_rule_for_revoked_flows() -> None:
+    from agent.cli import _parser, agent_config
+    from agent.control.flows import EstablishedFlows
+
+    strict = agent_config(_parser().parse_args(["run", "--node", "n1"]))
+    assert strict.established_flows is EstablishedFlows.STRICT
+    assert strict.compiler.revoked_mark == 0x2000
+    keep = agent_config(_parser().parse_args(["run", "--node", "n1", "--established-flows=keep"]))
+    assert keep.established_flows is EstablishedFlows.KEEP
+    assert keep.compiler.revoked_mark == 0  # no rule for revoked flows at all

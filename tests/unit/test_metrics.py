@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -19,6 +21,7 @@ from tests.unit.test_rulelog import (
     empty_state,
     family_sync,
     outcome,
+    revoked_flows,
     ruleset,
 )
 from tests.unit.test_rulelog import (
@@ -169,6 +172,40 @@ def test_values_move_as_outcomes_arrive() -> None:
 
     families = parsed(registry)
     assert families["netpol_agent_sync_duration_seconds"]
+
+
+def test_flows_revoked_are_counted_by_family_and_reason() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    desired = ruleset(with_policy=True)
+    ours = expected_state(desired, CHAIN_PREFIX)
+    noop = family_sync(desired, ours, previous=desired, expected=ours)
+    metrics.sync_finished(outcome([noop]))
+    for reason in ("policy", "pod deleted"):  # present at zero before any revocation
+        assert value(registry, "netpol_agent_flows_revoked_total", family="ipv4",
+                     reason=reason) == 0  # fmt: skip
+    for _ in range(2):
+        metrics.sync_finished(dataclasses.replace(outcome([noop]), flows=revoked_flows()))
+    assert value(registry, "netpol_agent_flows_revoked_total", family="ipv4", reason="policy") == 2
+    assert (
+        value(registry, "netpol_agent_flows_revoked_total", family="ipv4", reason="pod deleted")
+        == 2
+    )
+    assert value(registry, "netpol_agent_flow_scan_duration_seconds_count") == 2
+
+
+def test_programming_latency_ends_when_the_rules_are_in_not_after_the_flow_scan() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    desired = ruleset(with_policy=True)
+    sync = family_sync(desired, empty_state())
+    change = ObjectChange(Kind.NETWORK_POLICY, "x/deny", "added", received_at=T0 - 0.5)
+    scan = dataclasses.replace(revoked_flows(), list_seconds=0.1, judge_seconds=0.05)
+    metrics.sync_finished(dataclasses.replace(outcome([sync], changes=[change]), flows=scan))
+    # The pass took 0.25 s (started at T0), 0.15 s of it judging flows after the write.
+    assert value(registry, "netpol_agent_network_programming_duration_seconds_sum") == (
+        pytest.approx(0.6)
+    )
 
 
 def test_watch_health_is_read_at_scrape_time() -> None:

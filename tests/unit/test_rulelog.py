@@ -3,6 +3,8 @@ size-capped rotation, and an unwritable path that never stops the agent."""
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import json
 import logging
 import os
@@ -12,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.compiler.flows import Flow
+from agent.control.flows import FlowReport, RevokedFlow, RevokeReason
 from agent.control.outcome import Cause, ObjectChange, StateCounts, SyncOutcome
 from agent.control.source import Kind
 from agent.dataplane.backend import ApplyResult
@@ -451,3 +455,36 @@ def test_hand_built_json_equals_json_dumps() -> None:
         assert entry.to_json() == json.dumps(
             entry.as_dict(), separators=(",", ":"), ensure_ascii=False
         )
+
+
+def revoked_flows() -> FlowReport:
+    """x/a's flow from 10.0.2.10 revoked by a policy; y/old's flow removed with it."""
+    a, c, old = (ipaddress.ip_address(t) for t in ("10.0.1.10", "10.0.2.10", "10.0.1.99"))
+    return FlowReport(
+        scanned={Family.IPV4: 12},
+        revoked=(
+            RevokedFlow(Family.IPV4, Flow(c, a, 6, 80), RevokeReason.POLICY, 40000, "x/a"),
+            RevokedFlow(Family.IPV4, Flow(old, c, 17, 53), RevokeReason.POD_DELETED, 5353,
+                        "y/old"),
+        ),
+    )  # fmt: skip
+
+
+def test_flows_revoked_and_removed_are_logged_with_their_cause(tmp_path: Path) -> None:
+    desired = ruleset(with_policy=True)
+    ours = expected_state(desired, PREFIX)
+    noop = family_sync(desired, ours, previous=desired, expected=ours)
+    changes = [
+        ObjectChange(Kind.NETWORK_POLICY, "x/deny", "added"),
+        ObjectChange(Kind.POD, "y/old", "deleted"),
+    ]
+    passed = dataclasses.replace(outcome([noop], changes=changes), flows=revoked_flows())
+    entries = [e.as_dict() for e in entries_for(passed)]
+    common = {"ts": TS, "family": "ipv4", "table": "conntrack", "chain": "", "hash": None,
+              "policy": None}  # fmt: skip
+    assert entries == [
+        {**common, "action": "flow_revoked", "rule": "tcp 10.0.2.10:40000 -> 10.0.1.10:80",
+         "pod": "x/a", "reason": "policy created x/deny (+1 more changes)"},
+        {**common, "action": "flow_removed", "rule": "udp 10.0.1.99:5353 -> 10.0.2.10:53",
+         "pod": "y/old", "reason": "pod deleted y/old"},
+    ]  # fmt: skip
