@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-unit test-lab test-cluster lint typecheck bench bench-smoke cluster-build clean
+.PHONY: setup demo test test-unit test-lab test-cluster test-cni lint typecheck bench bench-smoke cluster-build clean
 
 setup: $(STAMP)
 
@@ -31,8 +31,13 @@ cluster-build: setup
 
 # Everything: static checks, unit tests, the network-namespace lab (both iptables
 # backends) and the tests against a real kube-apiserver + etcd (built on first use).
-test: setup lint typecheck cluster-build
+test: setup lint typecheck cluster-build test-cni
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests
+
+# The CNI plugin's Go unit tests (the lab runs the built plugin for real).
+test-cni: setup
+	cd cni && env -u GOROOT GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=readonly \
+		"$$(bash ../scripts/go-toolchain.sh | tail -n1)" test ./...
 
 test-unit: setup
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests/unit
