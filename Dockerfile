@@ -1,11 +1,17 @@
 # syntax=docker/dockerfile:1
 # netpol-agent image: docker build -t netpol-agent:dev .
 #
-# Stage 1 builds wheels (the agent's and any dependency that ships only as an sdist,
-# e.g. python-iptables with its small C helper); stage 2 installs them with no compiler
-# or build tools present.
+# Stage 0 builds the CNI plugin; stage 1 builds wheels (the agent's and any dependency
+# that ships only as an sdist, e.g. python-iptables with its small C helper); stage 2
+# installs them with no compiler or build tools present.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# The CNI plugin (cni/): a static Go binary, copied onto each node by `install-cni`.
+FROM golang:1.26.8-bookworm AS cni
+WORKDIR /src
+COPY cni/ ./
+RUN CGO_ENABLED=0 GOTOOLCHAIN=local go build -trimpath -ldflags="-s -w" -o /netpol-agent-cni .
 
 FROM ${PYTHON_IMAGE} AS builder
 ARG DEBIAN_FRONTEND=noninteractive
@@ -32,6 +38,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends iptables conntrack \
  && rm -rf /var/lib/apt/lists/* \
  && iptables-legacy --version && iptables-nft --version
+COPY --from=cni /netpol-agent-cni /opt/netpol-agent/cni/netpol-agent
 COPY --from=builder /wheels /tmp/wheels
 RUN pip install --no-index --find-links /tmp/wheels netpol-agent \
  && rm -rf /tmp/wheels \
