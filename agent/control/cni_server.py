@@ -25,6 +25,7 @@ import socketserver
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from agent.control.reconciler import NetworkAddError
@@ -43,10 +44,18 @@ OK, TIMEOUT, ERROR = "ok", "timeout", "error"
 
 class PodNetworks(Protocol):
     def pod_network_added(
-        self, namespace: str, name: str, uid: str, ips: Sequence[IPAddress], timeout: float
+        self,
+        namespace: str,
+        name: str,
+        uid: str,
+        ips: Sequence[IPAddress],
+        timeout: float,
+        container_id: str = "",
     ) -> None: ...
 
-    def pod_network_deleted(self, namespace: str, name: str, uid: str) -> None: ...
+    def pod_network_deleted(
+        self, namespace: str, name: str, uid: str, container_id: str = ""
+    ) -> None: ...
 
     def pod_network_programmed(
         self, namespace: str, name: str, uid: str, ips: Sequence[IPAddress]
@@ -68,8 +77,19 @@ def _text(request: dict[str, Any], name: str, *, required: bool = True) -> str:
     return value
 
 
-def parse_request(line: bytes) -> tuple[str, str, str, str, tuple[IPAddress, ...], float]:
-    """(op, namespace, name, uid, ips, timeout) of a request line; BadRequest if unusable."""
+@dataclass(frozen=True, slots=True)
+class Request:
+    op: str  # add, del, check
+    namespace: str
+    name: str
+    uid: str
+    container_id: str
+    ips: tuple[IPAddress, ...]
+    timeout: float
+
+
+def parse_request(line: bytes) -> Request:
+    """The request on a line; BadRequest if unusable."""
     try:
         request = json.loads(line)
     except ValueError as error:
@@ -81,6 +101,7 @@ def parse_request(line: bytes) -> tuple[str, str, str, str, tuple[IPAddress, ...
         raise BadRequest(f"op must be add, del or check, not {op!r}")
     namespace, name = _text(request, "namespace"), _text(request, "name")
     uid = _text(request, "uid", required=False)
+    container_id = _text(request, "containerID", required=False)
     raw_ips = request.get("ips", [])
     if not isinstance(raw_ips, list) or not all(isinstance(ip, str) for ip in raw_ips):
         raise BadRequest("ips must be a list of addresses")
@@ -91,7 +112,7 @@ def parse_request(line: bytes) -> tuple[str, str, str, str, tuple[IPAddress, ...
     timeout = request.get("timeout", 10.0)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
         raise BadRequest("timeout must be a positive number of seconds")
-    return op, namespace, name, uid, ips, min(float(timeout), MAX_TIMEOUT)
+    return Request(op, namespace, name, uid, container_id, ips, min(float(timeout), MAX_TIMEOUT))
 
 
 class CniServer:
@@ -157,20 +178,22 @@ class CniServer:
     def answer(self, line: bytes) -> tuple[dict[str, Any], str, str]:
         """(answer, op, result) for one request line."""
         try:
-            op, namespace, name, uid, ips, timeout = parse_request(line)
+            r = parse_request(line)
         except BadRequest as error:
             log.warning("bad cni request: %s", error)
             return {"ok": False, "error": f"bad request: {error}"}, "", ERROR
-        key = f"{namespace}/{name}"
+        op, key = r.op, f"{r.namespace}/{r.name}"
         if op == "del":
-            self._pods.pod_network_deleted(namespace, name, uid)
+            self._pods.pod_network_deleted(r.namespace, r.name, r.uid, r.container_id)
             return {"ok": True}, op, OK
         if op == "check":
-            if self._pods.pod_network_programmed(namespace, name, uid, ips):
+            if self._pods.pod_network_programmed(r.namespace, r.name, r.uid, r.ips):
                 return {"ok": True}, op, OK
-            return {"ok": False, "error": f"{key} is not enforced with {_ips(ips)}"}, op, ERROR
+            return {"ok": False, "error": f"{key} is not enforced with {_ips(r.ips)}"}, op, ERROR
         try:
-            self._pods.pod_network_added(namespace, name, uid, ips, timeout)
+            self._pods.pod_network_added(
+                r.namespace, r.name, r.uid, r.ips, r.timeout, r.container_id
+            )
         except NetworkAddError as error:
             log.warning("pod network add not confirmed: %s", error)
             return {"ok": False, "error": str(error)}, op, TIMEOUT if error.timed_out else ERROR

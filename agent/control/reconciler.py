@@ -97,6 +97,7 @@ class EarlyAddresses:
 
     uid: str  # "" when the runtime did not say
     ips: tuple[IPAddress, ...]
+    container_id: str = ""  # the sandbox the ADD was for ("" when not said)
 
     def fits(self, pod: Pod) -> bool:
         return not self.uid or pod.uid == self.uid
@@ -270,8 +271,10 @@ class Reconciler:
         """The pod as the store should hold it, and "network added" when that is the pod
         with the addresses its CNI ADD gave (its status has none yet). Lock held.
 
-        The status's addresses replace the early ones as soon as they arrive; a deleted
-        pod takes its early addresses with it.
+        The status's addresses replace the early ones as soon as the status has them all;
+        until then the pod holds both (a new sandbox's addresses while the status still
+        shows the previous sandbox's: the one is enforced at once, the other stays
+        enforced). A deleted pod takes its early addresses with it.
         """
         early = self._early.get(key)
         if early is None:
@@ -282,13 +285,14 @@ class Reconciler:
             return None, ""
         if not isinstance(new, Pod) or not early.fits(new):
             return new, ""  # another pod of that name (an earlier one going away)
-        if new.ips:
+        if new.ips and set(early.ips) <= set(new.ips):
             del self._early[key]  # the status has them now
             return new, ""
         if new.host_network or new.phase in (PodPhase.SUCCEEDED, PodPhase.FAILED):
             return new, ""
-        with_ips = dataclasses.replace(new, ips=early.ips)
-        added = not (isinstance(old, Pod) and old.ips == early.ips and early.fits(old))
+        ips = tuple(dict.fromkeys((*new.ips, *early.ips)))
+        with_ips = dataclasses.replace(new, ips=ips)
+        added = not (isinstance(old, Pod) and old.ips == ips and early.fits(old))
         return with_ips, "network added" if added else ""
 
     def _take_early(self, key: str, early: EarlyAddresses | None, now: float) -> bool:
@@ -304,11 +308,14 @@ class Reconciler:
             return False
         previous = self._early.get(key)
         if early is None:
-            if previous is None or not previous.fits(pod) or pod.ips != previous.ips:
+            if previous is None or not previous.fits(pod):
                 self._early.pop(key, None)
                 return False
             del self._early[key]
-            bucket[key] = dataclasses.replace(pod, ips=())
+            kept = tuple(ip for ip in pod.ips if ip not in previous.ips)
+            if kept == pod.ips:
+                return False
+            bucket[key] = dataclasses.replace(pod, ips=kept)
             action = "network deleted"
         else:
             self._early[key] = early
@@ -323,7 +330,13 @@ class Reconciler:
         return True
 
     def pod_network_added(
-        self, namespace: str, name: str, uid: str, ips: Sequence[IPAddress], timeout: float
+        self,
+        namespace: str,
+        name: str,
+        uid: str,
+        ips: Sequence[IPAddress],
+        timeout: float,
+        container_id: str = "",
     ) -> None:
         """A CNI ADD gave pod ``namespace/name`` these addresses: enforce them now, as if
         its status had them, and return once its rules are in the kernel.
@@ -332,7 +345,7 @@ class Reconciler:
         that does not happen within ``timeout`` seconds, or the pod runs elsewhere.
         """
         key = f"{namespace}/{name}"
-        early = EarlyAddresses(uid, tuple(dict.fromkeys(ips)))
+        early = EarlyAddresses(uid, tuple(dict.fromkeys(ips)), container_id)
         deadline = time.monotonic() + timeout
         now = time.time()
         with self._lock:
@@ -361,13 +374,19 @@ class Reconciler:
                     raise NetworkAddError(f"{key}: {what} within {timeout:g}s", timed_out=True)
                 self._written.wait(left)
 
-    def pod_network_deleted(self, namespace: str, name: str, uid: str) -> None:
-        """A CNI DEL: forget the addresses an ADD gave (the status's stay)."""
+    def pod_network_deleted(
+        self, namespace: str, name: str, uid: str, container_id: str = ""
+    ) -> None:
+        """A CNI DEL: forget the addresses an ADD gave (the status's stay). A DEL of
+        another sandbox than the one the addresses came from (a late DEL of the previous
+        one) leaves them."""
         key = f"{namespace}/{name}"
         now = time.time()
         with self._lock:
             early = self._early.get(key)
             if early is None or (uid and early.uid and uid != early.uid):
+                return
+            if container_id and early.container_id and container_id != early.container_id:
                 return
             changed = self._take_early(key, None, now)
         if changed:

@@ -96,13 +96,28 @@ def test_an_add_for_a_pod_of_another_node_is_refused(agent: Reconciler) -> None:
     assert not raised.value.timed_out
 
 
-def test_the_status_addresses_replace_the_early_ones(agent: Reconciler) -> None:
+def test_the_status_addresses_take_over_once_the_status_has_them(agent: Reconciler) -> None:
     agent.on_changes([_pod()])
     agent.pod_network_added("x", "web", "u1", [IP], timeout=5)
-    agent.on_changes([_pod("10.244.1.9", phase="Running")])
-    assert _ips(agent) == (ipaddress.ip_address("10.244.1.9"),)
-    agent.on_changes([_pod(phase="Running")])  # the status loses them: so does the store
+    agent.on_changes([_pod("10.244.1.7", phase="Running")])
+    assert _ips(agent) == (IP,)
+    agent.on_changes([_pod(phase="Running")])  # the status loses it: so does the store
     assert _ips(agent) == ()
+
+
+def test_a_new_sandboxs_addresses_win_while_the_status_shows_the_previous_ones(
+    agent: Reconciler,
+) -> None:
+    old = ipaddress.ip_address("10.244.1.3")
+    agent.on_changes([_pod(str(old), phase="Running")])  # the first sandbox's
+    agent.pod_network_added("x", "web", "u1", [IP], timeout=5, container_id="c2")
+    assert _ips(agent) == (old, IP)
+    agent.pod_network_deleted("x", "web", "u1", container_id="c1")  # the old one's, late
+    assert _ips(agent) == (old, IP)
+    agent.on_changes([_pod("10.244.1.7", phase="Running")])  # the status catches up
+    assert _ips(agent) == (IP,)
+    agent.pod_network_deleted("x", "web", "u1", container_id="c2")
+    assert _ips(agent) == (IP,)  # the status's now: a DEL no longer takes it
 
 
 def test_a_pod_of_the_same_name_but_another_uid_does_not_take_them(agent: Reconciler) -> None:
@@ -143,14 +158,22 @@ class Pods:
         self.fail = fail
 
     def pod_network_added(
-        self, namespace: str, name: str, uid: str, ips: Sequence[IPAddress], timeout: float
+        self,
+        namespace: str,
+        name: str,
+        uid: str,
+        ips: Sequence[IPAddress],
+        timeout: float,
+        container_id: str = "",
     ) -> None:
-        self.calls.append(("add", namespace, name, uid, *map(str, ips), str(timeout)))
+        self.calls.append(("add", namespace, name, uid, *map(str, ips), str(timeout), container_id))
         if self.fail is not None:
             raise self.fail
 
-    def pod_network_deleted(self, namespace: str, name: str, uid: str) -> None:
-        self.calls.append(("del", namespace, name, uid))
+    def pod_network_deleted(
+        self, namespace: str, name: str, uid: str, container_id: str = ""
+    ) -> None:
+        self.calls.append(("del", namespace, name, uid, container_id))
 
     def pod_network_programmed(
         self, namespace: str, name: str, uid: str, ips: Sequence[IPAddress]
@@ -184,8 +207,8 @@ def test_the_socket_answers_add_del_and_counts_adds(tmp_path: Path) -> None:
         assert answer == {"ok": False, "error": "x/web: the pod is not known within 3s"}
     finally:
         server.stop()
-    assert pods.calls[0] == ("add", "x", "web", "u1", "10.244.1.7", "3.0")
-    assert pods.calls[1] == ("del", "x", "web", "u1")
+    assert pods.calls[0] == ("add", "x", "web", "u1", "10.244.1.7", "3.0", "c1")
+    assert pods.calls[1] == ("del", "x", "web", "u1", "c1")
     assert added == ["ok", "timeout"]
     assert not os.path.exists(path)
 
