@@ -160,6 +160,9 @@ class CniRuntime:
     def delete(self, conf_dir: str, netns: str, namespace: str, name: str) -> Added:
         return self._cnitool("del", conf_dir, netns, namespace, name)
 
+    def check(self, conf_dir: str, netns: str, namespace: str, name: str) -> Added:
+        return self._cnitool("check", conf_dir, netns, namespace, name)
+
     def close(self) -> None:
         for netns in self.netns:
             run(["ip", "netns", "del", netns], check=False)
@@ -239,8 +242,12 @@ def test_a_pod_under_a_deny_all_cannot_connect_at_its_first_instant_over_100_sta
                   f"ADD {_ms([a.seconds for a, _ in starts])}")  # fmt: skip
             assert leaked == []
             assert {r for _, r in starts} == {"timeout"}
-            reasons = {e["reason"] for e in agents.rule_log(NODE)}
-            assert {f"pod network added x/{n}" for n in names} <= reasons
+            # Each ADD made its pod's rules; each DEL (answered at once) took them back.
+            wanted = {f"pod network {verb} x/{n}" for n in names for verb in ("added", "deleted")}
+            deadline = time.monotonic() + 10
+            while not wanted <= (reasons := {e["reason"] for e in agents.rule_log(NODE)}):
+                assert time.monotonic() < deadline, sorted(wanted - reasons)[:5]
+                time.sleep(0.1)
 
 
 @pytest.mark.parametrize("backend", ["nft"])
@@ -270,7 +277,8 @@ def test_the_latency_the_plugin_adds_to_add(clean_lab: Lab, binaries: dict[str, 
         chained = runtime.conf_dir("chained", chained=True)
         bare = runtime.conf_dir("bare", chained=False)
         node_args = {NODE: ["--cni-socket", runtime.socket]}
-        with running_agents(lab, "nft", objects, node_args=node_args):
+        with running_agents(lab, "nft", objects, node_args=node_args) as agents:
+            mark = agents.mark(NODE)
             times: dict[str, list[float]] = {"bare": [], "chained": []}
             for name in names:
                 for variant, conf_dir in (("bare", bare), ("chained", chained)):
@@ -280,10 +288,13 @@ def test_the_latency_the_plugin_adds_to_add(clean_lab: Lab, binaries: dict[str, 
                     times[variant].append(added.seconds)
                     assert runtime.delete(conf_dir, netns, "x", name).ok
                     run(["ip", "netns", "del", netns], check=False)
+            passes = [float(line.split("total_ms=")[1].split()[0])
+                      for _, line in agents.lines[NODE][mark:] if "msg=synced" in line]  # fmt: skip
     extra = [c - b for b, c in zip(times["bare"], times["chained"], strict=True)]
     print(f"\n[nft] cnitool add, {rounds} pods: bridge alone {_ms(times['bare'])}; "
           f"bridge + netpol-agent {_ms(times['chained'])}; "
-          f"added by the plugin (pairwise) {_ms(extra)}")  # fmt: skip
+          f"added by the plugin (pairwise) {_ms(extra)}; "
+          f"the agent's passes {_ms([p / 1000 for p in passes])}")  # fmt: skip
 
 
 def test_add_fails_closed_when_the_agent_is_unreachable_unless_told_to_pass(
@@ -318,9 +329,16 @@ def test_add_fails_when_the_agent_does_not_know_the_pod_within_the_timeout(
     with cni_runtime(lab, binaries, "unknown") as runtime:
         short = runtime.conf_dir("short", chained=True, timeout=1)
         node_args = {NODE: ["--cni-socket", runtime.socket]}
-        with running_agents(lab, "nft", lab.objects(), node_args=node_args):
+        objects = [*lab.objects(), scheduled_pod(lab, "x", "known-0")]
+        with running_agents(lab, "nft", objects, node_args=node_args):
             netns = runtime.new_netns("unknown-0")
             added = runtime.add(short, netns, "x", "unknown-0")
             assert not added.ok
             assert "x/unknown-0: the pod is not known within 1s" in added.output
             assert runtime.delete(short, netns, "x", "unknown-0").ok
+            # CHECK: the agent enforces a pod it confirmed, with the ADD's addresses.
+            netns = runtime.new_netns("known-0")
+            assert runtime.add(short, netns, "x", "known-0").ok
+            checked = runtime.check(short, netns, "x", "known-0")
+            assert checked.ok, checked.output
+            assert runtime.delete(short, netns, "x", "known-0").ok
