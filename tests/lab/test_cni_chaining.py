@@ -342,3 +342,36 @@ def test_add_fails_when_the_agent_does_not_know_the_pod_within_the_timeout(
             checked = runtime.check(short, netns, "x", "known-0")
             assert checked.ok, checked.output
             assert runtime.delete(short, netns, "x", "known-0").ok
+
+
+def test_the_running_agent_puts_the_plugin_back_when_the_main_cni_rewrites_its_list(
+    clean_lab: Lab, binaries: dict[str, str]
+) -> None:
+    lab = clean_lab
+    with cni_runtime(lab, binaries, "keep") as runtime:
+        conf_dir = runtime.conf_dir("keep", chained=False)
+        path = Path(conf_dir) / "10-bridge.conflist"
+        original = path.read_text()
+
+        def chained_last() -> bool:
+            return json.loads(path.read_text())["plugins"][-1]["type"] == "netpol-agent"
+
+        def eventually(what: str, timeout: float = 6.0) -> None:
+            deadline = time.monotonic() + timeout
+            while not chained_last():
+                assert time.monotonic() < deadline, f"not chained {what}"
+                time.sleep(0.1)
+
+        node_args = {NODE: ["--cni-socket", runtime.socket, "--cni-conf-dir", conf_dir,
+                           "--cni-timeout", "1"]}  # fmt: skip
+        with running_agents(lab, "nft", lab.objects(), node_args=node_args):
+            eventually("at start")
+            rewritten = path.with_name("rewrite.tmp")
+            rewritten.write_text(original)  # the main CNI writes its list again
+            rewritten.replace(path)
+            assert not chained_last()
+            eventually("after the rewrite")
+            netns = runtime.new_netns("keep-0")  # and the list works as chained
+            added = runtime.add(conf_dir, netns, "x", "keep-0")
+            assert not added.ok and "not known" in added.output  # the agent was asked
+            assert runtime.delete(conf_dir, netns, "x", "keep-0").ok
