@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 PLUGIN_TYPE = "netpol-agent"
 BINARY_NAME = "netpol-agent"
+# The spec versions the plugin speaks (cni/main.go): a list of another version would fail
+# every ADD, so it is left alone.
+SPEC_VERSIONS = ("0.3.1", "0.4.0", "1.0.0", "1.1.0")
 
 
 class CniConfError(Exception):
@@ -64,6 +67,11 @@ def _ours(plugin: Any) -> bool:
 
 def with_plugin(conflist: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[str, Any]:
     """``conflist`` with ``entry`` as its last plugin (and nowhere else)."""
+    version = conflist.get("cniVersion")
+    if version not in SPEC_VERSIONS:
+        raise CniConfError(
+            f"its cniVersion is {version!r}; the plugin speaks {', '.join(SPEC_VERSIONS)}"
+        )
     plugins = [plugin for plugin in _plugins(conflist) if not _ours(plugin)]
     if not plugins:
         raise CniConfError("it lists no plugin to chain after")

@@ -56,9 +56,21 @@ def test_removing_takes_only_our_plugin_out() -> None:
 
 def test_a_list_without_plugins_is_refused() -> None:
     with pytest.raises(cni_conf.CniConfError):
-        cni_conf.with_plugin({"name": "x", "plugins": []}, ENTRY)
+        cni_conf.with_plugin({"cniVersion": "1.0.0", "name": "x", "plugins": []}, ENTRY)
     with pytest.raises(cni_conf.CniConfError):
-        cni_conf.with_plugin({"name": "x"}, ENTRY)
+        cni_conf.with_plugin({"cniVersion": "1.0.0", "name": "x"}, ENTRY)
+
+
+@pytest.mark.parametrize("version", ["0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+def test_a_list_of_a_spec_version_the_plugin_speaks_is_chained(version: str) -> None:
+    assert cni_conf.with_plugin({**BRIDGE, "cniVersion": version}, ENTRY)["plugins"][-1] == ENTRY
+
+
+@pytest.mark.parametrize("version", ["0.2.0", "0.3.0", "2.0.0", None])
+def test_a_list_of_another_spec_version_is_left_alone(version: str | None) -> None:
+    # the plugin would fail every ADD of that list
+    with pytest.raises(cni_conf.CniConfError, match="cniVersion"):
+        cni_conf.with_plugin({**BRIDGE, "cniVersion": version}, ENTRY)
 
 
 def test_insert_and_remove_edit_the_file_in_place_keeping_its_mode(tmp_path: Path) -> None:
