@@ -300,7 +300,7 @@ def _add_cni_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cni-socket",
         help="answer the netpol-agent CNI plugin on this unix socket (off by default; "
-        f"the DaemonSet uses {DEFAULT_CNI_SOCKET})",
+        f"deploy/cni uses {DEFAULT_CNI_SOCKET})",
     )
     parser.add_argument(
         "--cni-conf-dir",
