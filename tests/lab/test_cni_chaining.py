@@ -58,8 +58,24 @@ except OSError as e:
 """
 
 
+CNI_CACHE = Path("/var/lib/cni")  # where cnitool's libcni caches ADD results (fixed)
+
+
 @pytest.fixture(scope="module")
-def binaries() -> dict[str, str]:
+def binaries() -> Iterator[dict[str, str]]:
+    """The plugin and cnitool; afterwards, libcni's result cache goes if it was not here
+    before and is empty (every DEL removed its entry)."""
+    had_cache = CNI_CACHE.exists()
+    try:
+        yield _build()
+    finally:
+        if not had_cache:
+            with contextlib.suppress(OSError):
+                (CNI_CACHE / "results").rmdir()
+                CNI_CACHE.rmdir()
+
+
+def _build() -> dict[str, str]:
     proc = subprocess.run(["bash", str(REPO / "cni" / "build.sh"), "plugin", "cnitool"],
                           capture_output=True, text=True, check=False, timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
