@@ -290,7 +290,7 @@ def install_cni(binary: str, bin_dir: str, conf_dir: str, entry: dict[str, objec
         log.info("cni plugin installed", extra={"kv": {"binary": path}})
         changed = cni_conf.insert(conf_dir, entry)
     except cni_conf.CniConfError as error:
-        log.warning("%s; the running agent puts the plugin in later", error)
+        log.warning("%s: not chained (run --cni-conf-dir tries again)", error)
         return 0
     except OSError as error:
         log.error("cannot install the cni plugin: %s", error)
