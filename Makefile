@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-unit test-lab test-cluster test-node lint typecheck bench bench-smoke cluster-build node-images clean
+.PHONY: setup demo test test-unit test-lab test-cluster test-node test-cni lint typecheck bench bench-smoke cluster-build node-images clean
 
 setup: $(STAMP)
 
@@ -37,8 +37,13 @@ node-images: setup
 # Everything: static checks, unit tests, the network-namespace lab (both iptables
 # backends), the tests against a real kube-apiserver + etcd, and the agent's image as a
 # DaemonSet on three real nodes (kubelet, containerd, kube-proxy). Builds on first use.
-test: setup lint typecheck cluster-build node-images
+test: setup lint typecheck cluster-build node-images test-cni
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests
+
+# The CNI plugin's Go unit tests (the lab runs the built plugin for real).
+test-cni: setup
+	cd cni && env -u GOROOT GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=readonly \
+		"$$(bash ../scripts/go-toolchain.sh | tail -n1)" test ./...
 
 test-unit: setup
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests/unit

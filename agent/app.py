@@ -20,6 +20,8 @@ from types import FrameType
 from prometheus_client import CollectorRegistry
 
 from agent.config import AgentConfig, BackendChoice
+from agent.control import cni_conf
+from agent.control.cni_server import CniServer
 from agent.control.flows import FlowRevoker
 from agent.control.node_addresses import AddressWatcher
 from agent.control.outcome import Cause, SyncObserver, SyncOutcome
@@ -94,6 +96,7 @@ class Observers:
     observers: list[SyncObserver]
     health: HealthState | None
     server: HealthServer | None
+    metrics: Metrics | None = None
 
     def stop(self) -> None:
         if self.server is not None:
@@ -106,7 +109,8 @@ def make_observers(config: AgentConfig, source: Source) -> Observers:
         return Observers([], None, None)
     registry = CollectorRegistry()
     health = HealthState(source_health=lambda: source.health)
-    observers: list[SyncObserver] = [Metrics(registry, source_health=lambda: source.health)]
+    metrics = Metrics(registry, source_health=lambda: source.health)
+    observers: list[SyncObserver] = [metrics]
     observers.append(health)
     if config.rule_log is not None:
         rule_log = config.rule_log
@@ -114,7 +118,7 @@ def make_observers(config: AgentConfig, source: Source) -> Observers:
     server = None
     if config.metrics_address:
         server = HealthServer(config.metrics_address, registry, health).start()
-    return Observers(observers, health, server)
+    return Observers(observers, health, server, metrics)
 
 
 class StartupGc:
@@ -183,6 +187,8 @@ def run(config: AgentConfig, *, stop: threading.Event | None = None) -> int:
 
 def _run(config: AgentConfig, stop: threading.Event, startup_gc: StartupGc) -> int:
     reconciler: Reconciler | None = None
+    cni_server: CniServer | None = None
+    keeper: cni_conf.ConflistKeeper | None = None
 
     def on_signal(signum: int, _: FrameType | None) -> None:
         log.info("stopping; rules stay in place", extra={"kv": {"signal": signum}})
@@ -237,14 +243,75 @@ def _run(config: AgentConfig, stop: threading.Event, startup_gc: StartupGc) -> i
             return _run_once(reconciler, source, stop)
         if watcher is not None:
             watcher.start()
+        if config.cni is not None:
+            try:
+                cni_server, keeper = start_cni(config, reconciler, observers.metrics)
+            except OSError as error:
+                log.error("cannot serve the cni socket %s: %s", config.cni.socket, error)
+                return 2
         log.info("netpol-agent running", extra={"kv": {"node": config.node_name}})
         reconciler.run(stop)
         return 0
     finally:
+        if keeper is not None:
+            keeper.stop()
+        if cni_server is not None:
+            cni_server.stop()
         source.stop()
         if watcher is not None:
             watcher.stop()
         observers.stop()
+
+
+def start_cni(
+    config: AgentConfig, reconciler: Reconciler, metrics: Metrics | None
+) -> tuple[CniServer, cni_conf.ConflistKeeper | None]:
+    """The plugin's socket and, with a conf dir, the keeper of its network-list entry."""
+    assert config.cni is not None
+    server = CniServer(
+        config.cni.socket, reconciler, on_add=metrics.cni_add if metrics is not None else None
+    ).start()
+    keeper = None
+    if config.cni.conf_dir is not None:
+        entry = cni_conf.plugin_entry(
+            config.cni.socket,
+            timeout=config.cni.timeout,
+            failure_policy=config.cni.failure_policy,
+        )
+        keeper = cni_conf.ConflistKeeper(config.cni.conf_dir, entry).start()
+    return server, keeper
+
+
+def install_cni(binary: str, bin_dir: str, conf_dir: str, entry: dict[str, object]) -> int:
+    """``install-cni``: the plugin binary into ``bin_dir``, its entry last in the network
+    list of ``conf_dir`` (if the main CNI wrote one yet; ``run --cni-conf-dir`` keeps it)."""
+    try:
+        path = cni_conf.install_binary(binary, bin_dir)
+        log.info("cni plugin installed", extra={"kv": {"binary": path}})
+        changed = cni_conf.insert(conf_dir, entry)
+    except cni_conf.CniConfError as error:
+        log.warning("%s: not chained (run --cni-conf-dir tries again)", error)
+        return 0
+    except OSError as error:
+        log.error("cannot install the cni plugin: %s", error)
+        return 1
+    log.info("cni plugin chained", extra={"kv": {"file": changed or "unchanged"}})
+    return 0
+
+
+def cleanup_cni(conf_dir: str | None, bin_dir: str | None) -> int:
+    """Take the plugin out of the network list first, then delete its binary."""
+    try:
+        if conf_dir is not None:
+            changed = cni_conf.remove(conf_dir)
+            log.info("cni plugin unchained", extra={"kv": {"file": changed or "unchanged"}})
+        if bin_dir is not None:
+            removed = cni_conf.remove_binary(bin_dir)
+            log.info("cni plugin binary removed", extra={"kv": {"removed": removed}})
+    except (OSError, cni_conf.CniConfError) as error:
+        log.error("cannot remove the cni plugin: %s", error)
+        return 1
+    return 0
 
 
 def _run_once(reconciler: Reconciler, source: Source, stop: threading.Event) -> int:

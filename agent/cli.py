@@ -24,11 +24,14 @@ from agent.config import (
     DEFAULT_METRICS_ADDRESS,
     DEFAULT_RULE_LOG,
     AgentConfig,
+    CniConfig,
     ConfigError,
     Intervals,
     RuleLogConfig,
     SourceConfig,
 )
+from agent.control import cni_conf
+from agent.control.cni_server import DEFAULT_SOCKET as DEFAULT_CNI_SOCKET
 from agent.control.flows import EstablishedFlows
 from agent.model.objects import Protocol
 from agent.observability.logs import configure_logging
@@ -149,9 +152,23 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
             metrics_address=args.metrics_address,
             rule_log=rule_log,
             verbose=args.verbose,
+            cni=_cni_config(args),
         )
     except ConfigError as error:
         _usage_error(args, str(error))
+
+
+def _cni_config(args: argparse.Namespace) -> CniConfig | None:
+    if args.cni_socket is None:
+        if args.cni_conf_dir is not None:
+            raise ConfigError("--cni-conf-dir needs --cni-socket")
+        return None
+    return CniConfig(
+        socket=args.cni_socket,
+        conf_dir=args.cni_conf_dir,
+        timeout=args.cni_timeout,
+        failure_policy=args.cni_failure_policy,
+    )
 
 
 # --- render ------------------------------------------------------------------------------
@@ -260,7 +277,44 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         config.compiler_config(args.chain_prefix, DEFAULT_MARK, False)
     except ConfigError as error:
         _usage_error(args, str(error))
-    return app.cleanup(args.backend, args.family, args.chain_prefix)
+    status = app.cleanup(args.backend, args.family, args.chain_prefix)
+    if args.cni_conf_dir is not None or args.cni_bin_dir is not None:
+        status = max(status, app.cleanup_cni(args.cni_conf_dir, args.cni_bin_dir))
+    return status
+
+
+def cmd_install_cni(args: argparse.Namespace) -> int:
+    from agent import app
+
+    return app.install_cni(
+        args.binary,
+        args.bin_dir,
+        args.conf_dir,
+        cni_conf.plugin_entry(
+            args.socket, timeout=args.timeout, failure_policy=args.failure_policy
+        ),
+    )
+
+
+def _add_cni_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cni-socket",
+        help="answer the netpol-agent CNI plugin on this unix socket (off by default; "
+        f"deploy/cni uses {DEFAULT_CNI_SOCKET})",
+    )
+    parser.add_argument(
+        "--cni-conf-dir",
+        help="keep the plugin last in this CNI conf dir's network list (put it back "
+        "when the main CNI rewrites the file)",
+    )
+    parser.add_argument(
+        "--cni-timeout", type=_seconds("--cni-timeout", positive=True), default=10.0,
+        help="the plugin's timeoutSeconds in the entry kept in the list (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cni-failure-policy", choices=("fail", "pass"), default="fail",
+        help="the plugin's failurePolicy in the entry kept in the list (default %(default)s)",
+    )  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -385,8 +439,26 @@ def _parser() -> argparse.ArgumentParser:
         type=_count("--rule-log-backups", 0),
         default=DEFAULT_BACKUPS,
     )
+    _add_cni_options(run)
     _add_compiler_options(run)
     run.set_defaults(func=cmd_run, parser=run)
+
+    install = commands.add_parser(
+        "install-cni", help="copy the CNI plugin to the node and chain it last in its network list"
+    )
+    install.add_argument("--binary", default=DEFAULT_CNI_BINARY, help="the plugin binary to copy")
+    install.add_argument("--bin-dir", required=True, help="the node's CNI bin dir")
+    install.add_argument("--conf-dir", required=True, help="the node's CNI conf dir")
+    install.add_argument("--socket", default=DEFAULT_CNI_SOCKET, help="the agent's CNI socket")
+    install.add_argument(
+        "--timeout", type=_seconds("--timeout", positive=True), default=10.0,
+        help="seconds the plugin waits for the agent (default %(default)s)",
+    )  # fmt: skip
+    install.add_argument(
+        "--failure-policy", choices=("fail", "pass"), default="fail",
+        help="an ADD the agent did not confirm fails (default) or passes",
+    )  # fmt: skip
+    install.set_defaults(func=cmd_install_cni, parser=install)
 
     clean = commands.add_parser("cleanup", help="remove every chain and jump the agent owns")
     clean.add_argument("--backend", type=backend, default="auto")
@@ -397,8 +469,13 @@ def _parser() -> argparse.ArgumentParser:
         help="ipv4, ipv6 or ipv4,ipv6 (default both)",
     )
     clean.add_argument("--chain-prefix", default=DEFAULT_CHAIN_PREFIX)
+    clean.add_argument("--cni-conf-dir", help="also take the CNI plugin out of this conf dir")
+    clean.add_argument("--cni-bin-dir", help="also delete the CNI plugin binary from this dir")
     clean.set_defaults(func=cmd_cleanup, parser=clean)
     return parser
+
+
+DEFAULT_CNI_BINARY = "/opt/netpol-agent/cni/netpol-agent"
 
 
 def _one_family(text: str) -> tuple[Family, ...]:

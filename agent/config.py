@@ -154,6 +154,29 @@ class Intervals:
 
 
 @dataclass(frozen=True, slots=True)
+class CniConfig:
+    """The CNI plugin's side in the agent: the socket it answers on and, when given, the
+    node's CNI conf dir where it keeps the plugin last in the network list."""
+
+    socket: str
+    conf_dir: str | None = None
+    timeout: float = 10.0  # the plugin's timeoutSeconds in the entry the agent keeps
+    failure_policy: Literal["fail", "pass"] = "fail"
+
+    def __post_init__(self) -> None:
+        if not self.socket.strip():
+            raise ConfigError("--cni-socket must name a path")
+        if self.conf_dir is not None and not self.conf_dir.strip():
+            raise ConfigError("--cni-conf-dir must name a directory")
+        if not (math.isfinite(self.timeout) and self.timeout > 0):
+            raise ConfigError(f"--cni-timeout {self.timeout} must be a positive number of seconds")
+        if self.failure_policy not in ("fail", "pass"):
+            raise ConfigError(
+                f"--cni-failure-policy takes fail or pass, not {self.failure_policy!r}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
 class AgentConfig:
     """Everything ``run`` needs. Build it with keyword arguments; it validates itself."""
 
@@ -171,6 +194,7 @@ class AgentConfig:
     metrics_address: str = DEFAULT_METRICS_ADDRESS  # "" disables /metrics and probes
     rule_log: RuleLogConfig | None = field(default_factory=lambda: RuleLogConfig(DEFAULT_RULE_LOG))
     verbose: bool = False
+    cni: CniConfig | None = None  # None: no CNI socket (pods are enforced from their status)
 
     def __post_init__(self) -> None:
         name = self.node_name.strip()

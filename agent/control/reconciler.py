@@ -18,6 +18,7 @@ batch as delivered (it retries it).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -41,7 +42,15 @@ from agent.dataplane.backend import BackendError
 from agent.dataplane.plan import ChangeKind
 from agent.dataplane.table import Dataplane, DataplaneSyncError, SyncReport
 from agent.model import parse
-from agent.model.objects import Direction, IPAddress, Namespace, NetworkPolicy, Node, Pod
+from agent.model.objects import (
+    Direction,
+    IPAddress,
+    Namespace,
+    NetworkPolicy,
+    Node,
+    Pod,
+    PodPhase,
+)
 from agent.policy.index import ClusterIndex, TrackedStore
 from agent.rules import Family, Ruleset
 from agent.runtime.backoff import Backoff
@@ -82,6 +91,26 @@ def _parse(kind: Kind, obj: Mapping[str, Any]) -> ModelObject:
     return parse.parse_node(obj)
 
 
+@dataclass(frozen=True, slots=True)
+class EarlyAddresses:
+    """A pod's addresses as its CNI ADD gave them, before its status has them."""
+
+    uid: str  # "" when the runtime did not say
+    ips: tuple[IPAddress, ...]
+    container_id: str = ""  # the sandbox the ADD was for ("" when not said)
+
+    def fits(self, pod: Pod) -> bool:
+        return not self.uid or pod.uid == self.uid
+
+
+class NetworkAddError(Exception):
+    """A pod network ADD that could not be confirmed; the message says why."""
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+
+
 def _changed_fields(old: ModelObject, new: ModelObject) -> tuple[str, ...]:
     names: tuple[str, ...]
     if isinstance(old, Pod) and isinstance(new, Pod):
@@ -119,6 +148,12 @@ class Reconciler:
         # conntrack table: an address that leaves (or changes hands) has its flows deleted.
         self._local_owners: dict[IPAddress, tuple[str, str]] | None = None  # (key, uid)
         self._lock = threading.Lock()
+        # CNI ADDs: addresses a pod got before its status says so (by pod key), and the
+        # sequence of batches taken vs. written, which a waiting ADD compares.
+        self._early: dict[str, EarlyAddresses] = {}
+        self._taken_seq = 0
+        self._written_seq = 0
+        self._written = threading.Condition(self._lock)
         self._store: dict[Kind, TrackedStore[ModelObject]] = {kind: TrackedStore() for kind in Kind}
         self._index = ClusterIndex()  # follows the store by deltas (see snapshot)
         self._pending: list[ObjectChange] = []
@@ -157,6 +192,11 @@ class Reconciler:
         with self._lock:
             for change, new in parsed:
                 bucket = self._store[change.kind]
+                action = ""
+                if change.kind is Kind.POD:
+                    new, action = self._with_early_addresses(
+                        change.key, new, bucket.get(change.key)
+                    )
                 if new is None:
                     # Deleted, or unusable as a whole: forget it (fail closed for what it
                     # selected).
@@ -167,7 +207,9 @@ class Reconciler:
                 if old == new:
                     continue
                 bucket[change.key] = new
-                if old is None:
+                if action:
+                    taken.append(ObjectChange(change.kind, change.key, action, ("ips",), now))
+                elif old is None:
                     taken.append(ObjectChange(change.kind, change.key, "added", (), now))
                 else:
                     fields = _changed_fields(old, new)
@@ -175,6 +217,8 @@ class Reconciler:
             if taken:
                 self._pending.extend(taken)
                 self._dirty = True
+                self._taken_seq += 1
+            self._written.notify_all()  # an ADD may be waiting for this pod to be known
         if taken:
             for observer in self._observers:
                 observer.changes_queued(now)
@@ -218,6 +262,149 @@ class Reconciler:
         for problem in getattr(new, "problems", ()):
             log.warning("%s", problem)
         return new
+
+    # --- CNI: addresses before the pod's status has them ---------------------------------
+
+    def _with_early_addresses(
+        self, key: str, new: ModelObject | None, old: ModelObject | None
+    ) -> tuple[ModelObject | None, str]:
+        """The pod as the store should hold it, and "network added" when that is the pod
+        with the addresses its CNI ADD gave (its status has none yet). Lock held.
+
+        The status's addresses replace the early ones as soon as the status has them all;
+        until then the pod holds both (a new sandbox's addresses while the status still
+        shows the previous sandbox's: the one is enforced at once, the other stays
+        enforced). A deleted pod takes its early addresses with it.
+        """
+        early = self._early.get(key)
+        if early is None:
+            return new, ""
+        if new is None:
+            if old is None or not isinstance(old, Pod) or early.fits(old):
+                del self._early[key]
+            return None, ""
+        if not isinstance(new, Pod) or not early.fits(new):
+            return new, ""  # another pod of that name (an earlier one going away)
+        if new.ips and set(early.ips) <= set(new.ips):
+            del self._early[key]  # the status has them now
+            return new, ""
+        if new.host_network or new.phase in (PodPhase.SUCCEEDED, PodPhase.FAILED):
+            return new, ""
+        ips = tuple(dict.fromkeys((*new.ips, *early.ips)))
+        with_ips = dataclasses.replace(new, ips=ips)
+        added = not (isinstance(old, Pod) and old.ips == ips and early.fits(old))
+        return with_ips, "network added" if added else ""
+
+    def _take_early(self, key: str, early: EarlyAddresses | None, now: float) -> bool:
+        """Put the store's pod ``key`` in line with ``early`` (None: forget the early
+        addresses). True when the store changed. Lock held."""
+        bucket = self._store[Kind.POD]
+        pod = bucket.get(key)
+        if not isinstance(pod, Pod):  # not known yet: the pod's arrival takes them
+            if early is None:
+                self._early.pop(key, None)
+            else:
+                self._early[key] = early
+            return False
+        previous = self._early.get(key)
+        if early is None:
+            if previous is None or not previous.fits(pod):
+                self._early.pop(key, None)
+                return False
+            del self._early[key]
+            kept = tuple(ip for ip in pod.ips if ip not in previous.ips)
+            if kept == pod.ips:
+                return False
+            bucket[key] = dataclasses.replace(pod, ips=kept)
+            action = "network deleted"
+        else:
+            self._early[key] = early
+            new, _ = self._with_early_addresses(key, pod, None)
+            if new == pod or new is None:
+                return False
+            bucket[key] = new
+            action = "network added"
+        self._pending.append(ObjectChange(Kind.POD, key, action, ("ips",), now))
+        self._dirty = True
+        self._taken_seq += 1
+        return True
+
+    def pod_network_added(
+        self,
+        namespace: str,
+        name: str,
+        uid: str,
+        ips: Sequence[IPAddress],
+        timeout: float,
+        container_id: str = "",
+    ) -> None:
+        """A CNI ADD gave pod ``namespace/name`` these addresses: enforce them now, as if
+        its status had them, and return once its rules are in the kernel.
+
+        A pod the agent does not know yet is waited for. Raises ``NetworkAddError`` when
+        that does not happen within ``timeout`` seconds, or the pod runs elsewhere.
+        """
+        key = f"{namespace}/{name}"
+        early = EarlyAddresses(uid, tuple(dict.fromkeys(ips)), container_id)
+        deadline = time.monotonic() + timeout
+        now = time.time()
+        with self._lock:
+            changed = self._take_early(key, early, now)
+        if changed:
+            for observer in self._observers:
+                observer.changes_queued(now)
+            self.runner.request()
+        with self._lock:
+            target: int | None = None
+            while True:
+                pod = self._store[Kind.POD].get(key)
+                if target is None and isinstance(pod, Pod) and early.fits(pod):
+                    if pod.node_name != self.config.node_name:
+                        raise NetworkAddError(
+                            f"pod {key} runs on node {pod.node_name}, not {self.config.node_name}"
+                        )
+                    target = self._taken_seq  # its addresses are in the store by now
+                if target is not None and self._written_seq >= target:
+                    return
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    if target is None and self._early.get(key) == early:
+                        del self._early[key]  # never came: the kubelet will ask again
+                    what = "its rules were not written" if target else "the pod is not known"
+                    raise NetworkAddError(f"{key}: {what} within {timeout:g}s", timed_out=True)
+                self._written.wait(left)
+
+    def pod_network_deleted(
+        self, namespace: str, name: str, uid: str, container_id: str = ""
+    ) -> None:
+        """A CNI DEL: forget the addresses an ADD gave (the status's stay). A DEL of
+        another sandbox than the one the addresses came from (a late DEL of the previous
+        one) leaves them."""
+        key = f"{namespace}/{name}"
+        now = time.time()
+        with self._lock:
+            early = self._early.get(key)
+            if early is None or (uid and early.uid and uid != early.uid):
+                return
+            if container_id and early.container_id and container_id != early.container_id:
+                return
+            changed = self._take_early(key, None, now)
+        if changed:
+            self.runner.request()
+
+    def pod_network_programmed(
+        self, namespace: str, name: str, uid: str, ips: Sequence[IPAddress]
+    ) -> bool:
+        """A CNI CHECK: the pod is known here with these addresses, all written."""
+        with self._lock:
+            pod = self._store[Kind.POD].get(f"{namespace}/{name}")
+            return (
+                isinstance(pod, Pod)
+                and (not uid or pod.uid == uid)
+                and pod.node_name == self.config.node_name
+                and set(ips) <= set(pod.ips)
+                and self._written_seq >= self._taken_seq
+            )
 
     def on_node_addresses(self, _: tuple[IPAddress, ...]) -> None:
         with self._lock:
@@ -303,6 +490,7 @@ class Reconciler:
             self._pending.clear()
             self._dirty = False
             self._addresses_changed = False
+            seq = self._taken_seq
         state = self.snapshot()
         compile_started = time.monotonic()
         rulesets: dict[Family, Ruleset] = {}
@@ -346,6 +534,10 @@ class Reconciler:
             with self._lock:
                 # Not applied: the changes are still owed to the next pass.
                 self._pending[:0] = changes
+        if error is None:
+            with self._lock:  # the rules of every batch up to seq are in the kernel
+                self._written_seq = max(self._written_seq, seq)
+                self._written.notify_all()
         flows: FlowReport | None = None
         if error is None and report is not None and self._flows is not None:
             flows = self._revoke_flows(cause, state, rulesets, report)

@@ -78,6 +78,12 @@ METRICS: Final[tuple[tuple[str, str, str, str], ...]] = (
      "or pod deleted (an end is an address no local pod holds any more)."),
     ("flow_scan_duration_seconds", "histogram", "",
      "Reading and judging the conntrack table after a pass (and revoking what it must)."),
+    ("cni_add_duration_seconds", "histogram", "",
+     "From a CNI ADD reaching the agent to its answer (the pod's rules in the kernel, "
+     "or why not)."),
+    ("cni_add_failures_total", "counter", "result: timeout, error",
+     "CNI ADDs the agent did not confirm: timeout (the pod unknown or its rules not "
+     "written in time), error (refused)."),
     ("watch_restarts_total", "counter", "kind",
      "Watches of the API server that ended and were restarted."),
     ("relists_total", "counter", "kind",
@@ -185,12 +191,22 @@ class Metrics:
         self.namespaces = gauge("namespaces")
         self.flows_revoked = counter("flows_revoked_total", ("family", "reason"))
         self.flow_scan_duration = histogram("flow_scan_duration_seconds", SYNC_BUCKETS)
+        self.cni_add_duration = histogram("cni_add_duration_seconds", SYNC_BUCKETS)
+        self.cni_add_failures = counter("cni_add_failures_total", ("result",))
+        for result in ("timeout", "error"):
+            self.cni_add_failures.labels(result=result)
         # Both kinds exist from the start, so rate() and absent() behave before any sync.
         for kind in ("full", "partial"):
             self.sync_duration.labels(kind=kind)
         for direction in ("ingress", "egress"):
             self.local_pods_selected.labels(direction=direction)
         registry.register(_SourceCollector(source_health))
+
+    def cni_add(self, seconds: float, result: str) -> None:
+        """One CNI ADD answered after ``seconds``: ok, timeout or error."""
+        self.cni_add_duration.observe(seconds)
+        if result != "ok":
+            self.cni_add_failures.labels(result=result).inc()
 
     # -- SyncObserver --------------------------------------------------------------------
 

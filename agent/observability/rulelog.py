@@ -45,8 +45,9 @@ UTF-8, one JSON object per line (JSON Lines), keys always in this order::
     pod it matches), or ``null``. On chain lines: the pod all of its rules share, if any.
 ``reason``
     Why the change happened: ``initial sync``, ``policy created|updated|deleted ns/name``,
-    ``pod added|updated|deleted|labelled ns/name``, ``namespace added|deleted|labelled
-    name``, ``node added|updated|deleted name``, ``node addresses changed``, ``resync
+    ``pod added|updated|deleted|labelled ns/name``, ``pod network added|deleted ns/name``
+    (a CNI ADD gave the pod's addresses before its status; a DEL took them back),
+    ``namespace added|deleted|labelled name``, ``node added|updated|deleted name``, ``node addresses changed``, ``resync
     repair`` (the kernel had drifted from what the agent wrote), ``retry after failure``.
     For a change pass the reason names the object change that matches the rule's policy or
     pod; when none matches (e.g. a namespace relabel that changed who a selector picks),
@@ -198,7 +199,11 @@ class _Reasons:
             if change.kind is Kind.NETWORK_POLICY:
                 self._policies.setdefault(change.key, text)
             elif change.kind is Kind.POD:
-                self._pods.setdefault(change.key, text)
+                # The addresses a CNI ADD gave are what makes a new pod's rules.
+                if change.action == "network added":
+                    self._pods[change.key] = text
+                else:
+                    self._pods.setdefault(change.key, text)
             elif change.kind is Kind.NAMESPACE:
                 self._namespaces.setdefault(change.key, text)
         if outcome.changes:

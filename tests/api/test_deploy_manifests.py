@@ -157,6 +157,34 @@ def test_kustomization_passes_server_side_dry_run(installed: ControlPlane) -> No
     }
 
 
+@pytest.mark.cluster
+def test_the_cni_component_passes_server_side_dry_run(
+    installed: ControlPlane, tmp_path: Path
+) -> None:
+    """deploy/ with `components: [cni]`: the install-cni init container, the agent's CNI
+    flags and the hostPaths."""
+    import shutil
+
+    copy = tmp_path / "deploy"
+    shutil.copytree(DEPLOY, copy)
+    with (copy / "kustomization.yaml").open("a") as kustomization:
+        kustomization.write("components:\n  - cni\n")
+    proc = kubectl(installed, "apply", "--server-side", "--dry-run=server", "-o", "yaml",
+                   f"--field-manager={FIELD_MANAGER}", "-k", str(copy))  # fmt: skip
+    objects = [o for o in yaml.safe_load_all(proc.stdout) if o]
+    items = [i for o in objects for i in (o.get("items") or [o])]
+    (ds,) = [o for o in items if o.get("kind") == "DaemonSet"]
+    pod = ds["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert init["args"][0] == "install-cni"
+    (agent,) = pod["containers"]
+    assert "--cni-socket=/var/run/netpol-agent/cni.sock" in agent["args"]
+    assert "--cni-conf-dir=/host/etc/cni/net.d" in agent["args"]
+    assert agent["livenessProbe"]["httpGet"]["path"] == "/healthz"  # the base is kept
+    paths = {v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    assert {"/opt/cni/bin", "/etc/cni/net.d", "/var/run/netpol-agent"} <= paths
+
+
 _RULE_LINE = re.compile(r"^(\S+)\s+\[(.*?)\]\s+\[(.*?)\]\s+\[(.*?)\]\s*$")
 
 

@@ -18,7 +18,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -315,7 +315,8 @@ class RunningAgents:
     """``netpol-agent run`` (not --once) on every node, following a state file."""
 
     def __init__(self, lab: Lab, backend: Backend, objects: Sequence[dict[str, Any]],
-                 *args: str) -> None:  # fmt: skip
+                 *args: str, node_args: Mapping[str, Sequence[str]] | None = None,
+                 ) -> None:  # fmt: skip
         assert lab.workdir is not None
         self.lab = lab
         self.path = lab.workdir / f"live-{time.monotonic_ns()}.yaml"
@@ -327,7 +328,8 @@ class RunningAgents:
         for node in lab.nodes:
             argv = [a for a in lab.agent_argv(node, self.path, backend=backend) if a != "--once"]
             argv += ["--metrics-address", "", "--rule-log", str(self.rule_logs[node]),
-                     "--min-sync-interval", "0", *args]  # fmt: skip
+                     "--min-sync-interval", "0", *args,
+                     *(node_args or {}).get(node, ())]  # fmt: skip
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     text=True)  # fmt: skip
             self.procs[node] = proc
@@ -381,8 +383,9 @@ class RunningAgents:
 
 @contextlib.contextmanager
 def running_agents(lab: Lab, backend: Backend, objects: Sequence[dict[str, Any]],
-                   *args: str) -> Iterator[RunningAgents]:  # fmt: skip
-    agents = RunningAgents(lab, backend, objects, *args)
+                   *args: str, node_args: Mapping[str, Sequence[str]] | None = None,
+                   ) -> Iterator[RunningAgents]:  # fmt: skip
+    agents = RunningAgents(lab, backend, objects, *args, node_args=node_args)
     try:
         yield agents
     finally:

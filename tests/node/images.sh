@@ -335,11 +335,42 @@ load_base() {
     bh inspect --type image "${base_ref}" >/dev/null || die "${base_archive} did not load as ${base_ref}"
 }
 
+# --- Go builder stand-in ----------------------------------------------------------------
+# GO_IMAGE stands in for golang:<version>-bookworm, which the Dockerfile's CNI-plugin stage
+# uses: the base above plus the Go release the project pins (scripts/go-toolchain.sh), in
+# /usr/local/go with GOPATH=/go and go on PATH, as in the real image. Differences: no gcc,
+# git or other buildpack-deps tools (the plugin builds with CGO_ENABLED=0 from modules).
+# It lives only in buildah's storage and is made again from the cached base when missing.
+go_bin="$(bash "${repo}/scripts/go-toolchain.sh" | tail -n1)"
+go_root="$(cd "$(dirname "${go_bin}")/.." && pwd)"
+go_version="$("${go_bin}" env GOVERSION)"
+go_image_hash="$(printf '%s\n' "go image v1" "${base_hash}" "${go_version}" | hash_inputs)"
+go_image_ref="localhost/netpol-test/golang:${go_version#go}-bookworm-${go_image_hash}"
+
+build_go_image() {
+    build_base
+    bh inspect --type image "${go_image_ref}" >/dev/null 2>&1 && return 0
+    local ctr
+    log "making ${go_image_ref} (the base + ${go_version} from ${go_root})"
+    ctr="$(bh from --quiet --pull=never --signature-policy "${bh_dir}/policy.json" "${base_ref}")"
+    containers+=("${ctr}")
+    bh copy --quiet "${ctr}" "${go_root}" /usr/local/go >/dev/null
+    bh config --env GOPATH=/go --env GOTOOLCHAIN=local \
+        --env PATH=/go/bin:/usr/local/go/bin:/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin \
+        --label "org.opencontainers.image.title=golang:${go_version#go}-bookworm stand-in" "${ctr}"
+    bh commit --quiet --signature-policy "${bh_dir}/policy.json" "${ctr}" "${go_image_ref}" >/dev/null
+    # Only the current stand-in is kept.
+    local old
+    for old in $(bh images --format '{{.Name}}:{{.Tag}}' | grep -F "${go_image_ref%:*}:" | grep -vxF "${go_image_ref}"); do
+        bh rmi "${old}" >/dev/null 2>&1 || true
+    done
+}
+
 # --- agent -----------------------------------------------------------------------------
-agent_recipe="agent v1: buildah bud --layers=false --pull=never, PYTHON_IMAGE=${base_ref}"
+agent_recipe="agent v2: buildah bud --layers=false --pull=never, PYTHON_IMAGE=${base_ref}, GO_IMAGE=${go_image_ref}"
 agent_hash="$( {
     echo "${agent_recipe}"
-    file_digests Dockerfile .dockerignore pyproject.toml README.md agent
+    file_digests Dockerfile .dockerignore pyproject.toml README.md agent cni
 } | hash_inputs)"
 agent_archive="${cache}/agent-${agent_hash}.oci.tar"
 agent_ref="localhost/netpol-agent:dev-${agent_hash}"
@@ -349,7 +380,7 @@ build_agent() {
         lock
     fi
     if [[ ! -s "${agent_archive}" ]]; then
-        build_base
+        build_go_image
         local start=${SECONDS} tmp trust=()
         # The RUN steps fetch from Debian and PyPI through this machine's network, so they
         # trust what this machine trusts (its CA bundle, e.g. with a TLS-inspecting proxy),
@@ -357,10 +388,10 @@ build_agent() {
         if [[ -s /etc/ssl/certs/ca-certificates.crt ]]; then
             trust=(--volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
         fi
-        log "building ${agent_ref} from the Dockerfile (PYTHON_IMAGE=${base_ref})"
+        log "building ${agent_ref} from the Dockerfile (PYTHON_IMAGE=${base_ref}, GO_IMAGE=${go_image_ref})"
         bh bud --isolation chroot --layers=false --pull=never "${trust[@]}" \
             --signature-policy "${bh_dir}/policy.json" \
-            --build-arg "PYTHON_IMAGE=${base_ref}" \
+            --build-arg "PYTHON_IMAGE=${base_ref}" --build-arg "GO_IMAGE=${go_image_ref}" \
             --label "netpol-agent.inputs=${agent_hash}" \
             -f "${repo}/Dockerfile" -t "${agent_ref}" "${repo}" >&2
         tmp="${agent_archive}.tmp.$$"

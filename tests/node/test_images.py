@@ -95,6 +95,8 @@ def test_agent_image_runs_as_the_daemonset_runs_it(tmp_path: Path) -> None:
             "ip6tables-nft-restore --version",
             "ip6tables-legacy-save --version",
             "python -c 'import iptc; print(\"iptc\", iptc.__name__)'",
+            # the CNI plugin that install-cni copies to the node: a static binary that runs
+            "CNI_COMMAND=VERSION /opt/netpol-agent/cni/netpol-agent </dev/null",
             "netpol-agent render --node node1 -f /state.yaml | grep -c '^COMMIT'",
         ]
     )
@@ -113,4 +115,5 @@ def test_agent_image_runs_as_the_daemonset_runs_it(tmp_path: Path) -> None:
     versions = [line for line in lines if line.startswith(("iptables v", "ip6tables"))]
     assert [v.rsplit(" ", 1)[-1] for v in versions] == ["(nf_tables)", "(legacy)"] * 2, lines
     assert "iptc iptc" in lines
+    assert any('"supportedVersions"' in line and '"1.1.0"' in line for line in lines), lines
     assert lines[-1] == "2", "one restore payload per family"

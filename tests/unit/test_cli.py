@@ -375,3 +375,53 @@ def test_established_flows_are_strict_by_default_with_a_rule_for_revoked_flows()
     keep = agent_config(_parser().parse_args(["run", "--node", "n1", "--established-flows=keep"]))
     assert keep.established_flows is EstablishedFlows.KEEP
     assert keep.compiler.revoked_mark == 0  # no rule for revoked flows at all
+
+
+# --- CNI chaining -------------------------------------------------------------------------
+
+
+def test_cni_flags_become_the_agents_cni_config_and_it_is_off_by_default() -> None:
+    from agent.cli import _parser, agent_config
+
+    assert agent_config(_parser().parse_args(["run", "--node", "n1"])).cni is None
+    args = _parser().parse_args(
+        ["run", "--node", "n1", "--cni-socket", "/run/npa/cni.sock", "--cni-conf-dir",
+         "/host/etc/cni/net.d", "--cni-timeout", "4", "--cni-failure-policy", "pass"]
+    )  # fmt: skip
+    cni = agent_config(args).cni
+    assert cni is not None
+    assert (cni.socket, cni.conf_dir, cni.timeout, cni.failure_policy) == (
+        "/run/npa/cni.sock", "/host/etc/cni/net.d", 4.0, "pass",
+    )  # fmt: skip
+
+
+def test_a_cni_conf_dir_without_a_socket_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["run", "--node", "n1", "--cni-conf-dir", "/etc/cni/net.d"]) == 2
+    assert "--cni-conf-dir needs --cni-socket" in capsys.readouterr().err
+
+
+def test_install_cni_then_cleanup_leave_the_network_list_as_it_was(tmp_path: Path) -> None:
+    conf_dir, bin_dir = tmp_path / "net.d", tmp_path / "bin"
+    conf_dir.mkdir()
+    original = {"cniVersion": "0.3.1", "name": "kindnet", "plugins": [{"type": "ptp"}]}
+    (conf_dir / "10-kindnet.conflist").write_text(json.dumps(original))
+    plugin = tmp_path / "plugin"
+    plugin.write_bytes(b"binary")
+    argv = ["install-cni", "--binary", str(plugin), "--bin-dir", str(bin_dir),
+            "--conf-dir", str(conf_dir), "--timeout", "3"]  # fmt: skip
+    assert main(argv) == 0
+    assert main(argv) == 0  # idempotent
+    chained = json.loads((conf_dir / "10-kindnet.conflist").read_text())
+    assert chained["plugins"] == [
+        {"type": "ptp"},
+        {"type": "netpol-agent", "socket": "/var/run/netpol-agent/cni.sock",
+         "timeoutSeconds": 3.0, "failurePolicy": "fail"},
+    ]  # fmt: skip
+    assert (bin_dir / "netpol-agent").read_bytes() == b"binary"
+    from agent import app
+
+    assert app.cleanup_cni(str(conf_dir), str(bin_dir)) == 0
+    assert json.loads((conf_dir / "10-kindnet.conflist").read_text()) == original
+    assert not (bin_dir / "netpol-agent").exists()

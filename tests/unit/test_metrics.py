@@ -233,3 +233,16 @@ def test_watch_health_is_read_at_scrape_time() -> None:
     types = {f.name: f.type for f in text_string_to_metric_families(text)}
     assert types["netpol_agent_watch_restarts"] == "counter"
     assert types["netpol_agent_watch_connected"] == "gauge"
+
+
+def test_cni_adds_are_timed_and_the_unconfirmed_ones_counted_by_result() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    assert value(registry, "netpol_agent_cni_add_failures_total", result="timeout") == 0
+    metrics.cni_add(0.03, "ok")
+    metrics.cni_add(10.0, "timeout")
+    metrics.cni_add(0.001, "error")
+    assert value(registry, "netpol_agent_cni_add_duration_seconds_count") == 3
+    assert value(registry, "netpol_agent_cni_add_duration_seconds_bucket", le="0.05") == 2
+    assert value(registry, "netpol_agent_cni_add_failures_total", result="timeout") == 1
+    assert value(registry, "netpol_agent_cni_add_failures_total", result="error") == 1
