@@ -387,3 +387,34 @@ def test_the_flag_replaces_the_nodes_pod_cidrs_and_a_node_update_moves_them() ->
     entry = [r.render_body() for r in moved.rulesets[Family.IPV4].chains["NPA-FORWARD"].rules]
     assert "-d 10.244.3.0/24 -j NPA-UNKNOWN-INGRESS" in entry
     assert moved.changes[-1].fields == ("pod_cidrs",)
+
+
+# --- strict mode ---------------------------------------------------------------------------
+
+
+def test_a_pod_that_becomes_known_has_its_flows_judged_again() -> None:
+    """A pass that revoked a flow of a local pod with an unknown address (both still
+    there) must be undone when the address becomes a pod's, even if no policy selects
+    that pod (its own chains do not change): its address counts as affected."""
+    from agent.compiler.flows import affected_addresses
+
+    before = compiled(state(KNOWN))
+    newcomer = b.pod("x/newcomer", "10.244.1.50")
+    after = compiled(state(KNOWN, newcomer))
+    changed = {
+        name
+        for name, chain in after.chains.items()
+        if before.chains.get(name) is None or before.chains[name].rules != chain.rules
+    }
+    assert changed and changed <= {"NPA-UNKNOWN-EGRESS", "NPA-UNKNOWN-INGRESS"}
+    assert ip("10.244.1.50") in (affected_addresses(after, changed) or ())
+    # The same pod in a tree of many: only the rewritten leaves count.
+    many = [b.pod(f"x/p{h}", f"10.244.1.{h}") for h in range(100, 140)]
+    big_before, big_after = compiled(state(*many)), compiled(state(*many, newcomer))
+    changed = {
+        name
+        for name, chain in big_after.chains.items()
+        if big_before.chains.get(name) is None or big_before.chains[name].rules != chain.rules
+    }
+    found = affected_addresses(big_after, changed)
+    assert found is not None and ip("10.244.1.50") in found and len(found) <= 33
