@@ -167,6 +167,7 @@ def reconciler_config(config: AgentConfig) -> ReconcilerConfig:
         retry_initial=intervals.retry_initial,
         retry_max=intervals.retry_max,
         extra_node_addresses=config.node_ips,
+        pod_cidrs=config.pod_cidrs,
     )
 
 

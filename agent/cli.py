@@ -17,6 +17,7 @@ from agent.compiler.config import (
     CompilerConfig,
     NodeContext,
     node_addresses,
+    pod_cidrs,
 )
 from agent.compiler.node import compile_node
 from agent.config import (
@@ -115,6 +116,20 @@ def _add_compiler_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reject", action="store_true", help="REJECT denied traffic instead of dropping it"
     )
+    parser.add_argument(
+        "--isolate-unknown-pod-ips",
+        action="store_true",
+        help="drop traffic to and from addresses of this node's pod CIDRs that no pod the"
+        " agent knows holds yet (replies and the node's own traffic pass)",
+    )
+    parser.add_argument(
+        "--pod-cidr",
+        type=_flag(config.parse_pod_cidr),
+        action="append",
+        default=[],
+        help="this node's pod CIDR (repeatable; IPv4 and IPv6), instead of its Node's"
+        " spec.podCIDRs, for --isolate-unknown-pod-ips",
+    )
 
 
 def _usage_error(args: argparse.Namespace, message: str) -> NoReturn:
@@ -125,7 +140,14 @@ def _usage_error(args: argparse.Namespace, message: str) -> NoReturn:
 
 def compiler_config(args: argparse.Namespace) -> CompilerConfig:
     try:
-        return config.compiler_config(args.chain_prefix, args.allow_mark, args.reject)
+        if args.pod_cidr and not args.isolate_unknown_pod_ips:
+            raise ConfigError("--pod-cidr is only read with --isolate-unknown-pod-ips")
+        return config.compiler_config(
+            args.chain_prefix,
+            args.allow_mark,
+            args.reject,
+            isolate_unknown_pod_ips=args.isolate_unknown_pod_ips,
+        )
     except ConfigError as error:
         _usage_error(args, str(error))
 
@@ -141,10 +163,16 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         return AgentConfig(
             node_name=args.node or "",
             families=args.family,
-            compiler=config.compiler_config(args.chain_prefix, args.allow_mark, args.reject),
+            compiler=config.compiler_config(
+                args.chain_prefix,
+                args.allow_mark,
+                args.reject,
+                isolate_unknown_pod_ips=args.isolate_unknown_pod_ips,
+            ),
             backend=args.backend,
             source=SourceConfig(file=args.source_file, kubeconfig=args.kubeconfig),
             node_ips=tuple(args.node_ip),
+            pod_cidrs=tuple(args.pod_cidr),
             kernel_addresses=not args.no_kernel_addresses,
             established_flows=args.established_flows,
             once=args.once,
@@ -182,7 +210,11 @@ def cmd_render(args: argparse.Namespace) -> int:
     built = load_state_file(args.file)
     _report_problems(built)
     compiler = compiler_config(args)
-    node = NodeContext(args.node, node_addresses(built.state, args.node, tuple(args.node_ip)))
+    node = NodeContext(
+        args.node,
+        node_addresses(built.state, args.node, tuple(args.node_ip)),
+        pod_cidrs(built.state, args.node, tuple(args.pod_cidr)),
+    )
     for family in args.family:
         ruleset = compile_node(built.state, node, family, compiler)
         empty = ProgrammedState(

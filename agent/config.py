@@ -15,7 +15,7 @@ from typing import Literal
 
 from agent.compiler.config import DEFAULT_REVOKED_MARK, CompilerConfig
 from agent.control.flows import EstablishedFlows
-from agent.model.objects import IPAddress
+from agent.model.objects import IPAddress, IPNetwork
 from agent.observability.health import parse_address
 from agent.observability.rulelog import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES, MIN_MAX_BYTES
 from agent.rules import Family
@@ -57,6 +57,13 @@ def parse_node_ip(text: str) -> IPAddress:
         raise ConfigError(f"--node-ip {text!r} is not an IPv4 or IPv6 address") from None
 
 
+def parse_pod_cidr(text: str) -> IPNetwork:
+    try:
+        return ipaddress.ip_network(text.strip(), strict=True)
+    except ValueError as error:
+        raise ConfigError(f"--pod-cidr {text!r} is not an IPv4 or IPv6 CIDR: {error}") from None
+
+
 def parse_mark(text: str) -> int:
     try:
         return int(text, 0)
@@ -88,9 +95,16 @@ def parse_established_flows(text: str) -> EstablishedFlows:
         raise ConfigError(f"--established-flows takes strict or keep, not {text!r}") from None
 
 
-def compiler_config(chain_prefix: str, allow_mark: int, reject: bool) -> CompilerConfig:
+def compiler_config(
+    chain_prefix: str, allow_mark: int, reject: bool, *, isolate_unknown_pod_ips: bool = False
+) -> CompilerConfig:
     try:
-        return CompilerConfig(chain_prefix=chain_prefix, allow_mark=allow_mark, reject=reject)
+        return CompilerConfig(
+            chain_prefix=chain_prefix,
+            allow_mark=allow_mark,
+            reject=reject,
+            isolate_unknown_pod_ips=isolate_unknown_pod_ips,
+        )
     except ValueError as error:
         raise ConfigError(
             f"{error} (--chain-prefix {chain_prefix!r}, --allow-mark {allow_mark:#x})"
@@ -186,6 +200,9 @@ class AgentConfig:
     backend: BackendChoice = "auto"
     source: SourceConfig = field(default_factory=SourceConfig)
     node_ips: tuple[IPAddress, ...] = ()
+    # --pod-cidr: the node's pod CIDRs for --isolate-unknown-pod-ips, instead of its
+    # Node's spec.podCIDRs.
+    pod_cidrs: tuple[IPNetwork, ...] = ()
     kernel_addresses: bool = True  # follow this node's addresses in the kernel
     # strict: judge established flows again after a policy change; keep: leave them.
     established_flows: EstablishedFlows = EstablishedFlows.STRICT
@@ -204,6 +221,8 @@ class AgentConfig:
             raise ConfigError(f"--node {self.node_name!r} is not a valid node name")
         if not self.families or len(set(self.families)) != len(self.families):
             raise ConfigError("at least one family, each at most once")
+        if self.pod_cidrs and not self.compiler.isolate_unknown_pod_ips:
+            raise ConfigError("--pod-cidr is only read with --isolate-unknown-pod-ips")
         if self.backend not in BACKENDS:
             raise ConfigError(f"--backend takes {', '.join(BACKENDS)}, not {self.backend!r}")
         # Strict mode needs the entry chain's rule dropping revoked flows; keep mode has

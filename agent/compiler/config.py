@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from agent.model.objects import IPAddress
+from agent.model.objects import Direction, IPAddress, IPNetwork
 from agent.policy.view import PolicyView
 
 DEFAULT_CHAIN_PREFIX = "NPA"
@@ -28,6 +28,9 @@ class CompilerConfig:
     # chain drops their packets, both ways, before letting established traffic through.
     # 0: no such rule (keep mode).
     revoked_mark: int = 0
+    # Drop traffic to and from addresses of the node's pod CIDRs that no local pod holds
+    # yet (a pod the agent does not know of yet), after the node exemption.
+    isolate_unknown_pod_ips: bool = False
 
     def __post_init__(self) -> None:
         if not self.chain_prefix or len(self.chain_prefix) > MAX_PREFIX:
@@ -59,6 +62,11 @@ class CompilerConfig:
     def entry_chain(self) -> str:
         return self.name("FORWARD")
 
+    def unknown_chain(self, direction: Direction) -> str:
+        """Where the addresses of the node's pod CIDRs that no local pod holds are dropped:
+        at the source (``EGRESS``) or at the destination (``INGRESS``)."""
+        return self.name(f"UNKNOWN-{direction.name}")
+
     @property
     def mark_text(self) -> str:
         return f"{self.allow_mark:#x}/{self.allow_mark:#x}"
@@ -72,6 +80,8 @@ class CompilerConfig:
 class NodeContext:
     name: str
     addresses: tuple[IPAddress, ...] = ()
+    # Where the node's pods get their addresses (``isolate_unknown_pod_ips``).
+    pod_cidrs: tuple[IPNetwork, ...] = ()
 
 
 def node_addresses(
@@ -83,3 +93,13 @@ def node_addresses(
         if address not in seen:
             seen.append(address)
     return tuple(seen)
+
+
+def pod_cidrs(
+    state: PolicyView, node_name: str, override: Iterable[IPNetwork] = ()
+) -> tuple[IPNetwork, ...]:
+    """The node's pod CIDRs: ``override`` (``--pod-cidr``) when given, else its Node's
+    ``spec.podCIDRs``. An override replaces them: a CNI with its own IPAM does not use
+    them, and another node's pods may then hold addresses in them."""
+    given = tuple(dict.fromkeys(override))
+    return given or state.node_pod_cidrs(node_name)

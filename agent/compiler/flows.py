@@ -173,7 +173,33 @@ def affected_addresses(ruleset: Ruleset, changed: Collection[str]) -> frozenset[
                             affected.update(_hosts(own_end))
                 elif target in chains:
                     todo.append(target)
+    affected.update(_known_addresses_changed(ruleset, changed, prefix))
     return frozenset(affected)
+
+
+def _known_addresses_changed(
+    ruleset: Ruleset, changed: Collection[str], prefix: str
+) -> set[IPAddress]:
+    """The addresses of rewritten chains of the unknown-address trees: a pod that became
+    known there may hold flows a pass revoked while its address was unknown, and only its
+    own chains may be unchanged (no policy selects it)."""
+    chains = ruleset.chains
+    roots = [prefix + "UNKNOWN-EGRESS", prefix + "UNKNOWN-INGRESS"]
+    todo, seen = [name for name in roots if name in chains], set()
+    found: set[IPAddress] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for rule in chains[name].rules:
+            if rule.goto and rule.target in chains:
+                todo.append(rule.target)
+            elif rule.target == "RETURN" and name in changed:
+                own_end = rule.source or rule.destination  # the one the tree matches
+                if own_end is not None:
+                    found.update(_hosts(own_end))
+    return found
 
 
 def _hosts(text: str) -> tuple[IPAddress, ...]:

@@ -28,6 +28,7 @@ check exactly that.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import defaultdict
 from collections.abc import Callable, KeysView, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,7 +43,15 @@ from agent.compiler.pauses import without_gc
 from agent.compiler.peers import GroupSpec, InScope, Move, PeerGroups, PodChange
 from agent.compiler.ports import named_port_signature, resolve_rule_ports
 from agent.compiler.render import Renderer, Unit
-from agent.model.objects import Direction, IPAddress, IPBlock, NetworkPolicy, Pod, PolicyRule
+from agent.model.objects import (
+    Direction,
+    IPAddress,
+    IPBlock,
+    IPNetwork,
+    NetworkPolicy,
+    Pod,
+    PolicyRule,
+)
 from agent.policy.index import ClusterIndex
 from agent.policy.state import ClusterState
 from agent.policy.view import (
@@ -110,6 +119,7 @@ class NodeCompiler:
         self._selecting: dict[tuple[str, Direction], _SelectingEntry] = {}
         self._namespace_epoch: dict[str, int] = defaultdict(int)
         self._dispatch: dict[Direction, tuple[tuple[tuple[str, str], ...], Unit]] = {}
+        self._unknown: dict[Direction, tuple[tuple[object, ...], Unit]] = {}
         self._index: dict[str, Unit] = {}  # every cached unit by its root chain
         # Units registered since the last compile, with what was there before (None: new).
         self._changed: dict[str, Unit | None] = {}
@@ -128,7 +138,10 @@ class NodeCompiler:
     # --- public ---------------------------------------------------------------------
 
     def compile_index(
-        self, index: ClusterIndex, node_addresses: Sequence[IPAddress] = ()
+        self,
+        index: ClusterIndex,
+        node_addresses: Sequence[IPAddress] = (),
+        pod_cidrs: Sequence[IPNetwork] = (),
     ) -> Ruleset:
         """Compile what ``index`` changed since this compiler last saw it (from scratch
         if it missed a generation)."""
@@ -136,7 +149,7 @@ class NodeCompiler:
         self._generation = index.generation
         if delta is None:
             self._reset()
-        return self.compile(index, node_addresses, delta)
+        return self.compile(index, node_addresses, delta, pod_cidrs)
 
     @without_gc
     def compile(
@@ -144,9 +157,11 @@ class NodeCompiler:
         state: PolicyView,
         node_addresses: Sequence[IPAddress] = (),
         delta: Delta | None = None,
+        pod_cidrs: Sequence[IPNetwork] = (),
     ) -> Ruleset:
         """``delta``: what changed since the last compile. Without one, a snapshot is
-        compared with the previous snapshot by identity; anything else starts over."""
+        compared with the previous snapshot by identity; anything else starts over.
+        ``pod_cidrs``: the node's, when ``isolate_unknown_pod_ips`` is set (any family)."""
         if self._compiled and delta is None:
             if self._previous is not None:
                 delta = Delta.between(self._previous, state)
@@ -169,7 +184,10 @@ class NodeCompiler:
                 self._register(cached[1])
         self._dirty_namespaces.clear()
         self._dirty_pods.clear()
-        self._register(self._render.unit([self._render.entry_chain(node_addresses)]))
+        cidrs = self._own_pod_cidrs(pod_cidrs)
+        for direction in Direction if cidrs else ():
+            self._register(self._unknown_unit(cidrs, direction))
+        self._register(self._render.unit([self._render.entry_chain(node_addresses, cidrs)]))
         if self._same_graph():
             # Only contents changed: swap the changed units' chains.
             for root in self._changed:
@@ -556,6 +574,59 @@ class NodeCompiler:
         self._dispatch[direction] = (signature, unit)
         return unit
 
+    # --- addresses of the node's pod CIDRs that no local pod holds ------------------
+
+    def _own_pod_cidrs(self, pod_cidrs: Sequence[IPNetwork]) -> tuple[IPNetwork, ...]:
+        if not self.config.isolate_unknown_pod_ips:
+            return ()
+        mine = [c for c in pod_cidrs if c.version == self.version]
+        return tuple(ipaddress.collapse_addresses(mine))  # type: ignore[type-var]
+
+    def _unknown_unit(self, cidrs: Sequence[IPNetwork], direction: Direction) -> Unit:
+        """``P-UNKNOWN-EGRESS`` (source) / ``P-UNKNOWN-INGRESS`` (destination), jumped to
+        for an address in ``cidrs``: RETURN when a local pod holds it (an address tree,
+        as dispatch), else drop. Every chain of the tree that can be left by falling
+        off its end drops there, so an address no leaf holds never returns."""
+        holders: dict[int, str] = {}
+        for key, pod in sorted(self._local.items()):
+            for ip in pod.ips_of(self.version):
+                if any(ip in network for network in cidrs):
+                    holders.setdefault(int(ip), key)
+        signature = (tuple(cidrs), tuple(sorted(holders.items())))
+        cached = self._unknown.get(direction)
+        if cached is not None and cached[0] == signature:
+            return cached[1]
+        own_end = Direction.EGRESS if direction is Direction.INGRESS else Direction.INGRESS
+
+        def leaf_rules(addresses: Sequence[int]) -> list[Rule]:
+            return self._render.known_leaf(direction, holders, addresses)
+
+        tree = build_tree(
+            self._render,
+            self._names,
+            self.config.unknown_chain(direction),
+            sorted(holders),
+            leaf_rules,
+            own_end,
+            f"known {direction.short} pods",
+            DISPATCH_DEPTH,
+            {},
+        )
+        deny = self._render.unknown_deny(direction)
+        chains = [
+            chain
+            if chain.rules and chain.rules[-1].goto and _unconditional(chain.rules[-1])
+            else Chain(chain.name, (*chain.rules, deny))
+            for chain in tree
+        ]
+        unit = self._render.unit(chains)
+        self._unknown[direction] = (signature, unit)
+        return unit
+
+
+def _unconditional(rule: Rule) -> bool:
+    return rule.source is None and rule.destination is None and not rule.matches
+
 
 def compile_node(
     state: PolicyView,
@@ -564,4 +635,6 @@ def compile_node(
     config: CompilerConfig | None = None,
 ) -> Ruleset:
     """All chains ``node`` needs for ``family``, compiled from scratch. Pure."""
-    return NodeCompiler(node.name, family, config).compile(state, node.addresses)
+    return NodeCompiler(node.name, family, config).compile(
+        state, node.addresses, pod_cidrs=node.pod_cidrs
+    )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from agent.compiler import cidr
 from agent.compiler.config import NEIGHBOUR_DISCOVERY_TYPES, CompilerConfig
-from agent.model.objects import Direction, IPAddress, IPBlock, Protocol
+from agent.model.objects import Direction, IPAddress, IPBlock, IPNetwork, Protocol
 from agent.rules import Chain, Match, Rule, escape_comment
 from agent.rules.ruleset import MAX_COMMENT_TEXT
 
@@ -290,7 +290,30 @@ class Renderer:
         rules.append(self.deny(f"default deny {direction.short} (isolated by {text})"[:200], ""))
         return Chain(name, tuple(rules))
 
-    def entry_chain(self, node_addresses: Sequence[IPAddress]) -> Chain:
+    def known_leaf(
+        self, direction: Direction, holders: Mapping[int, str], addresses: Sequence[int]
+    ) -> list[Rule]:
+        """A leaf of an unknown-address chain: RETURN for each address a local pod holds
+        (at the source for ``EGRESS``); the chain's caller goes on to the policies."""
+        own_end = Direction.EGRESS if direction is Direction.INGRESS else Direction.INGRESS
+        return [
+            self.at(
+                own_end,
+                self.host_text(address),
+                Rule("RETURN", f"held by {holders[address]}", pod=holders[address]),
+            )
+            for address in addresses
+        ]
+
+    def unknown_deny(self, direction: Direction) -> Rule:
+        end = "from" if direction is Direction.EGRESS else "to"
+        return self.deny(f"netpol-agent: {end} a pod address no known pod holds", "")
+
+    def entry_chain(
+        self, node_addresses: Sequence[IPAddress], pod_cidrs: Sequence[IPNetwork] = ()
+    ) -> Chain:
+        """``pod_cidrs``: the node's pod CIDRs of this family, when unknown addresses in
+        them are isolated (after the node exemption, before the policies)."""
         config = self.config
         rules: list[Rule] = []
         if config.revoked_mark:
@@ -332,6 +355,22 @@ class Renderer:
         for address in sorted({a for a in node_addresses if a.version == self.version}, key=int):
             rules.append(
                 Rule("RETURN", "netpol-agent: from this node", source=self.host_text(int(address)))
+            )
+        for network in pod_cidrs:
+            text = str(network)
+            rules.append(
+                Rule(
+                    config.unknown_chain(Direction.EGRESS),
+                    f"netpol-agent: from pod CIDR {text}: a known pod?",
+                    source=text,
+                )
+            )
+            rules.append(
+                Rule(
+                    config.unknown_chain(Direction.INGRESS),
+                    f"netpol-agent: to pod CIDR {text}: a known pod?",
+                    destination=text,
+                )
             )
         rules += [
             self.clear_mark("netpol-agent: start with a clear allow mark"),

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.compiler.config import CompilerConfig, node_addresses
+from agent.compiler.config import pod_cidrs as node_pod_cidrs
 from agent.compiler.node import NodeCompiler
 from agent.control.flows import FlowReport, FlowRevoker
 from agent.control.node_addresses import compare_with_node_object
@@ -45,6 +46,7 @@ from agent.model import parse
 from agent.model.objects import (
     Direction,
     IPAddress,
+    IPNetwork,
     Namespace,
     NetworkPolicy,
     Node,
@@ -79,6 +81,8 @@ class ReconcilerConfig:
     retry_initial: float = 0.5
     retry_max: float = 30.0
     extra_node_addresses: tuple[IPAddress, ...] = ()
+    # --pod-cidr: replaces the Node's spec.podCIDRs (compiler.isolate_unknown_pod_ips).
+    pod_cidrs: tuple[IPNetwork, ...] = ()
 
 
 def _parse(kind: Kind, obj: Mapping[str, Any]) -> ModelObject:
@@ -118,7 +122,7 @@ def _changed_fields(old: ModelObject, new: ModelObject) -> tuple[str, ...]:
     elif isinstance(old, Namespace) and isinstance(new, Namespace):
         names = ("labels",)
     elif isinstance(old, Node) and isinstance(new, Node):
-        names = ("addresses",)
+        names = ("addresses", "pod_cidrs")
     else:
         return ("spec",)
     return tuple(name for name in names if getattr(old, name) != getattr(new, name))
@@ -172,6 +176,7 @@ class Reconciler:
             on_tick=on_heartbeat,
         )
         self._address_warnings: set[str] = set()
+        self._pod_cidrs_missing: tuple[str, ...] | None = None  # families, when last said
         # One incremental compiler per family: each pass recompiles only what changed.
         self._compilers = {
             family: NodeCompiler(config.node_name, family, config.compiler)
@@ -473,10 +478,41 @@ class Reconciler:
         extra = (*self.config.extra_node_addresses, *kernel)
         return node_addresses(state, self.config.node_name, extra)
 
+    def pod_cidrs(self, state: ClusterIndex) -> tuple[IPNetwork, ...]:
+        """The node's pod CIDRs, when unknown addresses in them are isolated. Said in the
+        log (once per change) when an enforced family has none: nothing is isolated
+        there beyond the policies, and that must never go unsaid."""
+        if not self.config.compiler.isolate_unknown_pod_ips:
+            return ()
+        cidrs = node_pod_cidrs(state, self.config.node_name, self.config.pod_cidrs)
+        missing = tuple(
+            family.value
+            for family in self.config.families
+            if not any(cidr.version == family.version for cidr in cidrs)
+        )
+        if missing != self._pod_cidrs_missing:
+            self._pod_cidrs_missing = missing
+            if missing:
+                log.warning(
+                    "--isolate-unknown-pod-ips: node %s has no %s pod CIDR (no Node "
+                    "spec.podCIDRs and no --pod-cidr): %s addresses of pods the agent does "
+                    "not know yet are not isolated",
+                    self.config.node_name,
+                    " or ".join(missing),
+                    " and ".join(missing),
+                )
+            else:
+                log.info(
+                    "isolating unknown pod addresses",
+                    extra={"kv": {"pod_cidrs": ",".join(map(str, cidrs))}},
+                )
+        return cidrs
+
     def compile(self, state: ClusterIndex) -> dict[Family, Ruleset]:
         addresses = self.node_addresses(state)
+        cidrs = self.pod_cidrs(state)
         return {
-            family: compiler.compile_index(state, addresses)
+            family: compiler.compile_index(state, addresses, cidrs)
             for family, compiler in self._compilers.items()
         }
 

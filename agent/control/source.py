@@ -218,6 +218,13 @@ def trim_node(obj: Mapping[str, Any]) -> dict[str, Any]:
     trimmed: dict[str, Any] = {
         "metadata": _metadata(obj, namespaced=False, uid=False, labels=False)
     }
+    spec = obj.get("spec")
+    if isinstance(spec, Mapping):
+        trimmed_spec = _copy_fields(spec, ("podCIDR", "podCIDRs"))
+        if trimmed_spec:
+            trimmed["spec"] = trimmed_spec
+    elif spec is not None:
+        trimmed["spec"] = spec
     status = obj.get("status")
     if isinstance(status, Mapping):
         if status.get("addresses") is not None:

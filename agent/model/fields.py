@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from agent.model.objects import IPAddress, Protocol
+from agent.model.objects import IPAddress, IPNetwork, Protocol
 
 
 class InvalidObject(ValueError):
@@ -222,6 +222,16 @@ def parse_ip(text: Any, path: str) -> IPAddress:
         return ipaddress.ip_address(text)
     except ValueError:
         raise FieldError(path, f"bad IP {shown(text)}") from None
+
+
+def parse_cidr(text: Any, path: str) -> IPNetwork:
+    """A CIDR as the API server takes it (host bits may be set: the network is meant)."""
+    if not isinstance(text, str):
+        raise wrong_type(path, "a CIDR string", text)
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise FieldError(path, f"invalid CIDR {shown(text)}") from None
 
 
 _FAST_FAMILIES: tuple[tuple[int, type[IPAddress]], ...] = (

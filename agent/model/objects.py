@@ -118,6 +118,9 @@ class Pod:
 class Node:
     name: str
     addresses: tuple[IPAddress, ...]
+    # spec.podCIDRs (spec.podCIDR when there is no list): where this node's pods get
+    # their addresses.
+    pod_cidrs: tuple[IPNetwork, ...] = ()
     problems: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
 

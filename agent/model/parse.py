@@ -24,7 +24,8 @@ means "all"). What an error does depends on what fails closed:
   (``InvalidObject``): it has no key to be kept under.
 - Namespace: unreadable labels quarantine it (``Namespace.quarantined``): no selector
   matches its pods, which are quarantined. Unreadable identity rejects it.
-- Node: unreadable identity rejects it; a bad node address is reported and left out.
+- Node: unreadable identity rejects it; a bad node address or pod CIDR is reported and
+  left out.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from agent.model.fields import (
     checked,
     identity,
     is_port_name,
+    parse_cidr,
     parse_ip,
     parse_labels,
     parse_protocol,
@@ -56,6 +58,7 @@ from agent.model.objects import (
     NAMESPACE_NAME_LABEL,
     ContainerPort,
     IPAddress,
+    IPNetwork,
     Namespace,
     NetworkPolicy,
     Node,
@@ -318,11 +321,40 @@ def _parse_node(raw: Mapping[str, Any]) -> Node:
             continue
         if address not in addresses:
             addresses.append(address)
+    pod_cidrs = _pod_cidrs(raw, problems)
     return Node(
         name=name,
         addresses=tuple(addresses),
+        pod_cidrs=pod_cidrs,
         problems=tuple(f"Node {name}: {p}" for p in problems),
     )
+
+
+def _pod_cidrs(raw: Mapping[str, Any], problems: list[str]) -> tuple[IPNetwork, ...]:
+    """``spec.podCIDRs`` (or ``spec.podCIDR`` when the list is absent or empty): every
+    readable entry. A bad entry is reported and left out (only ``--isolate-unknown-pod-ips``
+    reads these, and an entry it cannot read isolates nothing: the log says so)."""
+    try:
+        spec = as_mapping(raw.get("spec"), "spec")
+        entries = [
+            (f"spec.podCIDRs[{i}]", entry)
+            for i, entry in enumerate(as_list(spec.get("podCIDRs"), "spec.podCIDRs"))
+        ]
+        if not entries and spec.get("podCIDR") is not None:
+            entries = [("spec.podCIDR", spec.get("podCIDR"))]
+    except FieldError as error:
+        problems.append(f"{error}; no pod CIDR is read from it")
+        return ()
+    cidrs: list[IPNetwork] = []
+    for path, entry in entries:
+        try:
+            cidr = parse_cidr(entry, path)
+        except FieldError as error:
+            problems.append(f"{error}; that pod CIDR is ignored")
+            continue
+        if cidr not in cidrs:
+            cidrs.append(cidr)
+    return tuple(cidrs)
 
 
 # --- many objects ------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from agent.model.fields import (
     is_port_name,
     label_key_problem,
     label_value_problem,
+    parse_cidr,
     parse_protocol,
     port_number,
     shown,
@@ -93,13 +94,7 @@ def _requirement(expression: Any, where: str) -> Requirement:
     return Requirement(sys.intern(key), operator, frozenset(values))
 
 
-def _network(text: Any, path: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    if not isinstance(text, str):
-        raise wrong_type(path, "a CIDR string", text)
-    try:
-        return ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        raise FieldError(path, f"invalid CIDR {shown(text)}") from None
+_network = parse_cidr
 
 
 def _ip_block(raw: Any, path: str) -> IPBlock:

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from agent.model.objects import (
     Direction,
     IPAddress,
+    IPNetwork,
     Namespace,
     NetworkPolicy,
     Node,
@@ -215,6 +216,10 @@ class ClusterIndex:
     def node_addresses(self, node_name: str) -> tuple[IPAddress, ...]:
         node = self.nodes.get(node_name)
         return node.addresses if node else ()
+
+    def node_pod_cidrs(self, node_name: str) -> tuple[IPNetwork, ...]:
+        node = self.nodes.get(node_name)
+        return node.pod_cidrs if node else ()
 
     def _namespace_quarantined(self, name: str) -> bool:
         namespace = self.namespaces.get(name)

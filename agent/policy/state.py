@@ -11,6 +11,7 @@ from agent.model.objects import (
     NAMESPACE_NAME_LABEL,
     Direction,
     IPAddress,
+    IPNetwork,
     Namespace,
     NetworkPolicy,
     Node,
@@ -157,6 +158,10 @@ class ClusterState:
     def node_addresses(self, node_name: str) -> tuple[IPAddress, ...]:
         node = self.nodes.get(node_name)
         return node.addresses if node else ()
+
+    def node_pod_cidrs(self, node_name: str) -> tuple[IPNetwork, ...]:
+        node = self.nodes.get(node_name)
+        return node.pod_cidrs if node else ()
 
     @property
     def problems(self) -> tuple[str, ...]:

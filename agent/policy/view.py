@@ -14,6 +14,7 @@ from agent.model.objects import (
     NAMESPACE_NAME_LABEL,
     Direction,
     IPAddress,
+    IPNetwork,
     Namespace,
     NetworkPolicy,
     Pod,
@@ -40,6 +41,7 @@ class PolicyView(Protocol):
     def peer_pods(self, peer: SelectorPeer, policy_namespace: str) -> tuple[Pod, ...]: ...
     def peer_matches_pod(self, peer: SelectorPeer, policy_namespace: str, pod: Pod) -> bool: ...
     def node_addresses(self, node_name: str) -> tuple[IPAddress, ...]: ...
+    def node_pod_cidrs(self, node_name: str) -> tuple[IPNetwork, ...]: ...
 
 
 class PeerMatcher(Protocol):
