@@ -20,7 +20,7 @@ packages=(iptables nftables conntrack iproute2 procps openssl python3 python3-ve
   containerd runc containernetworking-plugins buildah mmdebstrap util-linux gcc libc6-dev)
 missing=()
 for package in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+  [[ "$(dpkg-query -W -f='${Status}' "$package" 2>/dev/null)" == "install ok installed" ]] || missing+=("$package")
 done
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"

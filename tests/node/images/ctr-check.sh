@@ -29,7 +29,8 @@ for stale in /tmp/netpol-ctrcheck.*; do
         done
     done
     for proc in /proc/[0-9]*; do
-        if tr '\0' ' ' <"${proc}/cmdline" 2>/dev/null | grep -qF "${stale}/"; then
+        # (no `| grep -q` under pipefail: grep leaving early fails the writer with SIGPIPE)
+        if [[ "$(tr '\0' ' ' <"${proc}/cmdline" 2>/dev/null)" == *"${stale}/"* ]]; then
             kill -KILL "${proc#/proc/}" 2>/dev/null || true
         fi
     done
@@ -98,7 +99,7 @@ while (($#)); do
     if (($#)) && [[ "$1" == "," ]]; then shift; fi
     start=${SECONDS}
     c images import "${archive}" >&2
-    if ! c images ls -q | grep -qxF "${ref}"; then
+    if ! grep -qxF "${ref}" <<<"$(c images ls -q)"; then
         log "FAIL: ${archive} did not import as ${ref}; images:"
         c images ls >&2
         exit 1
