@@ -110,11 +110,13 @@ def make_observers(config: AgentConfig, source: Source) -> Observers:
     registry = CollectorRegistry()
     health = HealthState(source_health=lambda: source.health)
     metrics = Metrics(registry, source_health=lambda: source.health)
-    observers: list[SyncObserver] = [metrics]
-    observers.append(health)
+    # The rule log goes first: once a scrape or /readyz shows a pass, its lines are on disk.
+    observers: list[SyncObserver] = []
     if config.rule_log is not None:
         rule_log = config.rule_log
         observers.append(RuleLog(rule_log.path, rule_log.max_bytes, rule_log.backups))
+    observers.append(metrics)
+    observers.append(health)
     server = None
     if config.metrics_address:
         server = HealthServer(config.metrics_address, registry, health).start()

@@ -277,7 +277,9 @@ def _terminate(proc: subprocess.Popen[bytes], *, graceful: bool, timeout: float 
         except subprocess.TimeoutExpired:
             pass
     proc.kill()
-    proc.wait(timeout=timeout)
+    # A stop path: a child stuck after SIGKILL (D state) must not abort the rest of it.
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=timeout)
 
 
 def _tail(path: Path, nbytes: int = 4000) -> str:

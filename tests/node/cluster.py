@@ -65,7 +65,9 @@ from tests.cluster.controlplane import (
     SERVICE_CIDR,
     ControlPlane,
     _die_with_parent,
+    _pid_alive,
     _tail,
+    _terminate,
     build_binaries,
 )
 
@@ -202,16 +204,6 @@ class _State:
 
 
 # -- processes, cgroups, namespaces ---------------------------------------------------
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _ns_inode(path: str) -> int:
@@ -552,7 +544,7 @@ class NodeCluster:
         with self._lock:
             daemon = self._daemons[f"{n.short}/kubelet"]
             if daemon.proc is not None:
-                self._terminate(daemon.proc, timeout=10)
+                _terminate(daemon.proc, graceful=True, timeout=10)
             self._spawn(daemon)
         self._wait(lambda: self._kubelet_healthy(n), f"{n.name} kubelet /healthz", [daemon],
                    timeout)
@@ -646,25 +638,25 @@ class NodeCluster:
                 for node in self.nodes:
                     daemon = self._daemons.get(f"{node.short}/{suffix}")
                     if daemon is not None and daemon.proc is not None:
-                        self._terminate(daemon.proc, timeout=10)
+                        _terminate(daemon.proc, graceful=True, timeout=10)
             state = self._state
             if state is not None:
                 _kill_cgroups(state.cgroups)
             for node in self.nodes:
                 daemon = self._daemons.get(f"{node.short}/containerd")
                 if daemon is not None and daemon.proc is not None:
-                    self._terminate(daemon.proc, timeout=10)
+                    _terminate(daemon.proc, graceful=True, timeout=10)
             for name in ("kube-scheduler", "kube-controller-manager"):
                 daemon = self._daemons.get(name)
                 if daemon is not None and daemon.proc is not None:
-                    self._terminate(daemon.proc, timeout=10)
+                    _terminate(daemon.proc, graceful=True, timeout=10)
             if self.control_plane is not None:
                 with contextlib.suppress(Exception):
                     self.control_plane.stop()
             if self._forwarder is not None:
-                self._terminate(self._forwarder, timeout=5)
+                _terminate(self._forwarder, graceful=True, timeout=5)
             for holder in self._holders:
-                self._terminate(holder, timeout=5, graceful=False)
+                _terminate(holder, graceful=False, timeout=5)
             if state is not None:
                 problems = _teardown_state(state, self.run_dir, keep_dir=self.keep_dir)
                 if problems:
@@ -1142,22 +1134,6 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             t.join()
         if errors:
             raise errors[0]
-
-    @staticmethod
-    def _terminate(proc: subprocess.Popen[bytes], *, timeout: float,
-                   graceful: bool = True) -> None:
-        if proc.poll() is not None:
-            return
-        if graceful:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-                return
-            except subprocess.TimeoutExpired:
-                pass
-        proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=timeout)
 
 
 def _split_ref(ref: str) -> tuple[str, str]:
