@@ -434,8 +434,11 @@ class Lab:
             wan_ports.append(port)
             cmds = [
                 "link set lo up",
-                f"link add name {br} type bridge stp_state 0 mcast_snooping 0"
-                " nf_call_iptables 1 nf_call_ip6tables 1",
+                # A fixed address: a bridge without one takes its lowest port's, so a pod
+                # veth joining later with a lower one would change the pods' gateway MAC
+                # under their neighbour caches (their frames then miss the router).
+                f"link add name {br} address 02:6e:62:00:00:{node.index:02x} type bridge"
+                " stp_state 0 mcast_snooping 0 nf_call_iptables 1 nf_call_ip6tables 1",
                 f"addr add {node.gateway_v4}/24 dev {br}",
                 f"addr add {node.gateway_v6}/64 dev {br} nodad",
                 f"link set {br} up",
