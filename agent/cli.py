@@ -14,6 +14,7 @@ from agent import config
 from agent.compiler.config import (
     DEFAULT_CHAIN_PREFIX,
     DEFAULT_MARK,
+    DEFAULT_REVOKED_MARK,
     CompilerConfig,
     NodeContext,
     node_addresses,
@@ -168,6 +169,7 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
                 args.allow_mark,
                 args.reject,
                 isolate_unknown_pod_ips=args.isolate_unknown_pod_ips,
+                revoked_mark=args.revoked_mark or 0,
             ),
             backend=args.backend,
             source=SourceConfig(file=args.source_file, kubeconfig=args.kubeconfig),
@@ -437,6 +439,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="strict|keep",
         help="strict (default): after a policy change, delete the conntrack entries of"
         " established flows the new rules deny; keep: leave established flows alone",
+    )
+    run.add_argument(
+        "--revoked-mark",
+        type=_flag(config.parse_revoked_mark),
+        default=None,
+        help="the one conntrack-mark bit set on established flows strict mode revokes"
+        f" (default {DEFAULT_REVOKED_MARK:#x}); pick another if something else on the node"
+        " uses that connmark bit",
     )
     run.add_argument(
         "--no-kernel-addresses",

@@ -64,11 +64,18 @@ def parse_pod_cidr(text: str) -> IPNetwork:
         raise ConfigError(f"--pod-cidr {text!r} is not an IPv4 or IPv6 CIDR: {error}") from None
 
 
-def parse_mark(text: str) -> int:
+def parse_mark(text: str, flag: str = "--allow-mark") -> int:
     try:
         return int(text, 0)
     except ValueError:
-        raise ConfigError(f"--allow-mark {text!r} is not a number (e.g. 0x1000)") from None
+        raise ConfigError(f"{flag} {text!r} is not a number (e.g. 0x1000)") from None
+
+
+def parse_revoked_mark(text: str) -> int:
+    mark = parse_mark(text, "--revoked-mark")
+    if mark <= 0 or mark > 0xFFFFFFFF or mark & (mark - 1):
+        raise ConfigError(f"--revoked-mark {text!r} must be one bit of the 32-bit conntrack mark")
+    return mark
 
 
 def parse_seconds(flag: str, text: str, *, positive: bool) -> float:
@@ -96,7 +103,12 @@ def parse_established_flows(text: str) -> EstablishedFlows:
 
 
 def compiler_config(
-    chain_prefix: str, allow_mark: int, reject: bool, *, isolate_unknown_pod_ips: bool = False
+    chain_prefix: str,
+    allow_mark: int,
+    reject: bool,
+    *,
+    isolate_unknown_pod_ips: bool = False,
+    revoked_mark: int = 0,
 ) -> CompilerConfig:
     try:
         return CompilerConfig(
@@ -104,6 +116,7 @@ def compiler_config(
             allow_mark=allow_mark,
             reject=reject,
             isolate_unknown_pod_ips=isolate_unknown_pod_ips,
+            revoked_mark=revoked_mark,
         )
     except ValueError as error:
         raise ConfigError(
@@ -228,6 +241,8 @@ class AgentConfig:
         # Strict mode needs the entry chain's rule dropping revoked flows; keep mode has
         # no such rule.
         strict = self.established_flows is EstablishedFlows.STRICT
+        if self.compiler.revoked_mark and not strict:
+            raise ConfigError("--revoked-mark is only used with --established-flows=strict")
         revoked_mark = (self.compiler.revoked_mark or DEFAULT_REVOKED_MARK) if strict else 0
         if revoked_mark != self.compiler.revoked_mark:
             compiler = dataclasses.replace(self.compiler, revoked_mark=revoked_mark)

@@ -265,6 +265,24 @@ def test_strict_a_revoked_stream_resumes_when_a_later_change_allows_it_again(
         stream.close()
 
 
+@BOTH
+def test_strict_with_another_revoked_mark_the_stream_stops_and_that_bit_is_used(
+    sc: Scenario,
+) -> None:
+    """--revoked-mark moves the connmark bit (for nodes where something else owns 0x2000):
+    the revoked stream stops all the same, and the entry chain matches the new bit."""
+    apply_with(sc, [allow_all_to_y_b()], "--revoked-mark=0x200000")
+    stream = TcpStream(sc.lab, "x/a", "y/b", 8120)
+    try:
+        assert flowing(stream.received, 0.5) == (True, True)
+        apply_with(sc, [y_b_only_from_x_c()], "--revoked-mark=0x200000")
+        assert flowing(stream.received) == (False, False)
+    finally:
+        stream.close()
+    saved = sc.lab.iptables("node-2", "-S", flavor=sc.backend).stdout
+    assert "--mark 0x200000/0x200000" in saved and "0x2000/0x2000" not in saved, saved
+
+
 # ------------------------------------------------------------------------ keep mode
 @BOTH
 def test_keep_a_newly_denied_established_stream_runs_on_and_new_ones_are_denied(

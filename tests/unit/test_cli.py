@@ -377,6 +377,37 @@ def test_established_flows_are_strict_by_default_with_a_rule_for_revoked_flows()
     assert keep.compiler.revoked_mark == 0  # no rule for revoked flows at all
 
 
+def test_the_revoked_flow_mark_can_be_moved_to_another_connmark_bit() -> None:
+    from agent.cli import _parser, agent_config
+
+    args = _parser().parse_args(["run", "--node", "n1", "--revoked-mark", "0x200000"])
+    assert agent_config(args).compiler.revoked_mark == 0x200000
+
+
+@pytest.mark.parametrize("value", ["0", "0x3000", "0x100000000", "-1", "two"])
+def test_a_revoked_mark_that_is_not_one_connmark_bit_is_a_usage_error(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agent.cli import _parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        _parser().parse_args(["run", "--node", "n1", f"--revoked-mark={value}"])
+    assert exit_info.value.code == 2
+    assert "--revoked-mark" in capsys.readouterr().err
+
+
+def test_a_revoked_mark_with_established_flows_kept_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from agent.cli import _parser, agent_config
+
+    args = ["run", "--node", "n1", "--established-flows=keep", "--revoked-mark=0x200000"]
+    with pytest.raises(SystemExit) as exit_info:
+        agent_config(_parser().parse_args(args))
+    assert exit_info.value.code == 2
+    assert "--revoked-mark is only used with --established-flows=strict" in capsys.readouterr().err
+
+
 # --- CNI chaining -------------------------------------------------------------------------
 
 
