@@ -263,6 +263,9 @@ class AgentConfig:
             raise ConfigError("at least one family, each at most once")
         if (self.deny_log is None) != (self.compiler.deny_log is None):
             raise ConfigError("the deny log needs both its file and its rules (--log-denied)")
+        if self.deny_log is not None and self.backend == "iptc":
+            # python-iptables fails (and crashed, on 1.0.1) committing hashlimit and NFLOG.
+            raise ConfigError("--log-denied needs --backend nft, legacy or auto, not iptc")
         if self.pod_cidrs and not self.compiler.isolate_unknown_pod_ips:
             raise ConfigError("--pod-cidr is only read with --isolate-unknown-pod-ips")
         if self.backend not in BACKENDS:

@@ -278,3 +278,19 @@ def test_rules_refuse_bad_settings() -> None:
     for bad in ({"group": 70000}, {"rate": 0}, {"burst": 0}, {"rate": 10_001}):
         with pytest.raises(ValueError):
             DenyLogRules(**bad)
+
+
+def test_the_flag_needs_a_restore_backend() -> None:
+    from agent.cli import _parser, agent_config
+
+    def config(*extra: str) -> Any:
+        args = _parser().parse_args(["run", "--node", "n1", "--log-denied", *extra])
+        return agent_config(args)
+
+    made = config("--log-denied-rate", "50", "--log-denied-file", "/tmp/d.log")
+    assert made.compiler.deny_log == DenyLogRules(rate=50)
+    assert made.deny_log is not None and made.deny_log.path == "/tmp/d.log"
+    with pytest.raises(SystemExit):
+        config("--backend", "iptc")
+    with pytest.raises(SystemExit):
+        config("--log-denied-group", "70000")
