@@ -307,8 +307,23 @@ def _verdict_dict(verdict: Verdict) -> dict[str, Any]:
     }
 
 
+def load_state_api(kubeconfig: str) -> BuiltState:
+    """The cluster as the API lists it now, read as ``run`` reads its watches."""
+    from agent.control.kube_source import ApiStatusError, list_cluster, make_api_client
+    from agent.policy.state import build_state
+
+    try:
+        client = make_api_client(kubeconfig)
+        objects = list_cluster(client)
+    except ApiStatusError as error:
+        raise UsageError(f"the API refused a list: {error}") from None
+    except Exception as error:  # unreadable kubeconfig, unreachable server
+        raise UsageError(f"cannot read the cluster: {type(error).__name__}: {error}") from None
+    return build_state(objects)
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
-    built = load_state_file(args.file)
+    built = load_state_api(args.kubeconfig) if args.kubeconfig else load_state_file(args.file)
     _report_problems(built)
     port, protocol = _port(args.port)
     version = 6 if args.family == (Family.IPV6,) else 4
@@ -424,11 +439,16 @@ def _parser() -> argparse.ArgumentParser:
     render.set_defaults(func=cmd_render, parser=render)
 
     why = commands.add_parser("explain", help="is a connection allowed, and which policies decide")
-    why.add_argument(
+    source = why.add_mutually_exclusive_group(required=True)
+    source.add_argument(
         "-f",
         "--file",
-        required=True,
         help="cluster objects: multi-document YAML or JSON, any *List (kubectl get -o yaml|json)",
+    )
+    source.add_argument(
+        "--kubeconfig",
+        help="read Namespaces, Pods, NetworkPolicies and Nodes from this cluster's API"
+        " instead (list permission on each)",
     )
     why.add_argument("--from", dest="source", required=True, help="NS/POD or an IP address")
     why.add_argument("--to", dest="destination", required=True, help="NS/POD or an IP address")
