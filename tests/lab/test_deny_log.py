@@ -247,3 +247,47 @@ def test_the_rate_limit_holds_under_a_flood_and_what_it_dropped_is_counted(
         assert nflogged == len(logged), (counts, len(logged))
         assert total == reached - nflogged, (total, counts)
         assert 0.9 * sent <= reached <= sent, (counts, sent)  # a SYN may be lost on the way
+
+
+@BOTH
+def test_an_address_no_known_pod_holds_is_logged_without_a_pod(
+    clean_lab: Lab, backend: Backend
+) -> None:
+    """--isolate-unknown-pod-ips drops a pod the agent does not know yet: its lines name
+    the address, no pod and no policy, on its node, both ways."""
+    from tests.lab.test_unknown_pod_ips import new_pod
+
+    lab = clean_lab
+    with (
+        new_pod(lab, 150) as pod,
+        agents_with_deny_log(lab, backend, "--isolate-unknown-pod-ips") as (_, paths),
+    ):
+        with in_netns(pod.netns):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        with sock:
+            sock.settimeout(0.5)
+            with contextlib.suppress(OSError):
+                sock.connect((lab.pod("y/b").ipv4, 80))
+        assert not tcp_connect_to(lab, "x/b", pod.ipv6, 80, 6)
+        found = wait_lines(paths["node-1"], 2)
+        time.sleep(1.5)
+        found = lines(paths["node-1"])
+        assert [(e["direction"], e["pod"], e["source"], e["destination"]) for e in found] == [
+            ("egress", None, pod.ipv4, "y/b"),
+            ("ingress", None, "x/b", pod.ipv6),
+        ], found
+        assert all(e["policies"] == [] and "no known pod holds" in e["reason"] for e in found)
+        assert lines(paths["node-2"]) == []
+
+
+def tcp_connect_to(lab: Lab, src: str, address: str, port: int, family: int) -> bool:
+    af = socket.AF_INET6 if family == 6 else socket.AF_INET
+    with in_netns(lab.endpoint(src).netns):
+        sock = socket.socket(af, socket.SOCK_STREAM)
+    with sock:
+        sock.settimeout(0.5)
+        try:
+            sock.connect((address, port))
+        except OSError:
+            return False
+        return True
