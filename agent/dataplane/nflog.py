@@ -1,5 +1,6 @@
 """An NFLOG group over nfnetlink_log, encoded and decoded by hand (like ``conntrack.py``:
-pyroute2 has no nfnetlink_log support), and the IP headers of the packets it carries.
+pyroute2 0.9.7 knows the subsystem's number and nothing of its messages), and the IP
+headers of the packets it carries.
 
 The agent binds one group in the node's network namespace, asks for the first bytes of
 each packet and for per-group sequence numbers. The kernel numbers the packets it logs to
