@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
+from typing import Literal
 
 from prometheus_client import CollectorRegistry
 
@@ -30,7 +31,8 @@ from agent.control.source import Source
 from agent.dataplane.backend import Backend, BackendError
 from agent.dataplane.conntrack import ConntrackTable
 from agent.dataplane.table import Dataplane
-from agent.model.objects import IPAddress
+from agent.model.objects import Direction, IPAddress
+from agent.observability.denylog import DenyLog
 from agent.observability.health import HealthServer, HealthState
 from agent.observability.metrics import Metrics
 from agent.observability.rulelog import RuleLog
@@ -219,6 +221,8 @@ def _run(config: AgentConfig, stop: threading.Event, startup_gc: StartupGc) -> i
     # write); full resyncs read the kernel and repair any drift.
     dataplane = Dataplane(backend, config.compiler.chain_prefix + "-", read_on_partial=False)
 
+    deny_log = start_deny_log(config, backend.name, observers.metrics)
+
     def on_addresses(addresses: tuple[IPAddress, ...]) -> None:
         if reconciler is not None:  # the watcher starts after the reconciler exists
             reconciler.on_node_addresses(addresses)
@@ -235,6 +239,7 @@ def _run(config: AgentConfig, stop: threading.Event, startup_gc: StartupGc) -> i
         # Both modes: flows of addresses that local pods gave up are deleted; strict
         # also judges established flows again after a policy change.
         flows=FlowRevoker(make_conntrack(), config.established_flows, config.compiler.revoked_mark),
+        on_written=deny_log.update_state if deny_log is not None else None,
     )
     try:
         try:
@@ -263,7 +268,52 @@ def _run(config: AgentConfig, stop: threading.Event, startup_gc: StartupGc) -> i
         source.stop()
         if watcher is not None:
             watcher.stop()
+        if deny_log is not None:
+            deny_log.stop()
         observers.stop()
+
+
+def start_deny_log(
+    config: AgentConfig, backend_name: str, metrics: Metrics | None
+) -> DenyLog | None:
+    """The deny log's reader (``--log-denied``, not with ``--once``). If its NFLOG group
+    cannot be bound, the agent says so and enforces without it: the log must never cost
+    the node its policies."""
+    if config.deny_log is None or config.compiler.deny_log is None or config.once:
+        return None
+    from agent.dataplane.nflog import NflogError
+    from agent.dataplane.restore_backend import packet_counts
+
+    # libiptc (iptc) is the legacy backend: its counters read like legacy's.
+    mode: Literal["nft", "legacy"] = "nft" if backend_name == "nft" else "legacy"
+    chains = {
+        family: {d: config.compiler.denied_chain(d) for d in Direction}
+        for family in config.families
+    }
+    if metrics is not None:
+        metrics.deny_log_enabled()
+    deny_log = DenyLog(
+        config.deny_log.path,
+        config.compiler.deny_log,
+        chains,
+        max_bytes=config.deny_log.max_bytes,
+        backups=config.deny_log.backups,
+        read_counters=lambda family, chain: packet_counts(mode, family, chain),
+        on_denied=(lambda line: metrics.denied(line.direction, line.namespace))
+        if metrics is not None
+        else None,
+        on_dropped=metrics.denied_log_lost if metrics is not None else None,
+    )
+    try:
+        deny_log.start()
+    except NflogError as error:
+        log.error("the deny log is off: %s (another program may hold the group)", error)
+        return None
+    log.info(
+        "deny log on",
+        extra={"kv": {"file": deny_log.path, "group": config.compiler.deny_log.group}},
+    )
+    return deny_log
 
 
 def start_cni(

@@ -13,9 +13,13 @@ from typing import Any, NoReturn, TypeVar
 from agent import config
 from agent.compiler.config import (
     DEFAULT_CHAIN_PREFIX,
+    DEFAULT_DENY_LOG_BURST,
+    DEFAULT_DENY_LOG_GROUP,
+    DEFAULT_DENY_LOG_RATE,
     DEFAULT_MARK,
     DEFAULT_REVOKED_MARK,
     CompilerConfig,
+    DenyLogRules,
     NodeContext,
     node_addresses,
     pod_cidrs,
@@ -28,6 +32,7 @@ from agent.config import (
     AgentConfig,
     CniConfig,
     ConfigError,
+    DenyLogConfig,
     Intervals,
     RuleLogConfig,
     SourceConfig,
@@ -36,6 +41,7 @@ from agent.control import cni_conf
 from agent.control.cni_server import DEFAULT_SOCKET as DEFAULT_CNI_SOCKET
 from agent.control.flows import EstablishedFlows
 from agent.model.objects import Protocol
+from agent.observability.denylog import DEFAULT_DENY_LOG
 from agent.observability.logs import configure_logging
 from agent.observability.rulelog import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES
 from agent.policy.explain import EndpointError, Verdict, explain, resolve_endpoint
@@ -124,6 +130,30 @@ def _add_compiler_options(parser: argparse.ArgumentParser) -> None:
         " agent knows holds yet (replies and the node's own traffic pass)",
     )
     parser.add_argument(
+        "--log-denied",
+        action="store_true",
+        help="log each denied connection, attributed to its pod and policies (NFLOG with a"
+        " kernel rate limit; off by default: without it no NFLOG rule exists)",
+    )
+    parser.add_argument(
+        "--log-denied-group",
+        type=_count("--log-denied-group", 0),
+        default=DEFAULT_DENY_LOG_GROUP,
+        help="the NFLOG group the agent reads (default %(default)s)",
+    )
+    parser.add_argument(
+        "--log-denied-rate",
+        type=_count("--log-denied-rate", 1),
+        default=DEFAULT_DENY_LOG_RATE,
+        help="denied packets logged a second, per node and IP family (default %(default)s)",
+    )
+    parser.add_argument(
+        "--log-denied-burst",
+        type=_count("--log-denied-burst", 1),
+        default=DEFAULT_DENY_LOG_BURST,
+        help="how many may be logged at once above the rate (default %(default)s)",
+    )
+    parser.add_argument(
         "--pod-cidr",
         type=_flag(config.parse_pod_cidr),
         action="append",
@@ -148,9 +178,16 @@ def compiler_config(args: argparse.Namespace) -> CompilerConfig:
             args.allow_mark,
             args.reject,
             isolate_unknown_pod_ips=args.isolate_unknown_pod_ips,
+            deny_log=_deny_log_rules(args),
         )
     except ConfigError as error:
         _usage_error(args, str(error))
+
+
+def _deny_log_rules(args: argparse.Namespace) -> DenyLogRules | None:
+    if not args.log_denied:
+        return None
+    return config.deny_log_rules(args.log_denied_group, args.log_denied_rate, args.log_denied_burst)
 
 
 def agent_config(args: argparse.Namespace) -> AgentConfig:
@@ -170,6 +207,7 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
                 args.reject,
                 isolate_unknown_pod_ips=args.isolate_unknown_pod_ips,
                 revoked_mark=args.revoked_mark or 0,
+                deny_log=_deny_log_rules(args),
             ),
             backend=args.backend,
             source=SourceConfig(file=args.source_file, kubeconfig=args.kubeconfig),
@@ -183,6 +221,11 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
             rule_log=rule_log,
             verbose=args.verbose,
             cni=_cni_config(args),
+            deny_log=DenyLogConfig(
+                args.log_denied_file, args.log_denied_max_bytes, args.log_denied_backups
+            )
+            if args.log_denied
+            else None,
         )
     except ConfigError as error:
         _usage_error(args, str(error))
@@ -266,8 +309,23 @@ def _verdict_dict(verdict: Verdict) -> dict[str, Any]:
     }
 
 
+def load_state_api(kubeconfig: str) -> BuiltState:
+    """The cluster as the API lists it now, read as ``run`` reads its watches."""
+    from agent.control.kube_source import ApiStatusError, list_cluster, make_api_client
+    from agent.policy.state import build_state
+
+    try:
+        client = make_api_client(kubeconfig)
+        objects = list_cluster(client)
+    except ApiStatusError as error:
+        raise UsageError(f"the API refused a list: {error}") from None
+    except Exception as error:  # unreadable kubeconfig, unreachable server
+        raise UsageError(f"cannot read the cluster: {type(error).__name__}: {error}") from None
+    return build_state(objects)
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
-    built = load_state_file(args.file)
+    built = load_state_api(args.kubeconfig) if args.kubeconfig else load_state_file(args.file)
     _report_problems(built)
     port, protocol = _port(args.port)
     version = 6 if args.family == (Family.IPV6,) else 4
@@ -383,11 +441,16 @@ def _parser() -> argparse.ArgumentParser:
     render.set_defaults(func=cmd_render, parser=render)
 
     why = commands.add_parser("explain", help="is a connection allowed, and which policies decide")
-    why.add_argument(
+    source = why.add_mutually_exclusive_group(required=True)
+    source.add_argument(
         "-f",
         "--file",
-        required=True,
         help="cluster objects: multi-document YAML or JSON, any *List (kubectl get -o yaml|json)",
+    )
+    source.add_argument(
+        "--kubeconfig",
+        help="read Namespaces, Pods, NetworkPolicies and Nodes from this cluster's API"
+        " instead (list permission on each)",
     )
     why.add_argument("--from", dest="source", required=True, help="NS/POD or an IP address")
     why.add_argument("--to", dest="destination", required=True, help="NS/POD or an IP address")
@@ -479,6 +542,21 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--rule-log-backups",
         type=_count("--rule-log-backups", 0),
+        default=DEFAULT_BACKUPS,
+    )
+    run.add_argument(
+        "--log-denied-file",
+        default=DEFAULT_DENY_LOG,
+        help="the deny log, with --log-denied (default %(default)s)",
+    )
+    run.add_argument(
+        "--log-denied-max-bytes",
+        type=_count("--log-denied-max-bytes", 1),
+        default=DEFAULT_MAX_BYTES,
+    )
+    run.add_argument(
+        "--log-denied-backups",
+        type=_count("--log-denied-backups", 0),
         default=DEFAULT_BACKUPS,
     )
     _add_cni_options(run)

@@ -13,9 +13,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from agent.compiler.config import DEFAULT_REVOKED_MARK, CompilerConfig
+from agent.compiler.config import DEFAULT_REVOKED_MARK, CompilerConfig, DenyLogRules
 from agent.control.flows import EstablishedFlows
 from agent.model.objects import IPAddress, IPNetwork
+from agent.observability.denylog import DEFAULT_DENY_LOG
 from agent.observability.health import parse_address
 from agent.observability.rulelog import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES, MIN_MAX_BYTES
 from agent.rules import Family
@@ -95,6 +96,15 @@ def parse_backend(text: str) -> BackendChoice:
     return text
 
 
+def deny_log_rules(group: int, rate: int, burst: int) -> DenyLogRules:
+    try:
+        return DenyLogRules(group=group, rate=rate, burst=burst)
+    except ValueError as error:
+        raise ConfigError(
+            f"{error} (--log-denied-group, --log-denied-rate, --log-denied-burst)"
+        ) from None
+
+
 def parse_established_flows(text: str) -> EstablishedFlows:
     try:
         return EstablishedFlows(text)
@@ -109,6 +119,7 @@ def compiler_config(
     *,
     isolate_unknown_pod_ips: bool = False,
     revoked_mark: int = 0,
+    deny_log: DenyLogRules | None = None,
 ) -> CompilerConfig:
     try:
         return CompilerConfig(
@@ -117,6 +128,7 @@ def compiler_config(
             reject=reject,
             isolate_unknown_pod_ips=isolate_unknown_pod_ips,
             revoked_mark=revoked_mark,
+            deny_log=deny_log,
         )
     except ValueError as error:
         raise ConfigError(
@@ -160,6 +172,27 @@ class RuleLogConfig:
             )
         if self.backups < 0:
             raise ConfigError(f"--rule-log-backups {self.backups} is negative")
+
+
+@dataclass(frozen=True, slots=True)
+class DenyLogConfig:
+    """``--log-denied``: the file of attributed lines (its rules are the compiler's
+    ``deny_log``)."""
+
+    path: str = DEFAULT_DENY_LOG
+    max_bytes: int = DEFAULT_MAX_BYTES
+    backups: int = DEFAULT_BACKUPS
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ConfigError("--log-denied-file must name a file")
+        if self.max_bytes < MIN_MAX_BYTES:
+            raise ConfigError(
+                f"--log-denied-max-bytes {self.max_bytes} is below {MIN_MAX_BYTES} (an"
+                " uncapped log can fill the node's disk)"
+            )
+        if self.backups < 0:
+            raise ConfigError(f"--log-denied-backups {self.backups} is negative")
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +258,9 @@ class AgentConfig:
     rule_log: RuleLogConfig | None = field(default_factory=lambda: RuleLogConfig(DEFAULT_RULE_LOG))
     verbose: bool = False
     cni: CniConfig | None = None  # None: no CNI socket (pods are enforced from their status)
+    # --log-denied: where the lines go; the rules come with compiler.deny_log (both or
+    # neither).
+    deny_log: DenyLogConfig | None = None
 
     def __post_init__(self) -> None:
         name = self.node_name.strip()
@@ -234,6 +270,11 @@ class AgentConfig:
             raise ConfigError(f"--node {self.node_name!r} is not a valid node name")
         if not self.families or len(set(self.families)) != len(self.families):
             raise ConfigError("at least one family, each at most once")
+        if (self.deny_log is None) != (self.compiler.deny_log is None):
+            raise ConfigError("the deny log needs both its file and its rules (--log-denied)")
+        if self.deny_log is not None and self.backend == "iptc":
+            # python-iptables fails (and crashed, on 1.0.1) committing hashlimit and NFLOG.
+            raise ConfigError("--log-denied needs --backend nft, legacy or auto, not iptc")
         if self.pod_cidrs and not self.compiler.isolate_unknown_pod_ips:
             raise ConfigError("--pod-cidr is only read with --isolate-unknown-pod-ips")
         if self.backend not in BACKENDS:

@@ -17,6 +17,48 @@ MAX_PREFIX = 8
 # Neighbour discovery: router solicitation/advertisement, neighbour solicitation/
 # advertisement, redirect. Bridged with br_netfilter, these cross FORWARD.
 NEIGHBOUR_DISCOVERY_TYPES = (133, 134, 135, 136, 137)
+DEFAULT_DENY_LOG_GROUP = 100
+DEFAULT_DENY_LOG_RATE = 10  # packets a second, per node and family
+DEFAULT_DENY_LOG_BURST = 20
+MAX_DENY_LOG_RATE = 10_000
+# Bytes of each denied packet copied to the agent: an IPv6 header with a few extension
+# headers and the transport header's ports and flags fit.
+DENY_LOG_COPY_BYTES = 128
+DENY_LOG_PREFIX = "npa:"
+
+
+@dataclass(frozen=True, slots=True)
+class DenyLogRules:
+    """``--log-denied``: before each drop of a new connection, jump to a log chain of the
+    drop's direction, where a kernel rate limit shared by every drop site of the family
+    (one hashlimit table, one bucket) lets packets through to an NFLOG group."""
+
+    group: int = DEFAULT_DENY_LOG_GROUP
+    rate: int = DEFAULT_DENY_LOG_RATE
+    burst: int = DEFAULT_DENY_LOG_BURST
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.group <= 0xFFFF:
+            raise ValueError(f"the deny log's NFLOG group must be 0-65535, not {self.group}")
+        if not 1 <= self.rate <= MAX_DENY_LOG_RATE:
+            raise ValueError(
+                f"the deny log's rate must be 1-{MAX_DENY_LOG_RATE} a second, not {self.rate}"
+            )
+        if not 1 <= self.burst <= MAX_DENY_LOG_RATE:
+            raise ValueError(
+                f"the deny log's burst must be 1-{MAX_DENY_LOG_RATE}, not {self.burst}"
+            )
+
+    def hashlimit_name(self, chain_prefix: str) -> str:
+        """The kernel's hashlimit table (at most 15 characters). It carries the rate and
+        burst: a table is found by name, and a rule written while an older rule still
+        holds the name would take the older table with its old rate."""
+        key = f"{chain_prefix}|{self.rate}|{self.burst}"
+        return "npad" + hashlib.sha256(key.encode()).hexdigest()[:11]
+
+    @staticmethod
+    def nflog_prefix(direction: Direction) -> str:
+        return DENY_LOG_PREFIX + direction.short
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +73,8 @@ class CompilerConfig:
     # Drop traffic to and from addresses of the node's pod CIDRs that no local pod holds
     # yet (a pod the agent does not know of yet), after the node exemption.
     isolate_unknown_pod_ips: bool = False
+    # --log-denied: the log chains and the jumps to them before each drop (None: none).
+    deny_log: DenyLogRules | None = None
 
     def __post_init__(self) -> None:
         if not self.chain_prefix or len(self.chain_prefix) > MAX_PREFIX:
@@ -66,6 +110,10 @@ class CompilerConfig:
         """Where the addresses of the node's pod CIDRs that no local pod holds are dropped:
         at the source (``EGRESS``) or at the destination (``INGRESS``)."""
         return self.name(f"UNKNOWN-{direction.name}")
+
+    def denied_chain(self, direction: Direction) -> str:
+        """The deny log's chain for drops in ``direction`` (``--log-denied``)."""
+        return self.name(f"DENIED-{direction.name}")
 
     @property
     def mark_text(self) -> str:

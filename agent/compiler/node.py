@@ -104,6 +104,16 @@ class NodeCompiler:
         self.config = config or CompilerConfig()
         self.version = family.version
         self._render = Renderer(self.config, self.version)
+        # --log-denied: the log chains, always programmed (fixed content): every drop
+        # site jumps to one of them.
+        self._log_units = (
+            tuple(
+                self._render.unit([self._render.denied_log_chain(direction)])
+                for direction in Direction
+            )
+            if self.config.deny_log is not None
+            else ()
+        )
         self._generation = -1  # of the ClusterIndex last compiled
         self._reset()
 
@@ -134,6 +144,8 @@ class NodeCompiler:
         self._dirty_namespaces: set[str] = set()
         self._dirty_pods: set[str] = set()
         self.isolated: dict[Direction, int] = {}  # local pods isolated, by direction
+        for unit in self._log_units:
+            self._register(unit)
 
     # --- public ---------------------------------------------------------------------
 
@@ -249,7 +261,7 @@ class NodeCompiler:
     def _walk(self, state: PolicyView) -> None:
         """Everything reachable from the entry chain, and nothing else."""
         units: dict[str, Unit] = {}
-        pending = [self._index[self.config.entry_chain]]
+        pending = [self._index[self.config.entry_chain], *self._log_units]
         while pending:
             unit = pending.pop()
             if unit.root in units:
@@ -493,7 +505,7 @@ class NodeCompiler:
         if known is not None:
             return self._register(known)
         comment = f"quarantined: unreadable labels, spec or namespace; deny {direction.short}"
-        chain = Chain(name, (self._render.deny(comment, ""),))
+        chain = Chain(name, self._render.deny(comment, direction))
         return self._register(self._render.unit([chain]))
 
     def _set_unit(
@@ -616,7 +628,7 @@ class NodeCompiler:
         chains = [
             chain
             if chain.rules and chain.rules[-1].goto and _unconditional(chain.rules[-1])
-            else Chain(chain.name, (*chain.rules, deny))
+            else Chain(chain.name, (*chain.rules, *deny))
             for chain in tree
         ]
         unit = self._render.unit(chains)

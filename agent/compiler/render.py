@@ -13,7 +13,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from agent.compiler import cidr
-from agent.compiler.config import NEIGHBOUR_DISCOVERY_TYPES, CompilerConfig
+from agent.compiler.config import (
+    DENY_LOG_COPY_BYTES,
+    NEIGHBOUR_DISCOVERY_TYPES,
+    CompilerConfig,
+)
 from agent.model.objects import Direction, IPAddress, IPBlock, IPNetwork, Protocol
 from agent.rules import Chain, Match, Rule, escape_comment
 from agent.rules.ruleset import MAX_COMMENT_TEXT
@@ -79,11 +83,61 @@ class Renderer:
             pod=pod,
         )
 
-    def deny(self, comment: str, pod: str) -> Rule:
+    def deny(self, comment: str, direction: Direction) -> tuple[Rule, ...]:
+        """The drop of a denied connection; with the deny log, a jump to the log chain of
+        ``direction`` first (it only logs and always returns)."""
+        rules: tuple[Rule, ...] = ()
+        if self.config.deny_log is not None:
+            log_chain = self.config.denied_chain(direction)
+            rules = (Rule(log_chain, f"netpol-agent: log denied {direction.short}"),)
         if not self.config.reject:
-            return Rule("DROP", comment, pod=pod)
+            return (*rules, Rule("DROP", comment))
         reject_with = "icmp-port-unreachable" if self.version == 4 else "icmp6-port-unreachable"
-        return Rule("REJECT", comment, target_options=(("--reject-with", reject_with),), pod=pod)
+        return (*rules, Rule("REJECT", comment, target_options=(("--reject-with", reject_with),)))
+
+    def denied_log_chain(self, direction: Direction) -> Chain:
+        """``--log-denied``: what reaches a drop of ``direction`` is logged here, at most
+        the rate limit's packets, and counted. Only a connection's first packet is logged
+        (the entry chain already returned replies and established flows; a TCP segment
+        that is not a bare SYN or a packet conntrack calls INVALID is not a new
+        connection). The last rule matches every packet that reached the rate limit, so
+        its counter minus the NFLOG rule's is what the limit kept out of the log."""
+        rules_config = self.config.deny_log
+        assert rules_config is not None
+        limit = Match(
+            "hashlimit",
+            (
+                ("--hashlimit-upto", f"{rules_config.rate}/sec"),
+                ("--hashlimit-burst", str(rules_config.burst)),
+                ("--hashlimit-name", rules_config.hashlimit_name(self.config.chain_prefix)),
+            ),
+        )
+        nflog = (
+            ("--nflog-group", str(rules_config.group)),
+            ("--nflog-prefix", rules_config.nflog_prefix(direction)),
+            ("--nflog-size", str(DENY_LOG_COPY_BYTES)),
+        )
+        rules = (
+            Rule(
+                "RETURN",
+                "netpol-agent: not the first packet of a connection",
+                protocol="tcp",
+                matches=(Match("tcp", (("!", ""), ("--syn", ""))),),
+            ),
+            Rule(
+                "RETURN",
+                "netpol-agent: not a new connection",
+                matches=(Match("conntrack", (("!", ""), ("--ctstate", "NEW"))),),
+            ),
+            Rule(
+                "NFLOG",
+                f"netpol-agent: log denied {direction.short}, rate-limited",
+                matches=(limit,),
+                target_options=nflog,
+            ),
+            Rule("RETURN", f"netpol-agent: denied {direction.short} (counted)"),
+        )
+        return Chain(self.config.denied_chain(direction), rules)
 
     @staticmethod
     def at(direction: Direction, address: str, rule: Rule) -> Rule:
@@ -287,7 +341,9 @@ class Renderer:
             rules.append(Rule(chain, f"policy {policy_key}", policy=policy_key))
             rules.append(self.if_allowed_return(f"allowed by {policy_key}", policy_key))
         text = ", ".join(isolating)
-        rules.append(self.deny(f"default deny {direction.short} (isolated by {text})"[:200], ""))
+        rules.extend(
+            self.deny(f"default deny {direction.short} (isolated by {text})"[:200], direction)
+        )
         return Chain(name, tuple(rules))
 
     def known_leaf(
@@ -305,9 +361,9 @@ class Renderer:
             for address in addresses
         ]
 
-    def unknown_deny(self, direction: Direction) -> Rule:
+    def unknown_deny(self, direction: Direction) -> tuple[Rule, ...]:
         end = "from" if direction is Direction.EGRESS else "to"
-        return self.deny(f"netpol-agent: {end} a pod address no known pod holds", "")
+        return self.deny(f"netpol-agent: {end} a pod address no known pod holds", direction)
 
     def entry_chain(
         self, node_addresses: Sequence[IPAddress], pod_cidrs: Sequence[IPNetwork] = ()

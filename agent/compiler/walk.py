@@ -1,8 +1,9 @@
 """A tiny, pure model of how netfilter walks a compiled :class:`Ruleset`.
 
 It follows exactly the constructs the compiler emits -- ``-s``/``-d``/``-p``, the
-``conntrack``, ``addrtype``, ``mark``, ``connmark``, ``tcp``/``udp``/``sctp``, ``multiport`` and
-``icmp6`` matches, and the ``-j``/``-g``/RETURN/MARK/DROP/REJECT targets -- and refuses
+``conntrack``, ``addrtype``, ``mark``, ``connmark``, ``tcp``/``udp``/``sctp`` (and ``--syn``),
+``multiport``, ``icmp6`` and ``hashlimit`` matches, negated with ``!``, and the
+``-j``/``-g``/RETURN/MARK/DROP/REJECT/NFLOG targets -- and refuses
 anything else, so a new construct in the compiler fails loudly here instead of being
 silently misjudged. It also checks what iptables itself would reject (a port match
 without ``-p``, a jump to a chain that does not exist, a jump loop).
@@ -95,7 +96,17 @@ def _option(match: Match, name: str) -> str:
 def _match_module(
     match: Match, rule: Rule, packet: Packet, local: frozenset[IPAddress], mark: int
 ) -> bool:
+    if match.options[:1] == (("!", ""),):
+        return not _match_module(Match(match.module, match.options[1:]), rule, packet, local, mark)
     module = match.module
+    if module == "hashlimit":
+        # A rate limit decides only whether the deny log gets a line, never a verdict:
+        # the model lets everything through it.
+        return True
+    if module == "tcp" and dict(match.options).keys() == {"--syn"}:
+        if rule.protocol != "tcp":
+            raise WalkError("--syn needs -p tcp")
+        return packet.protocol == "tcp"  # a connection's first packet: a bare SYN
     if module == "conntrack":
         states = _option(match, "--ctstate").split(",")
         return packet.ctstate in states
@@ -184,6 +195,8 @@ def walk(ruleset: Ruleset, packet: Packet, local_addresses: Iterable[IPAddress] 
             return Outcome(target, mark, tuple(trace), evaluated)
         elif target == "ACCEPT":
             return Outcome("ACCEPT", mark, tuple(trace), evaluated)
+        elif target == "NFLOG":
+            index += 1  # the deny log: a copy to the agent, no verdict
         elif target == "MARK":
             options = dict(rule.target_options)
             if set(options) != {"--set-xmark"}:
@@ -228,7 +241,7 @@ def validate(ruleset: Ruleset) -> None:
             where = f"{chain.name}[{index}]"
             if rule.goto and rule.target not in ruleset.chains:
                 raise WalkError(f"{where}: -g to missing chain {rule.target}")
-            if rule.target not in ("RETURN", "DROP", "REJECT", "ACCEPT", "MARK") and (
+            if rule.target not in ("RETURN", "DROP", "REJECT", "ACCEPT", "MARK", "NFLOG") and (
                 rule.target not in ruleset.chains
             ):
                 raise WalkError(f"{where}: -j to missing chain {rule.target}")

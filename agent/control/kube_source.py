@@ -731,3 +731,35 @@ class KubeSource:
                     error,
                 )
                 raise
+
+
+_API_VERSIONS = {
+    Kind.POD: "v1",
+    Kind.NAMESPACE: "v1",
+    Kind.NETWORK_POLICY: "networking.k8s.io/v1",
+    Kind.NODE: "v1",
+}
+
+
+def list_cluster(api_client: Any, config: KubeSourceConfig | None = None) -> list[dict[str, Any]]:
+    """One paged list of Namespaces, NetworkPolicies, Pods and Nodes, trimmed as the
+    watch trims them, each with its ``kind`` and ``apiVersion`` (list items carry
+    neither): what ``explain --kubeconfig`` judges, read as ``run`` reads it.
+
+    Raises ApiStatusError (the server refused: RBAC, not found...) or urllib3's errors
+    (unreachable)."""
+    stopping = threading.Event()
+    objects: list[dict[str, Any]] = []
+    for kind in (Kind.NAMESPACE, Kind.NETWORK_POLICY, Kind.POD, Kind.NODE):
+        watcher = _KindWatcher(
+            api_client,
+            RESOURCES[kind],
+            None,
+            config or KubeSourceConfig(),
+            lambda _: None,
+            stopping,
+        )
+        store, _ = watcher._list()
+        for trimmed in store.values():
+            objects.append({"apiVersion": _API_VERSIONS[kind], "kind": kind.value, **trimmed})
+    return objects

@@ -54,6 +54,7 @@ from agent.model.objects import (
     PodPhase,
 )
 from agent.policy.index import ClusterIndex, TrackedStore
+from agent.policy.state import ClusterState
 from agent.rules import Family, Ruleset
 from agent.runtime.backoff import Backoff
 from agent.runtime.runner import BoundedFrequencyRunner, Clock, Reason
@@ -139,6 +140,7 @@ class Reconciler:
         kernel_addresses: Callable[[], tuple[IPAddress, ...]] | None = None,
         on_heartbeat: Callable[[], None] | None = None,
         flows: FlowRevoker | None = None,
+        on_written: Callable[[ClusterState], None] | None = None,
         clock: Clock = time.monotonic,
         wait: Callable[[float], None] | None = None,
     ) -> None:
@@ -148,6 +150,9 @@ class Reconciler:
         self._observers = tuple(observers)
         self._kernel_addresses = kernel_addresses
         self._flows = flows
+        # Told the cluster as the rules just written enforce it (a snapshot it may keep
+        # and read from another thread): the deny log attributes drops with it.
+        self._on_written = on_written
         # Local pod addresses and who held them after the last pass that looked at the
         # conntrack table: an address that leaves (or changes hands) has its flows deleted.
         self._local_owners: dict[IPAddress, tuple[str, str]] | None = None  # (key, uid)
@@ -574,6 +579,17 @@ class Reconciler:
             with self._lock:  # the rules of every batch up to seq are in the kernel
                 self._written_seq = max(self._written_seq, seq)
                 self._written.notify_all()
+            if self._on_written is not None:
+                written = ClusterState(
+                    dict(state.namespaces),
+                    dict(state.pods),
+                    dict(state.policies),
+                    dict(state.nodes),
+                )
+                try:
+                    self._on_written(written)
+                except Exception:  # never breaks enforcement
+                    log.exception("on_written failed")
         flows: FlowReport | None = None
         if error is None and report is not None and self._flows is not None:
             flows = self._revoke_flows(cause, state, rulesets, report)

@@ -6,6 +6,7 @@ The nft and legacy variants are named explicitly: the alternatives-selected
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -106,3 +107,29 @@ class RestoreBackend:
 
     def cleanup(self, family: Family, prefix: str) -> ApplyResult:
         return cleanup_with(self, family, prefix)
+
+
+_COUNTERS = re.compile(r" -c (\d+) \d+")
+
+
+def packet_counts(mode: Mode, family: Family, chain: str, timeout: float = 10.0) -> tuple[int, ...]:
+    """The packet counter of each rule of ``chain`` (``iptables -S CHAIN -v``), in order.
+
+    One small chain: nft reads only that chain; legacy reads the table's blob (as a save
+    does) and prints one chain. BackendError if the binary fails (e.g. no such chain).
+    """
+    binary = f"{'iptables' if family is Family.IPV4 else 'ip6tables'}-{mode}"
+    result = run([binary, "-w", "-t", "filter", "-S", chain, "-v"], stdin=None, timeout=timeout)
+    if result.returncode != 0:
+        raise BackendError(
+            f"{binary} -S {chain} failed (exit {result.returncode}): {result.stderr}"
+        )
+    counts: list[int] = []
+    for line in result.stdout.splitlines():
+        if line.startswith("-A "):
+            # The counters come after the matches (a comment could hold " -c "): the last.
+            found = _COUNTERS.findall(line)
+            if not found:
+                raise BackendError(f"{binary} -S {chain} -v printed a rule without counters")
+            counts.append(int(found[-1]))
+    return tuple(counts)

@@ -84,6 +84,14 @@ METRICS: Final[tuple[tuple[str, str, str, str], ...]] = (
     ("cni_add_failures_total", "counter", "result: timeout, error",
      "CNI ADDs the agent did not confirm: timeout (the pod unknown or its rules not "
      "written in time), error (refused)."),
+    ("denied_connections_total", "counter", "direction,namespace",
+     "Connections a policy denied on this node, as written to the deny log "
+     "(--log-denied): direction egress (the source pod's) or ingress (the destination "
+     "pod's), namespace of that pod (empty: an address no known pod holds)."),
+    ("denied_log_dropped_total", "counter", "reason",
+     "Denied packets the deny log has no line for: rate_limit (the kernel's rate limit "
+     "kept them from the agent; retransmissions count), overflow (logged by the kernel, "
+     "lost in a full socket buffer)."),
     ("watch_restarts_total", "counter", "kind",
      "Watches of the API server that ended and were restarted."),
     ("relists_total", "counter", "kind",
@@ -195,6 +203,8 @@ class Metrics:
         self.cni_add_failures = counter("cni_add_failures_total", ("result",))
         for result in ("timeout", "error"):
             self.cni_add_failures.labels(result=result)
+        self.denied_connections = counter("denied_connections_total", ("direction", "namespace"))
+        self.denied_log_dropped = counter("denied_log_dropped_total", ("reason",))
         # Both kinds exist from the start, so rate() and absent() behave before any sync.
         for kind in ("full", "partial"):
             self.sync_duration.labels(kind=kind)
@@ -207,6 +217,17 @@ class Metrics:
         self.cni_add_duration.observe(seconds)
         if result != "ok":
             self.cni_add_failures.labels(result=result).inc()
+
+    def deny_log_enabled(self) -> None:
+        """With --log-denied, the drop counters exist from the start (rate() works)."""
+        for reason in ("rate_limit", "overflow"):
+            self.denied_log_dropped.labels(reason=reason)
+
+    def denied(self, direction: str, namespace: str) -> None:
+        self.denied_connections.labels(direction=direction, namespace=namespace).inc()
+
+    def denied_log_lost(self, reason: str, count: int) -> None:
+        self.denied_log_dropped.labels(reason=reason).inc(count)
 
     # -- SyncObserver --------------------------------------------------------------------
 

@@ -80,6 +80,7 @@ import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from agent.control.flows import RevokedFlow, RevokeReason
 from agent.control.outcome import Cause, ObjectChange, SyncOutcome
@@ -453,27 +454,34 @@ class RotatingWriter:
         self._ensure_open()
 
 
-class RuleLog:
-    """The rule-change log, as a ``SyncObserver``.
+class JsonLine(Protocol):
+    def to_json(self) -> str: ...
 
-    ``RuleLog(path, max_bytes, backups)``; call ``sync_finished(outcome)`` after every
-    pass (``changes_queued`` is a no-op). Never raises for I/O problems.
-    """
+
+class JsonLinesLog:
+    """A size-capped JSON Lines file that never raises for I/O problems: the rule-change
+    log and the deny log. ``what`` and ``flag`` name it in the one warning a failing
+    file gets."""
 
     def __init__(
         self,
         path: str,
         max_bytes: int = DEFAULT_MAX_BYTES,
         backups: int = DEFAULT_BACKUPS,
+        *,
+        what: str = "rule-change log",
+        flag: str = "--rule-log",
     ) -> None:
         if max_bytes < MIN_MAX_BYTES:
             raise ValueError(
-                f"rule log max bytes must be at least {MIN_MAX_BYTES} (an uncapped log "
+                f"{what} max bytes must be at least {MIN_MAX_BYTES} (an uncapped log "
                 f"can fill the node's disk), not {max_bytes}"
             )
         if backups < 0:
-            raise ValueError(f"rule log backups must be 0 or more, not {backups}")
+            raise ValueError(f"{what} backups must be 0 or more, not {backups}")
         self.path = path
+        self.what = what
+        self._flag = flag
         self._writer = RotatingWriter(path, max_bytes, backups)
         self._lock = threading.Lock()
         self._failing = False
@@ -481,15 +489,7 @@ class RuleLog:
         self.lines_written = 0
         self.lines_dropped = 0
 
-    def sync_finished(self, outcome: SyncOutcome) -> None:
-        entries = entries_for(outcome)
-        if entries:
-            self.write(entries)
-
-    def changes_queued(self, at: float) -> None:
-        pass
-
-    def write(self, entries: Iterable[Entry]) -> None:
+    def write(self, entries: Iterable[JsonLine]) -> None:
         lines = [(entry.to_json() + "\n").encode() for entry in entries]
         if not lines:
             return
@@ -504,7 +504,7 @@ class RuleLog:
             self.lines_written += len(lines)
             if self._failing:
                 self._failing = False
-                log.info("rule-change log %s is writable again", self.path)
+                log.info("%s %s is writable again", self.what, self.path)
 
     def close(self) -> None:
         with self._lock:
@@ -513,16 +513,33 @@ class RuleLog:
     def _report_failure(self, error: OSError) -> None:
         self._failing = True
         if self._warned:
-            log.debug("rule-change log %s: %s", self.path, error)
+            log.debug("%s %s: %s", self.what, self.path, error)
             return
         self._warned = True
         hint = ""
         if error.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-            hint = " (mount a writable directory or pass --rule-log='' to disable it)"
+            hint = f" (mount a writable directory or pass {self._flag}='' to disable it)"
         log.warning(
-            "cannot write the rule-change log %s: %s%s; the agent keeps enforcing policy "
+            "cannot write the %s %s: %s%s; the agent keeps enforcing policy "
             "without it (this warning is not repeated)",
+            self.what,
             self.path,
             error.strerror or error,
             hint,
         )
+
+
+class RuleLog(JsonLinesLog):
+    """The rule-change log, as a ``SyncObserver``.
+
+    ``RuleLog(path, max_bytes, backups)``; call ``sync_finished(outcome)`` after every
+    pass (``changes_queued`` is a no-op). Never raises for I/O problems.
+    """
+
+    def sync_finished(self, outcome: SyncOutcome) -> None:
+        entries = entries_for(outcome)
+        if entries:
+            self.write(entries)
+
+    def changes_queued(self, at: float) -> None:
+        pass
