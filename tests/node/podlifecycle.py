@@ -168,6 +168,37 @@ def sandbox_times(cluster: NodeCluster, node: str, ns: str) -> dict[str, float]:
     return took
 
 
+@dataclass(frozen=True)
+class CniAdds:
+    """The agent's own count of CNI ADDs on a node (``/metrics``)."""
+
+    count: int
+    seconds: float  # summed time from ADD received to the agent's answer
+    failures: int  # ADDs that timed out or failed
+
+    def __sub__(self, other: CniAdds) -> CniAdds:
+        return CniAdds(
+            self.count - other.count, self.seconds - other.seconds, self.failures - other.failures
+        )
+
+
+def cni_adds(cluster: NodeCluster, node: str) -> CniAdds:
+    """``netpol_agent_cni_add_duration_seconds`` and ``_failures_total`` of the node's agent."""
+    text = cluster.run_on_node(
+        node, ["curl", "-sf", "--max-time", "5", "http://127.0.0.1:9872/metrics"], check=True
+    ).stdout
+    values = {"count": 0.0, "sum": 0.0, "failures": 0.0}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name == "netpol_agent_cni_add_duration_seconds_count":
+            values["count"] = float(value)
+        elif name == "netpol_agent_cni_add_duration_seconds_sum":
+            values["sum"] = float(value)
+        elif name.startswith("netpol_agent_cni_add_failures_total"):
+            values["failures"] += float(value)
+    return CniAdds(int(values["count"]), values["sum"], int(values["failures"]))
+
+
 def run_batch(cluster: NodeCluster, world: World, first: int, count: int) -> list[PodStart]:
     names = [f"start-{n:03d}" for n in range(first, first + count)]
     starts = {
@@ -284,6 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with _cluster() as (cluster, image):
         world = setup(cluster)
         chained = False
+        notes: list[str] = []
         try:
             for config in CONFIGS:
                 if args.config and config.name not in args.config:
@@ -294,7 +326,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                     cluster.cleanup_agent_cni(image)
                 config.deploy(cluster, image)
                 chained = "cni" in config.components
+                before = {n: cni_adds(cluster, n) for n in world.nodes} if chained else {}
                 results[config.name] = measure(cluster, world, args.starts, batch=args.batch)
+                if chained:
+                    adds = [cni_adds(cluster, n) - before[n] for n in world.nodes]
+                    count, seconds = sum(a.count for a in adds), sum(a.seconds for a in adds)
+                    notes.append(
+                        f"{config.name}: the agents answered {count} ADDs, mean "
+                        f"{seconds / max(count, 1) * 1000:.0f} ms from request to answer, "
+                        f"{sum(a.failures for a in adds)} failed"
+                    )
                 print(f"{config.name}: done", file=sys.stderr, flush=True)
         finally:
             teardown(cluster, world)
@@ -303,6 +344,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"time, each probing for {WINDOW:g} s, attempts every {INTERVAL}):\n"
     )
     print(report(results))
+    for note in notes:
+        print(f"\n{note}")
     print(f"\n(took {time.monotonic() - began:.0f} s)")
     return 0
 

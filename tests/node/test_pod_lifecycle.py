@@ -48,6 +48,7 @@ from tests.node.podlifecycle import (
     PLUGIN,
     PodStart,
     World,
+    cni_adds,
     measure,
     report,
     setup,
@@ -101,9 +102,20 @@ class Lifecycle:
         self.results[name] = starts
         print(f"\n{report({name: starts})}", file=sys.stderr)
 
-    def measure(self, name: str) -> list[PodStart]:
+    def measure(self, name: str, *, plugin: bool = False) -> list[PodStart]:
+        before = {n: cni_adds(self.cluster, n) for n in self.world.nodes} if plugin else {}
         starts = measure(self.cluster, self.world, STARTS, batch=BATCH)
         self.record(name, starts)
+        if plugin:
+            adds = [cni_adds(self.cluster, n) - before[n] for n in self.world.nodes]
+            count, seconds = sum(a.count for a in adds), sum(a.seconds for a in adds)
+            print(
+                f"the agents answered {count} ADDs, mean {seconds / max(count, 1) * 1000:.0f} ms"
+                f" from request to answer, {sum(a.failures for a in adds)} failed",
+                file=sys.stderr,
+            )
+            assert count >= STARTS, adds  # every start went through the plugin
+            assert sum(a.failures for a in adds) == 0, adds
         assert len(starts) == STARTS
         for s in starts:  # the measurement ran: every pod started and probed
             assert s.ip, f"{s.name}: no address"
@@ -153,7 +165,7 @@ def test_plugin_installed_and_no_pod_start_leaks(lifecycle: Lifecycle) -> None:
         assert binary.is_file() and os.access(binary, os.X_OK), f"{node.name}: no {binary}"
         for plugin in ("bridge", "host-local", "portmap", "loopback"):
             assert (node.cni_bin_dir / plugin).is_file(), f"{node.name}: {plugin} gone"
-    starts = lifecycle.measure("plugin")
+    starts = lifecycle.measure("plugin", plugin=True)
     assert _leaks(starts) == []
 
 
@@ -197,6 +209,17 @@ def test_uninstall_then_pods_start_without_agent(lifecycle: Lifecycle) -> None:
     if lifecycle.deployment != "plugin":
         PLUGIN.deploy(cluster, lifecycle.image)
         lifecycle.deployment = "plugin"
+    # Cleanup while the agent still runs is undone: its keeper puts the entry back within
+    # its 2 s look, and the binary stays gone (every ADD on the node would fail). So the
+    # DaemonSet goes first.
+    cluster.cleanup_agent_cni(lifecycle.image)
+    for node in cluster.nodes:
+        wait_until(
+            f"the running agent on {node.name} to put its entry back",
+            lambda n=node: lifecycle.plugin_types(n) == [*MAIN_PLUGINS, PLUGIN_TYPE],
+            timeout=15,
+        )
+        assert not (node.cni_bin_dir / "netpol-agent").exists(), node.name
     logs = lifecycle.uninstall_plugin()
     for node in cluster.nodes:
         assert lifecycle.plugin_types(node) == MAIN_PLUGINS, node.name
