@@ -10,7 +10,9 @@
   private mount namespace (held by a ``sleep`` started with ``unshare --mount``) in which
   ``/run`` and ``/var/lib`` are fresh tmpfs mounts (``/var/lib/containerd`` stays on it)
   and per-node directories are bind-mounted over ``/var/lib/kubelet``, ``/var/lib/cni``,
-  ``/run/containerd``, ``/etc/cni/net.d`` and ``/var/log``. Each node
+  ``/run/containerd``, ``/etc/cni/net.d``, ``/var/log`` and ``/opt`` (its ``/opt/cni/bin``,
+  containerd's CNI ``bin_dir``, holds copies of this machine's bridge, host-local, portmap
+  and loopback plugins, so an install-cni init container writes there). Each node
   runs containerd, a kubelet (with its own cgroupRoot) and kube-proxy (iptables mode),
   all started with ``nsenter --mount=... --net=...``;
 * the control plane in the control-plane node's network namespace: etcd and
