@@ -307,7 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--config",
         action="append",
         choices=[c.name for c in CONFIGS],
-        help="only these configurations (default all three)",
+        help="only these configurations, in this order (default: all three, in the order"
+        " plugin, isolate-unknown-pod-ips, neither)",
     )
     args = parser.parse_args(argv)
     began = time.monotonic()
@@ -317,9 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         chained = False
         notes: list[str] = []
         try:
-            for config in CONFIGS:
-                if args.config and config.name not in args.config:
-                    continue
+            by_name = {c.name: c for c in CONFIGS}
+            for config in [by_name[n] for n in args.config] if args.config else CONFIGS:
                 if chained:
                     # Leaving the plugin: take it off the nodes first, or every ADD fails.
                     cluster.delete_agent()
