@@ -10,7 +10,9 @@
   private mount namespace (held by a ``sleep`` started with ``unshare --mount``) in which
   ``/run`` and ``/var/lib`` are fresh tmpfs mounts (``/var/lib/containerd`` stays on it)
   and per-node directories are bind-mounted over ``/var/lib/kubelet``, ``/var/lib/cni``,
-  ``/run/containerd``, ``/etc/cni/net.d`` and ``/var/log``. Each node
+  ``/run/containerd``, ``/etc/cni/net.d``, ``/var/log`` and ``/opt`` (its ``/opt/cni/bin``,
+  containerd's CNI ``bin_dir``, holds copies of this machine's bridge, host-local, portmap
+  and loopback plugins, so an install-cni init container writes there). Each node
   runs containerd, a kubelet (with its own cgroupRoot) and kube-proxy (iptables mode),
   all started with ``nsenter --mount=... --net=...``;
 * the control plane in the control-plane node's network namespace: etcd and
@@ -44,6 +46,7 @@ import atexit
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -84,6 +87,14 @@ STATE_FILE = "state.json"
 CGROUP_FS = Path("/sys/fs/cgroup")
 #: Set to 1 to keep the run directory (logs, configs) after stop().
 ENV_KEEP_DIR = "NETPOL_AGENT_KEEP_NODE_DIR"
+
+#: The node's CNI directories, as on a kind node (and the paths deploy/cni mounts).
+CNI_BIN_DIR = "/opt/cni/bin"
+CNI_CONF_DIR = "/etc/cni/net.d"
+#: This machine's reference CNI plugins (Debian's containernetworking-plugins); each node
+#: gets copies of these in its own /opt/cni/bin.
+HOST_CNI_PLUGINS = Path("/usr/lib/cni")
+NODE_CNI_PLUGINS = ("bridge", "host-local", "portmap", "loopback")
 
 FABRIC_PREFIXLEN = 16
 OUTSIDE_IP = "172.18.0.1"
@@ -161,6 +172,16 @@ class Node:
     def var_log(self) -> Path:
         """The node's ``/var/log`` as a directory on this machine (hostPath /var/log)."""
         return self.dir / "root" / "var" / "log"
+
+    @property
+    def cni_bin_dir(self) -> Path:
+        """The node's ``/opt/cni/bin`` as a directory on this machine."""
+        return self.dir / "root" / CNI_BIN_DIR.lstrip("/")
+
+    @property
+    def cni_conf_dir(self) -> Path:
+        """The node's ``/etc/cni/net.d`` as a directory on this machine."""
+        return self.dir / "root" / CNI_CONF_DIR.lstrip("/")
 
     @property
     def containerd_socket(self) -> Path:
@@ -549,27 +570,28 @@ class NodeCluster:
         self._wait(lambda: self._kubelet_healthy(n), f"{n.name} kubelet /healthz", [daemon],
                    timeout)
 
-    def deploy_agent(self, image_ref: str, *, timeout: float = 180.0) -> float:
+    def deploy_agent(self, image_ref: str, *, components: Sequence[str] = (),
+                     args: Sequence[str] = (), recreate: bool = False,
+                     timeout: float = 180.0) -> float:
         """Deploy ``deploy/`` as the kind guide does, with the image set by kustomize.
 
-        Writes an overlay (``resources: [<relative path to deploy/>]`` and ``images:``
-        naming ``netpol-agent``) in a new directory of the run directory, runs
-        ``kubectl apply -k`` on it and ``kubectl -n netpol-agent rollout status
-        ds/netpol-agent``, then checks that one pod per node is Ready. Returns the seconds
-        it took; ``timings["agent_ready"]`` is measured from the cluster's start.
+        Writes an overlay in a new directory of the run directory, the way a user would:
+        ``resources: [<relative path to deploy/>]``, ``components:`` for each name in
+        ``components`` (a directory of ``deploy/``, e.g. ``"cni"`` for CNI chaining),
+        ``images:`` naming ``netpol-agent``, and, for ``args``, a JSON patch appending
+        each to the agent container's arguments (e.g. ``--isolate-unknown-pod-ips``).
+        Runs ``kubectl apply -k`` on it and ``kubectl -n netpol-agent rollout status
+        ds/netpol-agent``, then checks that one pod per node is Ready.
+
+        ``recreate`` deletes the DaemonSet first (:meth:`delete_agent`), so every node
+        starts the new agent at once instead of one node at a time (a switch between
+        configurations in seconds rather than a rolling update's minute). Returns the
+        seconds it took; ``timings["agent_ready"]`` is measured from the cluster's start.
         """
         start = time.monotonic()
-        overlay = Path(tempfile.mkdtemp(prefix="agent-overlay-", dir=self.run_dir))
-        name, tag = _split_ref(image_ref)
-        image: dict[str, str] = {"name": "netpol-agent", "newName": name}
-        if tag:
-            image["newTag"] = tag
-        (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
-            "apiVersion": "kustomize.config.k8s.io/v1beta1",
-            "kind": "Kustomization",
-            "resources": [os.path.relpath(DEPLOY_DIR, overlay)],
-            "images": [image],
-        }, sort_keys=False))
+        if recreate:
+            self.delete_agent(timeout=timeout)
+        overlay = self.write_agent_overlay(image_ref, components=components, args=args)
         self.kubectl("apply", "-k", str(overlay))
         try:
             self.kubectl("-n", AGENT_NAMESPACE, "rollout", "status", f"ds/{AGENT_DAEMONSET}",
@@ -581,6 +603,102 @@ class NodeCluster:
         self.timings["agent_ready"] = time.monotonic() - self._t0
         self.timings["deploy_agent"] = time.monotonic() - start
         return self.timings["deploy_agent"]
+
+    def write_agent_overlay(self, image_ref: str, *, components: Sequence[str] = (),
+                            args: Sequence[str] = ()) -> Path:
+        """The kustomize overlay :meth:`deploy_agent` applies (a new directory)."""
+        overlay = Path(tempfile.mkdtemp(prefix="agent-overlay-", dir=self.run_dir))
+        name, tag = _split_ref(image_ref)
+        image: dict[str, str] = {"name": "netpol-agent", "newName": name}
+        if tag:
+            image["newTag"] = tag
+        kustomization: dict[str, Any] = {
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": [os.path.relpath(DEPLOY_DIR, overlay)],
+        }
+        if components:
+            kustomization["components"] = [os.path.relpath(DEPLOY_DIR / c, overlay)
+                                           for c in components]
+        kustomization["images"] = [image]
+        if args:
+            ops = [{"op": "add", "path": "/spec/template/spec/containers/0/args/-",
+                    "value": arg} for arg in args]
+            kustomization["patches"] = [{
+                "target": {"kind": "DaemonSet", "name": AGENT_DAEMONSET},
+                "patch": yaml.safe_dump(ops, sort_keys=False),
+            }]
+        (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization,
+                                                                   sort_keys=False))
+        return overlay
+
+    def delete_agent(self, *, timeout: float = 120.0) -> None:
+        """Delete the agent's DaemonSet and wait until none of its pods is left (the
+        namespace, RBAC and Service stay; the chains stay in each node's kernel)."""
+        self.kubectl("-n", AGENT_NAMESPACE, "delete", "daemonset", AGENT_DAEMONSET,
+                     "--ignore-not-found", "--wait=true", timeout=timeout)
+        core = k8s_client.CoreV1Api(self.api)
+        self._wait(lambda: not core.list_namespaced_pod(
+            AGENT_NAMESPACE, label_selector="app.kubernetes.io/name=netpol-agent").items,
+            "the agent's pods gone", self._all_node_daemons(), timeout)
+
+    def cleanup_agent_cni(self, image_ref: str, *, timeout: float = 120.0) -> dict[str, str]:
+        """Uninstall the CNI plugin as ``deploy/cni/kustomization.yaml`` says: on every
+        node, a pod of the agent's image (host network, NET_ADMIN, the DaemonSet's mounts)
+        runs ``netpol-agent cleanup --cni-conf-dir /host/etc/cni/net.d --cni-bin-dir
+        /host/opt/cni/bin``. Host-network pods get no CNI ADD, so this works while the
+        entry is still chained and no agent answers. Returns each node's log; raises if a
+        pod did not succeed. The pods are deleted afterwards."""
+        name = f"cni-cleanup-{secrets.token_hex(3)}"
+        pods = []
+        for node in self.nodes:
+            pods.append({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": f"{name}-{node.short}", "namespace": AGENT_NAMESPACE,
+                             "labels": {"app.kubernetes.io/name": "netpol-agent-cleanup"}},
+                "spec": {
+                    "nodeName": node.name, "hostNetwork": True, "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "tolerations": [{"operator": "Exists"}],
+                    "containers": [{
+                        "name": "cleanup", "image": image_ref,
+                        "imagePullPolicy": "IfNotPresent",
+                        "args": ["cleanup", "--cni-conf-dir=/host/etc/cni/net.d",
+                                 "--cni-bin-dir=/host/opt/cni/bin"],
+                        "securityContext": {"capabilities": {"add": ["NET_ADMIN", "NET_RAW"]}},
+                        "volumeMounts": [
+                            {"name": "xtables-lock", "mountPath": "/run/xtables.lock"},
+                            {"name": "cni-bin", "mountPath": "/host/opt/cni/bin"},
+                            {"name": "cni-conf", "mountPath": "/host/etc/cni/net.d"},
+                        ],
+                    }],
+                    "volumes": [
+                        {"name": "xtables-lock", "hostPath": {"path": "/run/xtables.lock",
+                                                              "type": "FileOrCreate"}},
+                        {"name": "cni-bin", "hostPath": {"path": CNI_BIN_DIR}},
+                        {"name": "cni-conf", "hostPath": {"path": CNI_CONF_DIR}},
+                    ],
+                },
+            })
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(pods))
+        core = k8s_client.CoreV1Api(self.api)
+        names = [p["metadata"]["name"] for p in pods]
+
+        def phases() -> dict[str, str]:
+            return {n: core.read_namespaced_pod(n, AGENT_NAMESPACE).status.phase for n in names}
+
+        try:
+            self._wait(lambda: all(ph in ("Succeeded", "Failed") for ph in phases().values()),
+                       "the cni cleanup pods finished", self._all_node_daemons(), timeout)
+            logs = {n: self.kubectl("-n", AGENT_NAMESPACE, "logs", n) for n in names}
+            failed = [n for n, ph in phases().items() if ph != "Succeeded"]
+            if failed:
+                raise NodeClusterError(f"netpol-agent cleanup failed in {failed}:\n"
+                                       + "\n".join(logs[n] for n in failed))
+        finally:
+            self.kubectl("-n", AGENT_NAMESPACE, "delete", "pods", *names, "--ignore-not-found",
+                         "--grace-period=0", "--force", "--wait=true")
+        return logs
 
     def agent_pod(self, node: str | Node) -> str:
         """The name of the agent pod on a node."""
@@ -792,8 +910,16 @@ class NodeCluster:
     def _make_node_root(self, node: Node) -> None:
         root = node.dir / "root"
         for sub in ("var/lib/kubelet", "var/lib/cni", "run/containerd",
-                    "etc/cni/net.d", "var/log", "sysctl"):
+                    "etc/cni/net.d", "var/log", "sysctl", "opt/cni/bin"):
             (root / sub).mkdir(parents=True, exist_ok=True)
+        # The node's own CNI bin dir (its /opt), holding copies of the machine's plugins:
+        # an install-cni init container writes here, never into the machine's dirs.
+        for plugin in NODE_CNI_PLUGINS:
+            source = HOST_CNI_PLUGINS / plugin
+            if not source.is_file():
+                raise NodeClusterError(f"{source} is missing (scripts/setup-host.sh installs "
+                                       "containernetworking-plugins)")
+            shutil.copy2(source, node.cni_bin_dir / plugin)
         node.log_dir.mkdir(parents=True, exist_ok=True)
         (node.dir / "config").mkdir(exist_ok=True)
         for i, value in enumerate(KUBELET_SYSCTLS.values()):
@@ -817,6 +943,8 @@ class NodeCluster:
             f"mount --bind {root}/var/lib/cni /var/lib/cni",
             f"mount --bind {root}/etc/cni/net.d /etc/cni/net.d",
             f"mount --bind {root}/var/log /var/log",
+            # The node's /opt (and so /opt/cni/bin) is its own directory.
+            f"mount --bind {root}/opt /opt",
         ]
         for i, key in enumerate(KUBELET_SYSCTLS):
             lines.append(f"mount --bind {root}/sysctl/{i} /proc/sys/{key}")
@@ -887,8 +1015,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   SystemdCgroup = false
 
 [{cri}.cni]
-  bin_dir = "/usr/lib/cni"
-  conf_dir = "/etc/cni/net.d"
+  bin_dir = "{CNI_BIN_DIR}"
+  conf_dir = "{CNI_CONF_DIR}"
 """)
         self._add_daemon(f"{node.short}/containerd",
                          [*self._node_prefix(node), "containerd", f"--config={config}"],
@@ -1039,7 +1167,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                     {"type": "portmap", "capabilities": {"portMappings": True}},
                 ],
             }
-            target = node.dir / "root" / "etc" / "cni" / "net.d" / "10-netpol-bridge.conflist"
+            target = node.cni_conf_dir / "10-netpol-bridge.conflist"
             tmp = target.with_suffix(".tmp")
             tmp.write_text(json.dumps(conflist, indent=2))
             tmp.replace(target)
