@@ -19,6 +19,7 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from agent.dataplane import netlink
 from agent.model.objects import IPAddress
 from agent.rules import Family
 
@@ -77,35 +78,16 @@ class ConntrackTable(Protocol):
 
 # --- the dump, decoded by hand --------------------------------------------------------
 
-NETLINK_NETFILTER = 12
-_NLMSG_ERROR, _NLMSG_DONE = 2, 3
-_NLM_F_REQUEST, _NLM_F_ACK, _NLM_F_DUMP = 0x1, 0x4, 0x300
 # NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_*
 _CT_NEW = (1 << 8) | 0  # an update (without NLM_F_CREATE); also what a dump answers with
 _CT_GET = (1 << 8) | 1
 _CT_DELETE = (1 << 8) | 2
-_NLA_TYPE, _NLA_F_NESTED = 0x3FFF, 0x8000
 _CTA_TUPLE_ORIG, _CTA_TUPLE_REPLY, _CTA_MARK, _CTA_MARK_MASK = 1, 2, 8, 21
 _CTA_FILTER, _CTA_FILTER_FLAG_IP_SRC = 25, 1 << 0
 _BATCH = 256  # requests per send; their acknowledgements fit one receive buffer
 _CTA_TUPLE_IP, _CTA_TUPLE_PROTO = 1, 2
-_HEADER = struct.Struct("=IHHII")
-_NLA = struct.Struct("=HH")
 _BE16 = struct.Struct(">H")
 _BE32 = struct.Struct(">I")
-
-
-def _attributes(data: bytes | memoryview, offset: int, end: int) -> dict[int, memoryview]:
-    """Netlink attributes between ``offset`` and ``end``, by type (payloads)."""
-    view = memoryview(data)
-    out: dict[int, memoryview] = {}
-    while offset + 4 <= end:
-        length, kind = _NLA.unpack_from(view, offset)
-        if length < 4:
-            break
-        out[kind & _NLA_TYPE] = view[offset + 4 : offset + length]
-        offset += (length + 3) & ~3
-    return out
 
 
 def _address(payload: memoryview) -> IPAddress:
@@ -116,9 +98,9 @@ def _address(payload: memoryview) -> IPAddress:
 
 
 def _decode_tuple(payload: memoryview) -> Tuple:
-    parts = _attributes(payload, 0, len(payload))
-    ip = _attributes(parts[_CTA_TUPLE_IP], 0, len(parts[_CTA_TUPLE_IP]))
-    proto = _attributes(parts[_CTA_TUPLE_PROTO], 0, len(parts[_CTA_TUPLE_PROTO]))
+    parts = netlink.attributes(payload, 0, len(payload))
+    ip = netlink.attributes(parts[_CTA_TUPLE_IP], 0, len(parts[_CTA_TUPLE_IP]))
+    proto = netlink.attributes(parts[_CTA_TUPLE_PROTO], 0, len(parts[_CTA_TUPLE_PROTO]))
     # CTA_IP_V4_SRC/DST are 1/2, CTA_IP_V6_SRC/DST 3/4.
     source = _address(ip[1] if 1 in ip else ip[3])
     destination = _address(ip[2] if 2 in ip else ip[4])
@@ -146,32 +128,38 @@ def _dump(
     request = struct.pack("=BBH", _AF[family], 0, 0)
     if direction is not None and source is not None:
         attribute = 1 if source.version == 4 else 3  # CTA_IP_V4_SRC / CTA_IP_V6_SRC
-        ip = _nla(_CTA_TUPLE_IP, _nla(attribute, source.packed), nested=True)
+        ip = netlink.attribute(
+            _CTA_TUPLE_IP, netlink.attribute(attribute, source.packed), nested=True
+        )
         # CTA_FILTER_ORIG_FLAGS / _REPLY_FLAGS have the numbers of the tuples they filter.
-        what = _nla(direction, struct.pack("=I", _CTA_FILTER_FLAG_IP_SRC))
-        request += _nla(direction, ip, nested=True) + _nla(_CTA_FILTER, what, nested=True)
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
+        what = netlink.attribute(direction, struct.pack("=I", _CTA_FILTER_FLAG_IP_SRC))
+        request += netlink.attribute(direction, ip, nested=True) + netlink.attribute(
+            _CTA_FILTER, what, nested=True
+        )
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, netlink.NETLINK_NETFILTER) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         sock.bind((0, 0))
-        flags = _NLM_F_REQUEST | _NLM_F_DUMP
-        sock.send(_HEADER.pack(_HEADER.size + len(request), _CT_GET, flags, 1, 0) + request)
+        flags = netlink.NLM_F_REQUEST | netlink.NLM_F_DUMP
+        sock.send(
+            netlink.HEADER.pack(netlink.HEADER.size + len(request), _CT_GET, flags, 1, 0) + request
+        )
         while True:
             data = sock.recv(1 << 20)
             offset = 0
-            while offset + _HEADER.size <= len(data):
-                length, kind, _, _, _ = _HEADER.unpack_from(data, offset)
-                if length < _HEADER.size:
+            while offset + netlink.HEADER.size <= len(data):
+                length, kind, _, _, _ = netlink.HEADER.unpack_from(data, offset)
+                if length < netlink.HEADER.size:
                     return
-                if kind == _NLMSG_DONE:
+                if kind == netlink.NLMSG_DONE:
                     return
-                if kind == _NLMSG_ERROR:
-                    (code,) = struct.unpack_from("=i", data, offset + _HEADER.size)
+                if kind == netlink.NLMSG_ERROR:
+                    (code,) = struct.unpack_from("=i", data, offset + netlink.HEADER.size)
                     if code:
                         raise OSError(-code, os.strerror(-code))
                     return
                 if kind == _CT_NEW:
-                    body = offset + _HEADER.size + 4  # after the nfgenmsg
-                    attrs = _attributes(data, body, offset + length)
+                    body = offset + netlink.HEADER.size + 4  # after the nfgenmsg
+                    attrs = netlink.attributes(data, body, offset + length)
                     if _CTA_TUPLE_ORIG in attrs and _CTA_TUPLE_REPLY in attrs:
                         mark = attrs.get(_CTA_MARK)
                         yield ConntrackEntry(
@@ -225,7 +213,9 @@ class NetlinkConntrack:
         return self._each(_CT_DELETE, entries, b"")
 
     def set_mark(self, entries: Sequence[ConntrackEntry], value: int, mask: int) -> int:
-        extra = _nla(_CTA_MARK, _BE32.pack(value)) + _nla(_CTA_MARK_MASK, _BE32.pack(mask))
+        extra = netlink.attribute(_CTA_MARK, _BE32.pack(value)) + netlink.attribute(
+            _CTA_MARK_MASK, _BE32.pack(mask)
+        )
         return self._each(_CT_NEW, entries, extra)
 
     @staticmethod
@@ -235,17 +225,25 @@ class NetlinkConntrack:
         done = 0
         verb = "delete" if kind == _CT_DELETE else "update"
         try:
-            with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
+            with socket.socket(
+                socket.AF_NETLINK, socket.SOCK_RAW, netlink.NETLINK_NETFILTER
+            ) as sock:
                 sock.bind((0, 0))
                 for start in range(0, len(entries), _BATCH):
                     batch = entries[start : start + _BATCH]
                     messages = []
                     for seq, entry in enumerate(batch, start=1):
                         body = struct.pack("=BBH", _AF[entry.family], 0, 0)
-                        body += _nla(_CTA_TUPLE_ORIG, _encode_tuple(entry.original), nested=True)
+                        body += netlink.attribute(
+                            _CTA_TUPLE_ORIG, _encode_tuple(entry.original), nested=True
+                        )
                         body += extra
-                        header = _HEADER.pack(
-                            _HEADER.size + len(body), kind, _NLM_F_REQUEST | _NLM_F_ACK, seq, 0
+                        header = netlink.HEADER.pack(
+                            netlink.HEADER.size + len(body),
+                            kind,
+                            netlink.NLM_F_REQUEST | netlink.NLM_F_ACK,
+                            seq,
+                            0,
                         )
                         messages.append(header + body)
                     sock.send(b"".join(messages))
@@ -259,30 +257,29 @@ class NetlinkConntrack:
         return done
 
 
-def _nla(kind: int, payload: bytes, *, nested: bool = False) -> bytes:
-    header = _NLA.pack(4 + len(payload), kind | (_NLA_F_NESTED if nested else 0))
-    return header + payload + b"\0" * (-len(payload) % 4)
-
-
 def _encode_tuple(t: Tuple) -> bytes:
     """An entry's tuple as ctnetlink takes it to find the entry."""
     v4 = t.source.version == 4
-    ip = _nla(1 if v4 else 3, t.source.packed) + _nla(2 if v4 else 4, t.destination.packed)
-    proto = _nla(1, bytes([t.protocol]))
+    ip = netlink.attribute(1 if v4 else 3, t.source.packed) + netlink.attribute(
+        2 if v4 else 4, t.destination.packed
+    )
+    proto = netlink.attribute(1, bytes([t.protocol]))
     if t.protocol in _ICMP_PROTOCOLS:
         base = 4 if t.protocol == socket.IPPROTO_ICMP else 7  # ID, TYPE, CODE
         if t.icmp_id is not None:
-            proto += _nla(base, _BE16.pack(t.icmp_id))
+            proto += netlink.attribute(base, _BE16.pack(t.icmp_id))
         if t.icmp_type is not None:
-            proto += _nla(base + 1, bytes([t.icmp_type]))
+            proto += netlink.attribute(base + 1, bytes([t.icmp_type]))
         if t.icmp_code is not None:
-            proto += _nla(base + 2, bytes([t.icmp_code]))
+            proto += netlink.attribute(base + 2, bytes([t.icmp_code]))
     else:
         if t.sport is not None:
-            proto += _nla(2, _BE16.pack(t.sport))
+            proto += netlink.attribute(2, _BE16.pack(t.sport))
         if t.dport is not None:
-            proto += _nla(3, _BE16.pack(t.dport))
-    return _nla(_CTA_TUPLE_IP, ip, nested=True) + _nla(_CTA_TUPLE_PROTO, proto, nested=True)
+            proto += netlink.attribute(3, _BE16.pack(t.dport))
+    return netlink.attribute(_CTA_TUPLE_IP, ip, nested=True) + netlink.attribute(
+        _CTA_TUPLE_PROTO, proto, nested=True
+    )
 
 
 def _acks(sock: socket.socket, expected: int) -> Iterator[int]:
@@ -291,12 +288,12 @@ def _acks(sock: socket.socket, expected: int) -> Iterator[int]:
     while seen < expected:
         data = sock.recv(1 << 16)
         offset = 0
-        while offset + _HEADER.size <= len(data):
-            length, kind, _, _, _ = _HEADER.unpack_from(data, offset)
-            if length < _HEADER.size:
+        while offset + netlink.HEADER.size <= len(data):
+            length, kind, _, _, _ = netlink.HEADER.unpack_from(data, offset)
+            if length < netlink.HEADER.size:
                 break
-            if kind == _NLMSG_ERROR:
-                (code,) = struct.unpack_from("=i", data, offset + _HEADER.size)
+            if kind == netlink.NLMSG_ERROR:
+                (code,) = struct.unpack_from("=i", data, offset + netlink.HEADER.size)
                 seen += 1
                 yield code
             offset += (length + 3) & ~3

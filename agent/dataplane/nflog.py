@@ -18,18 +18,13 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from agent.dataplane.conntrack import NETLINK_NETFILTER
+from agent.dataplane import netlink
 from agent.model.objects import IPAddress
 from agent.rules import Family
 
 # NFNL_SUBSYS_ULOG << 8 | NFULNL_MSG_*
 _MSG_PACKET = (4 << 8) | 0
 _MSG_CONFIG = (4 << 8) | 1
-_NLMSG_ERROR, _NLMSG_DONE = 2, 3
-_NLM_F_REQUEST, _NLM_F_ACK = 0x1, 0x4
-_HEADER = struct.Struct("=IHHII")
-_NLA = struct.Struct("=HH")
-_NLA_TYPE = 0x3FFF
 _NFGEN = struct.Struct("=BBH")  # family, version, res_id (big-endian group)
 # Configuration attributes and values.
 _CFG_CMD, _CFG_MODE, _CFG_NLBUFSIZ, _CFG_TIMEOUT, _CFG_FLAGS = 1, 2, 3, 4, 6
@@ -128,48 +123,33 @@ def _transport(
     return PacketHeader(source, destination, protocol)
 
 
-def _attributes(data: bytes, offset: int, end: int) -> dict[int, bytes]:
-    out: dict[int, bytes] = {}
-    while offset + 4 <= end:
-        length, kind = _NLA.unpack_from(data, offset)
-        if length < 4:
-            break
-        out[kind & _NLA_TYPE] = data[offset + 4 : offset + length]
-        offset += (length + 3) & ~3
-    return out
-
-
 def decode_messages(data: bytes) -> Iterator[LoggedPacket | int]:
     """The packets in one datagram from the socket; an error code (negative errno) for
     each error message."""
     offset = 0
-    while offset + _HEADER.size <= len(data):
-        length, kind, _, _, _ = _HEADER.unpack_from(data, offset)
-        if length < _HEADER.size or offset + length > len(data):
+    while offset + netlink.HEADER.size <= len(data):
+        length, kind, _, _, _ = netlink.HEADER.unpack_from(data, offset)
+        if length < netlink.HEADER.size or offset + length > len(data):
             return
-        body = offset + _HEADER.size
-        if kind == _NLMSG_ERROR:
+        body = offset + netlink.HEADER.size
+        if kind == netlink.NLMSG_ERROR:
             yield struct.unpack_from("=i", data, body)[0]
-        elif kind == _MSG_PACKET and length >= _HEADER.size + _NFGEN.size:
+        elif kind == _MSG_PACKET and length >= netlink.HEADER.size + _NFGEN.size:
             family = _FAMILIES.get(data[body])
-            attributes = _attributes(data, body + _NFGEN.size, offset + length)
+            attributes = netlink.attributes(data, body + _NFGEN.size, offset + length)
             payload = attributes.get(_ATTR_PAYLOAD)
             if family is not None and payload is not None:
-                prefix = attributes.get(_ATTR_PREFIX, b"").split(b"\0", 1)[0]
+                prefix = bytes(attributes.get(_ATTR_PREFIX, b"")).split(b"\0", 1)[0]
                 raw_seq = attributes.get(_ATTR_SEQ)
                 seq = struct.unpack(">I", raw_seq)[0] if raw_seq and len(raw_seq) == 4 else None
-                yield LoggedPacket(family, prefix.decode("ascii", "replace"), seq, payload)
+                yield LoggedPacket(family, prefix.decode("ascii", "replace"), seq, bytes(payload))
         offset += (length + 3) & ~3
-
-
-def _nla(kind: int, payload: bytes) -> bytes:
-    return _NLA.pack(4 + len(payload), kind) + payload + b"\0" * (-len(payload) % 4)
 
 
 def config_message(group: int, attributes: bytes, seq: int) -> bytes:
     body = _NFGEN.pack(socket.AF_UNSPEC, 0, socket.htons(group)) + attributes
-    flags = _NLM_F_REQUEST | _NLM_F_ACK
-    return _HEADER.pack(_HEADER.size + len(body), _MSG_CONFIG, flags, seq, 0) + body
+    flags = netlink.NLM_F_REQUEST | netlink.NLM_F_ACK
+    return netlink.HEADER.pack(netlink.HEADER.size + len(body), _MSG_CONFIG, flags, seq, 0) + body
 
 
 # --- the socket ------------------------------------------------------------------------
@@ -181,18 +161,18 @@ class NflogGroup:
 
     def __init__(self, group: int, copy_bytes: int, *, receive_buffer: int = RECEIVE_BUFFER):
         self.group = group
-        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, netlink.NETLINK_NETFILTER)
         try:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
             self._sock.bind((0, 0))
             mode = struct.pack(">IBB", copy_bytes, _COPY_PACKET, 0)
-            self._configure(1, _nla(_CFG_CMD, bytes([_CMD_BIND])))
+            self._configure(1, netlink.attribute(_CFG_CMD, bytes([_CMD_BIND])))
             self._configure(
                 2,
-                _nla(_CFG_MODE, mode)
-                + _nla(_CFG_FLAGS, struct.pack(">H", _FLAG_SEQ))
+                netlink.attribute(_CFG_MODE, mode)
+                + netlink.attribute(_CFG_FLAGS, struct.pack(">H", _FLAG_SEQ))
                 # Deliver at once: nothing waits in the kernel for more packets.
-                + _nla(_CFG_TIMEOUT, struct.pack(">I", 0)),
+                + netlink.attribute(_CFG_TIMEOUT, struct.pack(">I", 0)),
             )
         except OSError as error:
             self._sock.close()

@@ -7,7 +7,8 @@ import ipaddress
 import socket
 import struct
 
-from agent.dataplane.conntrack import _attributes, _decode_tuple
+from agent.dataplane.conntrack import _decode_tuple
+from agent.dataplane.netlink import attributes
 
 NESTED = 0x8000
 
@@ -52,7 +53,7 @@ def test_an_icmp_echo_tuple_decodes_type_code_and_id() -> None:
 
 def test_attributes_skip_padding_and_unknown_ones() -> None:
     raw = nla(9, b"\1\2\3") + nla(8, struct.pack(">I", 0x2005)) + nla(30, b"")
-    attrs = _attributes(raw, 0, len(raw))
+    attrs = attributes(raw, 0, len(raw))
     assert sorted(attrs) == [8, 9, 30]
     assert struct.unpack(">I", attrs[8])[0] == 0x2005
     assert bytes(attrs[9]) == b"\1\2\3"
