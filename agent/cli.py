@@ -388,6 +388,22 @@ def cmd_install_cni(args: argparse.Namespace) -> int:
     )
 
 
+def _add_rotation_options(parser: argparse.ArgumentParser, log_flag: str) -> None:
+    """``<log_flag>-max-bytes`` and ``<log_flag>-backups``: a JSON-lines log's rotation."""
+    parser.add_argument(
+        f"{log_flag}-max-bytes",
+        type=_count(f"{log_flag}-max-bytes", 1),
+        default=DEFAULT_MAX_BYTES,
+        help="rotate when the file would pass this size (default %(default)s)",
+    )
+    parser.add_argument(
+        f"{log_flag}-backups",
+        type=_count(f"{log_flag}-backups", 0),
+        default=DEFAULT_BACKUPS,
+        help="rotated files kept (default %(default)s)",
+    )
+
+
 def _add_cni_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cni-socket",
@@ -534,31 +550,13 @@ def _parser() -> argparse.ArgumentParser:
         help="host:port for /metrics, /healthz, /readyz ('' to disable; default %(default)s)",
     )
     run.add_argument("--rule-log", default=DEFAULT_RULE_LOG, help="rule-change log ('' to disable)")
-    run.add_argument(
-        "--rule-log-max-bytes",
-        type=_count("--rule-log-max-bytes", 1),
-        default=DEFAULT_MAX_BYTES,
-    )
-    run.add_argument(
-        "--rule-log-backups",
-        type=_count("--rule-log-backups", 0),
-        default=DEFAULT_BACKUPS,
-    )
+    _add_rotation_options(run, "--rule-log")
     run.add_argument(
         "--log-denied-file",
         default=DEFAULT_DENY_LOG,
         help="the deny log, with --log-denied (default %(default)s)",
     )
-    run.add_argument(
-        "--log-denied-max-bytes",
-        type=_count("--log-denied-max-bytes", 1),
-        default=DEFAULT_MAX_BYTES,
-    )
-    run.add_argument(
-        "--log-denied-backups",
-        type=_count("--log-denied-backups", 0),
-        default=DEFAULT_BACKUPS,
-    )
+    _add_rotation_options(run, "--log-denied")
     _add_cni_options(run)
     _add_compiler_options(run)
     run.set_defaults(func=cmd_run, parser=run)
