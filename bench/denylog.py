@@ -51,26 +51,49 @@ def agents(lab: Lab, backend: Backend, log_denied: bool, path: Path) -> Iterator
         yield running
 
 
+def machine_cpu() -> list[int]:
+    """The machine's CPU time so far, in ticks: user+nice, system, softirq, all (every core)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return [fields[0] + fields[1], fields[2], fields[6], sum(fields[:8])]
+
+
+def backlog_drops() -> int:
+    """Packets the cores' input backlogs dropped (/proc/net/softnet_stat, every core)."""
+    lines = Path("/proc/net/softnet_stat").read_text().splitlines()
+    return sum(int(line.split()[1], 16) for line in lines)
+
+
 def measure(
     lab: Lab, running: RunningAgents, family: int, rate: float, seconds: float, flood: bool
 ) -> dict[str, Any]:
     pid = running.procs["node-2"].pid
     source, target = lab.pod("x/a"), lab.pod("y/b")
     sender = SynFlood(source.netns, source.ip(family), target.ip(family), 80, ports=40000)
-    cpu_before = cpu_seconds(pid)
+    cpu_before, machine_before, drops_before = cpu_seconds(pid), machine_cpu(), backlog_drops()
     started = time.monotonic()
-    try:
-        if flood:
-            sent = sender.send(int(rate * seconds), rate=rate)
-        else:
-            time.sleep(seconds)
-            sent = 0
-    finally:
-        sender.close()
+    if flood:
+        sent = sender.send(int(rate * seconds), rate=rate)
+    else:
+        time.sleep(seconds)
     elapsed = time.monotonic() - started
     cpu = cpu_seconds(pid) - cpu_before
-    return {"sent": sent, "seconds": round(elapsed, 2), "sent_per_second": round(sent / elapsed),
-            "agent_cpu_seconds": round(cpu, 3), "agent_cpu_share": round(cpu / elapsed, 4)}  # fmt: skip
+    machine = [after - before for after, before in zip(machine_cpu(), machine_before, strict=True)]
+    result: dict[str, Any] = {
+        "seconds": round(elapsed, 2), "agent_cpu_seconds": round(cpu, 3),
+        "agent_cpu_share": round(cpu / elapsed, 4),
+        # Shares of the whole machine (every core), over the same span.
+        "machine_cpu_share": {name: round(ticks / machine[3], 3) for name, ticks in
+                              zip(("user", "system", "softirq"), machine[:3], strict=False)},
+        "backlog_drops": backlog_drops() - drops_before,
+    }  # fmt: skip
+    if flood:
+        result["sender"] = {
+            "sent": sent.sent, "failed": sent.failed, "seconds": round(sent.seconds, 3),
+            "sent_per_second": round(sent.per_second),
+            "cpu_share": round((sent.cpu_user + sent.cpu_system) / sent.seconds, 3),
+            "cpu_system_share": round(sent.cpu_system / sent.seconds, 3),
+        }  # fmt: skip
+    return result
 
 
 def log_chain_counts(lab: Lab, backend: Backend, family: int) -> list[int]:
@@ -118,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
                 results["lines_written"] = len(lines)
                 results["rate_limited_counted_by_agent"] = dropped
                 results["log_chain_counters"] = {"nflog": counts[-2], "reached": counts[-1]}
+                results["reached_per_second"] = round(
+                    counts[-1] / results["flood_with_log"]["sender"]["seconds"]
+                )
                 results["sample_lines"] = lines[:2]
             lab.reset_firewall()
             with agents(lab, args.backend, False, path) as running:
