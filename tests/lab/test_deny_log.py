@@ -185,10 +185,7 @@ def test_rotation_keeps_its_cap(clean_lab: Lab, backend: Backend) -> None:
             "--log-denied-rate", "1000", "--log-denied-burst", "1000")  # fmt: skip
     with agents_with_deny_log(lab, backend, *args) as (_, paths):
         flood = SynFlood(lab.pod("x/a").netns, lab.pod("x/a").ipv4, lab.pod("y/b").ipv4, 80)
-        try:
-            flood.send(60)  # 60 connections (source ports), about 20 KB of lines
-        finally:
-            flood.close()
+        flood.send(60)  # 60 connections (source ports), about 20 KB of lines
         path = paths["node-2"]
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -222,10 +219,7 @@ def test_the_rate_limit_holds_under_a_flood_and_what_it_dropped_is_counted(
         src, dst = lab.pod("x/a"), lab.pod("y/b")
         flood = SynFlood(src.netns, src.ip(family), dst.ip(family), 80, ports=3000)
         started = time.monotonic()
-        try:
-            sent = flood.send(3000, rate=3000)
-        finally:
-            flood.close()
+        sent = flood.send(3000, rate=3000).sent
         seconds = time.monotonic() - started
         line = agents.wait_for("node-2", "deny log rate limit reached", mark, timeout=15)
         logged = lines(paths["node-2"])
