@@ -95,8 +95,8 @@ def parse_junit(path: Path, focus: str) -> list[Result]:
 
 def short_name(name: str) -> str:
     """The test's name without the common ``[sig-network] Netpol`` prefix."""
-    return re.sub(r"^\[sig-network\] Netpol (NetworkPolicy between server and client )?", "",
-                  name)
+    return re.sub(r"^(\[It\] )?\[sig-network\] Netpol (NetworkPolicy between server and "
+                  r"client )?", "", name)
 
 
 def table(results: Sequence[Result]) -> str:
@@ -122,6 +122,7 @@ def run_suite(cluster: NodeCluster, e2e_test: Path, report_dir: Path, *, focus: 
         f"--ginkgo.focus={focus}",
         f"--ginkgo.timeout={timeout}",
         "--ginkgo.v",
+        "--ginkgo.no-color",
         *([f"--ginkgo.skip={skip}"] if skip else []),
         *extra,
     ]
