@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -127,7 +128,7 @@ def run_suite(cluster: NodeCluster, e2e_test: Path, report_dir: Path, *, focus: 
         *extra,
     ]
     env = dict(os.environ, KUBERNETES_CONFORMANCE_TEST="y")
-    (report_dir / "command.txt").write_text(" ".join(argv) + "\n")
+    (report_dir / "command.txt").write_text("KUBERNETES_CONFORMANCE_TEST=y " + shlex.join(argv) + "\n")
     start = time.monotonic()
     with open(report_dir / "e2e.log", "wb") as log:
         proc = subprocess.run(argv, env=env, stdout=log, stderr=subprocess.STDOUT, check=False,
