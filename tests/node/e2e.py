@@ -56,12 +56,13 @@ class Result:
     message: str = ""
 
 
-def build_e2e() -> Path:
-    proc = subprocess.run(["bash", str(BUILD_E2E_SCRIPT), "e2e.test"], stdout=subprocess.PIPE,
+def build_e2e(*names: str) -> dict[str, Path]:
+    """tests/cluster/build-e2e.sh NAME...: {"E2E_TEST": path, "GINKGO": path, ...}."""
+    proc = subprocess.run(["bash", str(BUILD_E2E_SCRIPT), *names], stdout=subprocess.PIPE,
                           text=True, check=False)
     if proc.returncode != 0:
         raise NodeClusterError(f"{BUILD_E2E_SCRIPT} failed with exit code {proc.returncode}")
-    return Path(_key_values(proc.stdout)["E2E_TEST"])
+    return {k: Path(v) for k, v in _key_values(proc.stdout).items()}
 
 
 def parse_junit(path: Path, focus: str) -> list[Result]:
@@ -110,25 +111,34 @@ def table(results: Sequence[Result]) -> str:
 
 
 def run_suite(cluster: NodeCluster, e2e_test: Path, report_dir: Path, *, focus: str,
-              skip: str, timeout: str, extra: Sequence[str]) -> tuple[int, float]:
-    """Run e2e.test against the cluster; returns (exit code, seconds)."""
-    argv = [
-        str(e2e_test),
+              skip: str, timeout: str, extra: Sequence[str], nodes: int = 1,
+              ginkgo: Path | None = None) -> tuple[int, float]:
+    """Run e2e.test against the cluster; returns (exit code, seconds).
+
+    ``nodes`` > 1 runs it through the ginkgo CLI (``ginkgo --nodes=N e2e.test -- ...``),
+    as kube-network-policies' CI does with 25.
+    """
+    suite_args = [
         f"--kubeconfig={cluster.kubeconfig}",
         f"--kubectl-path={cluster.kubectl_bin}",
         "--provider=local",
         "--dump-logs-on-failure=false",
         "--disable-log-dump=true",
         f"--report-dir={report_dir}",
-        f"--ginkgo.focus={focus}",
-        f"--ginkgo.timeout={timeout}",
-        "--ginkgo.v",
-        "--ginkgo.no-color",
-        *([f"--ginkgo.skip={skip}"] if skip else []),
-        *extra,
     ]
+    ginkgo_args = [f"--focus={focus}", f"--timeout={timeout}", "-v", "--no-color",
+                   *([f"--skip={skip}"] if skip else [])]
+    if nodes > 1:
+        if ginkgo is None:
+            raise NodeClusterError("--nodes needs the ginkgo CLI")
+        argv = [str(ginkgo), f"--nodes={nodes}", *ginkgo_args, str(e2e_test), "--",
+                *suite_args, *extra]
+    else:
+        argv = [str(e2e_test), *suite_args, *(f"--ginkgo.{a.lstrip('-')}" for a in ginkgo_args),
+                *extra]
     env = dict(os.environ, KUBERNETES_CONFORMANCE_TEST="y")
-    (report_dir / "command.txt").write_text("KUBERNETES_CONFORMANCE_TEST=y " + shlex.join(argv) + "\n")
+    (report_dir / "command.txt").write_text("KUBERNETES_CONFORMANCE_TEST=y " + shlex.join(argv)
+                                            + "\n")
     start = time.monotonic()
     with open(report_dir / "e2e.log", "wb") as log:
         proc = subprocess.run(argv, env=env, stdout=log, stderr=subprocess.STDOUT, check=False,
@@ -145,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="where e2e.test writes its JUnit report, its log and "
                         "results.json (default: a new directory under /tmp)")
     parser.add_argument("--timeout", default="2h", help="--ginkgo.timeout for the whole run")
+    parser.add_argument("--nodes", type=int, default=1,
+                        help="parallel ginkgo processes (> 1: through the ginkgo CLI)")
     parser.add_argument("extra", nargs="*", help="more e2e.test arguments (after --)")
     args = parser.parse_args(argv)
 
@@ -157,7 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"e2e: {msg}", file=sys.stderr, flush=True)
 
     start = time.monotonic()
-    e2e_test = build_e2e()
+    bins = build_e2e("e2e.test", *(["ginkgo"] if args.nodes > 1 else []))
+    e2e_test = bins["E2E_TEST"]
     images = build_images("pause", "agnhost")
     archive, ref = os.environ.get(ENV_AGENT_ARCHIVE), os.environ.get(ENV_AGENT_REF)
     if not (archive and ref):
@@ -177,13 +190,15 @@ def main(argv: Sequence[str] | None = None) -> int:
              f"{timings['agent_ready']:.0f}s; running e2e.test (log: {report_dir}/e2e.log)")
         code, timings["suite"] = run_suite(cluster, e2e_test, report_dir, focus=args.focus,
                                            skip=args.skip, timeout=args.timeout,
-                                           extra=args.extra)
+                                           extra=args.extra, nodes=args.nodes,
+                                           ginkgo=bins.get("GINKGO"))
     timings["total"] = time.monotonic() - start
 
     reports = sorted(report_dir.glob("junit*.xml"))
     results = [r for p in reports for r in parse_junit(p, args.focus)]
     (report_dir / "results.json").write_text(json.dumps({
-        "focus": args.focus, "skip": args.skip, "exit_code": code, "timings": timings,
+        "focus": args.focus, "skip": args.skip, "nodes": args.nodes, "exit_code": code,
+        "timings": timings,
         "agent_image": ref, "agnhost_image": images["AGNHOST_REF"],
         "results": [asdict(r) for r in results],
     }, indent=2) + "\n")
