@@ -116,7 +116,7 @@ if missing "$@"; then
     for c in "$@"; do
         [[ -x "$(bin_path "${c}")" ]] && continue
         start=${SECONDS}
-        log "building ${c} (${kube_version}) with $("${gocmd}" version) (first time: many minutes)"
+        log "building $(basename "$(dirname "$(bin_path "${c}")")") with $("${gocmd}" version)"
         case "${c}" in
             e2e.test)
                 gobuild test -c -trimpath -ldflags="-s -w ${ver_flags}" \
