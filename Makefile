@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-unit test-lab test-cluster test-node test-cni lint typecheck bench bench-smoke cluster-build node-images clean
+.PHONY: setup demo test test-unit test-lab test-cluster test-node test-cni lint typecheck bench bench-smoke cluster-build node-images e2e-build e2e clean
 
 setup: $(STAMP)
 
@@ -56,6 +56,17 @@ test-cluster: setup cluster-build
 
 test-node: setup cluster-build node-images
 	$(VENV)/bin/pytest -q -p no:cacheprovider -m node tests
+
+# Kubernetes' own NetworkPolicy e2e tests (e2e.test from the k8s.io/kubernetes pin,
+# unmodified) against the real nodes with the agent deployed; tests/node/README.md,
+# "Upstream e2e". E2E_FOCUS / E2E_SKIP narrow or widen the selection.
+E2E_FOCUS ?= Netpol
+e2e-build: setup
+	bash tests/cluster/build-e2e.sh
+	bash tests/node/images.sh pause agnhost agent
+
+e2e: setup cluster-build e2e-build
+	$(PY) -m tests.node.e2e --focus '$(E2E_FOCUS)' $(if $(E2E_SKIP),--skip '$(E2E_SKIP)')
 
 bench: setup
 	$(PY) -m bench.load --runs 7

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build (once) the container images the real-node tests use, without any registry.
 #
-#   bash tests/node/images.sh [pause] [netprobe] [agent [--tag TAG]]   (default: all)
+#   bash tests/node/images.sh [pause] [netprobe] [agent [--tag TAG]] [agnhost]
+#   (default: pause, netprobe and agent)
 #
 #   pause     our own static pause (images/pause.c), the pods' sandbox image
 #   netprobe  the test server/client (netprobe/, static Go, stdlib only): the binary
@@ -14,6 +15,13 @@
 #             pyproject.toml, README.md, agent/ and the base>, so it changes with any of them.
 #             `agent --tag TAG` also writes a copy of that image tagged TAG (only the name
 #             differs: for a rolling-update test), and prints it instead.
+#   agnhost   the upstream e2e suite's test server/client (k8s.io/kubernetes/test/images/
+#             agnhost, static, from tests/cluster/build-e2e.sh) in an image named exactly as
+#             the pinned suite expects (registry.k8s.io/e2e-test-images/agnhost:<version>,
+#             read from the module's test/utils/image/manifest.go), so the kubelet finds it
+#             with IfNotPresent and nothing is pulled. Unlike the upstream image (alpine
+#             with tools) it holds only what the NetworkPolicy tests use: /agnhost (and the
+#             agnhost-2 link), porter's localhost.crt/key and /uploads.
 #
 # Each image is built with buildah (vfs storage, chroot isolation) and written to an OCI
 # archive (`oci-archive:`) that `ctr -n k8s.io images import` loads under the printed
@@ -35,6 +43,8 @@
 #   NETPROBE_REF=localhost/netpol-test/netprobe:<hash>
 #   AGENT=/abs/path/agent-<hash>.oci.tar          (--tag TAG: agent-<hash>-TAG.oci.tar)
 #   AGENT_REF=localhost/netpol-agent:dev-<hash>   (--tag TAG: localhost/netpol-agent:TAG)
+#   AGNHOST=/abs/path/agnhost-<hash>.oci.tar
+#   AGNHOST_REF=registry.k8s.io/e2e-test-images/agnhost:<version>
 # Everything else (progress, build output) goes to stderr.
 set -euo pipefail
 
@@ -48,12 +58,13 @@ die() {
     exit 1
 }
 
-want_pause=0 want_netprobe=0 want_agent=0 agent_tag=""
+want_pause=0 want_netprobe=0 want_agent=0 want_agnhost=0 agent_tag=""
 while (($#)); do
     case "$1" in
         pause) want_pause=1 ;;
         netprobe) want_netprobe=1 ;;
         agent) want_agent=1 ;;
+        agnhost) want_agnhost=1 ;;
         --tag)
             (($# >= 2)) || die "--tag needs a value"
             agent_tag="$2"
@@ -65,11 +76,11 @@ while (($#)); do
             sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
             exit 0
             ;;
-        *) die "unknown argument '$1' (pause, netprobe, agent [--tag TAG])" ;;
+        *) die "unknown argument '$1' (pause, netprobe, agent [--tag TAG], agnhost)" ;;
     esac
     shift
 done
-((want_pause + want_netprobe + want_agent)) || want_pause=1 want_netprobe=1 want_agent=1
+((want_pause + want_netprobe + want_agent + want_agnhost)) || want_pause=1 want_netprobe=1 want_agent=1
 
 # --- helpers ---------------------------------------------------------------------------
 
@@ -231,6 +242,58 @@ build_netprobe() {
     mv -f "${work}/netprobe" "${netprobe_bin}"
     rm -rf "${work}"
     log "built ${netprobe_archive} ($(du -h "${netprobe_archive}" | cut -f1)) in $((SECONDS - start))s"
+}
+
+# --- agnhost --------------------------------------------------------------------------
+# The e2e suite's agnhost, named as the pinned suite's image manifest says.
+agnhost_recipe="agnhost v1: build-e2e.sh agnhost; FROM scratch; /agnhost, /agnhost-2, porter's localhost.crt/key, /uploads"
+agnhost_inputs() {
+    local out gocmd moddir manifest version
+    out="$(bash "${repo}/tests/cluster/build-e2e.sh" agnhost)" || die "build-e2e.sh agnhost failed"
+    agnhost_bin="$(sed -n 's/^AGNHOST=//p' <<<"${out}" | tail -n1)"
+    [[ -x "${agnhost_bin}" ]] || die "build-e2e.sh printed no AGNHOST="
+    gocmd="$(bash "${repo}/scripts/go-toolchain.sh" | tail -n1)"
+    moddir="$(cd "${repo}/tests/cluster/gobuild/e2e" && env -u GOROOT GOTOOLCHAIN=local \
+        GOFLAGS=-mod=readonly "${gocmd}" list -m -f '{{.Dir}}' k8s.io/kubernetes)"
+    agnhost_src="${moddir}/test/images/agnhost"
+    manifest="${moddir}/test/utils/image/manifest.go"
+    # configs[Agnhost] = Config{list.PromoterE2eRegistry, "agnhost", "2.66.1"}
+    version="$(sed -n 's/^[[:space:]]*configs\[Agnhost\] = Config{list.PromoterE2eRegistry, "agnhost", "\([^"]*\)"}.*/\1/p' "${manifest}")"
+    [[ -n "${version}" ]] || die "no Agnhost entry in ${manifest}"
+    agnhost_ref="registry.k8s.io/e2e-test-images/agnhost:${version}"
+    agnhost_hash="$( {
+        echo "${agnhost_recipe}"
+        echo "${agnhost_ref}"
+        sha256sum "${agnhost_bin}" "${agnhost_src}/porter/localhost.crt" "${agnhost_src}/porter/localhost.key" | cut -d' ' -f1
+    } | hash_inputs)"
+    agnhost_archive="${cache}/agnhost-${agnhost_hash}.oci.tar"
+}
+
+build_agnhost() {
+    agnhost_inputs
+    [[ -s "${agnhost_archive}" ]] && return
+    lock
+    [[ -s "${agnhost_archive}" ]] && return
+    setup_buildah
+    local start=${SECONDS} work ctr
+    log "building ${agnhost_ref} from ${agnhost_bin}"
+    work="$(mktemp -d "${bh_dir}/tmp/agnhost.XXXXXX")"
+    mkdir -p "${work}/root/uploads"
+    cp "${agnhost_bin}" "${work}/root/agnhost"
+    chmod 0755 "${work}/root/agnhost"
+    ln -s agnhost "${work}/root/agnhost-2"
+    cp "${agnhost_src}/porter/localhost.crt" "${agnhost_src}/porter/localhost.key" "${work}/root/"
+    chmod 0644 "${work}/root/localhost.crt" "${work}/root/localhost.key"
+    ctr="$(bh from --quiet --signature-policy "${bh_dir}/policy.json" scratch)"
+    containers+=("${ctr}")
+    bh copy --quiet "${ctr}" "${work}/root/" / >/dev/null
+    bh config --entrypoint '["/agnhost"]' --cmd '["pause"]' --workingdir / \
+        --port 80 --port 8080 --port 8081 --port 9376 --port 5000 \
+        --label "org.opencontainers.image.title=agnhost" \
+        --label "netpol-agent.inputs=${agnhost_hash}" "${ctr}"
+    commit_archive "${ctr}" "${agnhost_archive}" "${agnhost_ref}"
+    rm -rf "${work}"
+    log "built ${agnhost_archive} ($(du -h "${agnhost_archive}" | cut -f1)) in $((SECONDS - start))s"
 }
 
 # --- base: the stand-in for python:3.11-slim-bookworm ---------------------------------------
@@ -442,9 +505,11 @@ PY
 ((want_pause)) && build_pause
 ((want_netprobe)) && build_netprobe
 ((want_agent)) && build_agent
+((want_agnhost)) && build_agnhost
 
 ((want_pause)) && printf 'PAUSE=%s\nPAUSE_REF=%s\n' "${pause_archive}" "${pause_ref}"
 ((want_netprobe)) && printf 'NETPROBE_BIN=%s\nNETPROBE=%s\nNETPROBE_REF=%s\n' \
     "${netprobe_bin}" "${netprobe_archive}" "${netprobe_ref}"
 ((want_agent)) && printf 'AGENT=%s\nAGENT_REF=%s\n' "${agent_archive}" "${agent_ref}"
+((want_agnhost)) && printf 'AGNHOST=%s\nAGNHOST_REF=%s\n' "${agnhost_archive}" "${agnhost_ref}"
 exit 0
