@@ -66,7 +66,9 @@ def load_state_file(path: str) -> BuiltState:
         parsed = parse_read(read_file(path))
     except ReadError as error:
         raise UsageError(str(error)) from None
-    state = ClusterState.of(parsed.namespaces, parsed.pods, parsed.policies, parsed.nodes)
+    state = ClusterState.of(
+        parsed.namespaces, parsed.pods, parsed.policies, parsed.nodes, parsed.cluster_policies
+    )
     return BuiltState(state, parsed.problems)
 
 

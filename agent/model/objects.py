@@ -122,6 +122,10 @@ class Node:
     # their addresses.
     pod_cidrs: tuple[IPNetwork, ...] = ()
     problems: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    # What ClusterNetworkPolicy ``nodes`` peers select on. None: unreadable, so no
+    # selector matches the node (an Accept to it opens nothing; a Deny to "every node"
+    # with an empty selector still matches it: see ``NodePeer``).
+    labels: Mapping[str, str] | None = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,3 +202,82 @@ class NetworkPolicy:
         if pod.namespace != self.namespace:
             return False
         return self.pod_selector is None or self.pod_selector.matches(pod.labels)
+
+
+# --- ClusterNetworkPolicy (policy.networking.k8s.io) ---------------------------------
+
+
+class Tier(enum.Enum):
+    """Admin rules come before NetworkPolicy, Baseline rules after it."""
+
+    ADMIN = "Admin"
+    BASELINE = "Baseline"
+
+
+class RuleAction(enum.Enum):
+    ACCEPT = "Accept"  # decides: allowed in this direction, later tiers not consulted
+    DENY = "Deny"  # decides: dropped
+    PASS = "Pass"  # skips the rest of this tier: on to the next one
+
+
+@dataclass(frozen=True, slots=True)
+class NodePeer:
+    """An egress ``nodes`` peer: the addresses (``status.addresses``) of every node whose
+    labels ``selector`` matches (an empty selector: every node). A node with unreadable
+    labels matches only the empty selector."""
+
+    selector: LabelSelector
+
+    def matches(self, node: Node) -> bool:
+        if node.labels is None:
+            return not self.selector.requirements
+        return self.selector.matches(node.labels)
+
+
+# ``namespaces`` peer: SelectorPeer(namespace selector, None); ``pods`` peer:
+# SelectorPeer(namespace selector, pod selector); ``networks``: one IPBlock per CIDR
+# (no excepts); ``nodes``: NodePeer. A cluster peer's namespace selector is never None.
+ClusterPeer = SelectorPeer | IPBlock | NodePeer
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterRule:
+    """One ingress or egress rule of a ClusterNetworkPolicy, in written order.
+
+    ``peers`` None: every peer; ``ports`` None: all traffic (ICMP too). A
+    ``destinationNamedPort`` is one named ``PolicyPort`` per protocol (a pod serves a
+    name under one protocol only). A rule the parser could not read whole becomes a Deny
+    of everything (``peers`` and ``ports`` None) at its place, with a problem listed.
+    """
+
+    action: RuleAction
+    peers: tuple[ClusterPeer, ...] | None
+    ports: tuple[PolicyPort, ...] | None
+    index: int = 0
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterNetworkPolicy:
+    name: str
+    tier: Tier
+    priority: int  # 0-1000, lower first; ties are broken by name
+    # The pods it applies to (a SelectorPeer whose namespace selector is never None).
+    # None: the subject could not be read, so it applies to every pod (fail closed).
+    subject: SelectorPeer | None
+    ingress: tuple[ClusterRule, ...] = ()
+    egress: tuple[ClusterRule, ...] = ()
+    problems: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def key(self) -> str:
+        """Its name: cluster-scoped, so never mistaken for a ``namespace/name``."""
+        return self.name
+
+    @property
+    def order(self) -> tuple[int, str]:
+        """Where it stands in its tier."""
+        return (self.priority, self.name)
+
+    def rules(self, direction: Direction) -> tuple[ClusterRule, ...]:
+        return self.ingress if direction is Direction.INGRESS else self.egress

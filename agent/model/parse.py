@@ -56,6 +56,7 @@ from agent.model.fields import (
 )
 from agent.model.objects import (
     NAMESPACE_NAME_LABEL,
+    ClusterNetworkPolicy,
     ContainerPort,
     IPAddress,
     IPNetwork,
@@ -367,6 +368,7 @@ class ParsedObjects:
     policies: tuple[NetworkPolicy, ...]
     nodes: tuple[Node, ...]
     problems: tuple[str, ...]
+    cluster_policies: tuple[ClusterNetworkPolicy, ...] = ()
 
 
 def parse_objects(documents: Iterable[Any], origin: str = "input") -> ParsedObjects:

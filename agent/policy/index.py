@@ -10,26 +10,32 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from agent.model.objects import (
+    ClusterNetworkPolicy,
     Direction,
     IPAddress,
     IPNetwork,
     Namespace,
     NetworkPolicy,
     Node,
+    NodePeer,
     Pod,
     SelectorPeer,
+    Tier,
 )
 from agent.policy.view import (
     Delta,
     Pair,
     default_namespace_labels,
     is_local,
+    node_peer_members,
     peer_matches_pod,
     peer_members,
+    subject_selects,
+    tier_order,
 )
 
 T = TypeVar("T")
-Obj = Pod | Namespace | NetworkPolicy | Node
+Obj = Pod | Namespace | NetworkPolicy | Node | ClusterNetworkPolicy
 
 
 def _add(index: dict[T, dict[str, Pod]], key: T, pod: Pod) -> None:
@@ -77,6 +83,8 @@ class ClusterIndex:
         self.pods: dict[str, Pod] = {}
         self.policies: dict[str, NetworkPolicy] = {}
         self.nodes: dict[str, Node] = {}
+        self.cluster_policies: dict[str, ClusterNetworkPolicy] = {}
+        self._tiers: dict[tuple[Direction, Tier], tuple[ClusterNetworkPolicy, ...]] | None = None
         # Pods selectors may match (selectable, not quarantined), by namespace and label.
         self._by_namespace: dict[str, dict[str, Pod]] = {}
         self._by_label: dict[tuple[str, str], dict[str, Pod]] = {}
@@ -96,6 +104,7 @@ class ClusterIndex:
         namespaces: Iterable[tuple[str, Namespace | None]] = (),
         policies: Iterable[tuple[str, NetworkPolicy | None]] = (),
         nodes: Iterable[tuple[str, Node | None]] = (),
+        cluster_policies: Iterable[tuple[str, ClusterNetworkPolicy | None]] = (),
     ) -> Delta:
         """Set each key to its object (None: deleted); one generation."""
         pod_pairs: list[Pair[Pod]] = []
@@ -136,16 +145,41 @@ class ClusterIndex:
                 self.policies[key] = policy
                 self._policies_in.setdefault(policy.namespace, {})[key] = policy
                 self._sorted_policies.pop(policy.namespace, None)
+        node_pairs: list[Pair[Node]] = []
         for key, node in nodes:
+            old_node = self.nodes.get(key)
+            if old_node is node:
+                continue
+            node_pairs.append((old_node, node))
             if node is None:
-                self.nodes.pop(key, None)
+                del self.nodes[key]
             else:
                 self.nodes[key] = node
+        cluster_pairs: list[Pair[ClusterNetworkPolicy]] = []
+        for key, cluster_policy in cluster_policies:
+            old_cluster = self.cluster_policies.get(key)
+            if old_cluster is cluster_policy:
+                continue
+            cluster_pairs.append((old_cluster, cluster_policy))
+            if old_cluster is not None:
+                self.invalid_policies -= bool(old_cluster.problems)
+                del self.cluster_policies[key]
+            if cluster_policy is not None:
+                self.invalid_policies += bool(cluster_policy.problems)
+                self.cluster_policies[key] = cluster_policy
+        if cluster_pairs:
+            self._tiers = None
         if pod_pairs or namespace_pairs:
             self._peer_cache.clear()
         if pod_pairs:
             self._all_sorted = None
-        self.delta = Delta(tuple(pod_pairs), tuple(policy_pairs), tuple(namespace_pairs))
+        self.delta = Delta(
+            tuple(pod_pairs),
+            tuple(policy_pairs),
+            tuple(namespace_pairs),
+            tuple(cluster_pairs),
+            tuple(node_pairs),
+        )
         self.generation += 1
         return self.delta
 
@@ -220,6 +254,24 @@ class ClusterIndex:
     def node_pod_cidrs(self, node_name: str) -> tuple[IPNetwork, ...]:
         node = self.nodes.get(node_name)
         return node.pod_cidrs if node else ()
+
+    def cluster_policies_selecting(
+        self, pod: Pod, direction: Direction, tier: Tier
+    ) -> tuple[ClusterNetworkPolicy, ...]:
+        if self._tiers is None:
+            self._tiers = {
+                (d, t): tier_order(self.cluster_policies.values(), d, t)
+                for d in Direction
+                for t in Tier
+            }
+        return tuple(
+            policy
+            for policy in self._tiers[direction, tier]
+            if subject_selects(policy, pod, self.namespace_labels, self.namespaces)
+        )
+
+    def node_peer_addresses(self, peer: NodePeer) -> tuple[IPAddress, ...]:
+        return node_peer_members(peer, self.nodes.values())
 
     def _namespace_quarantined(self, name: str) -> bool:
         namespace = self.namespaces.get(name)

@@ -9,16 +9,26 @@ from dataclasses import dataclass, field
 
 from agent.model.objects import (
     NAMESPACE_NAME_LABEL,
+    ClusterNetworkPolicy,
     Direction,
     IPAddress,
     IPNetwork,
     Namespace,
     NetworkPolicy,
     Node,
+    NodePeer,
     Pod,
     SelectorPeer,
+    Tier,
 )
-from agent.policy.view import is_local, peer_matches_pod, peer_members
+from agent.policy.view import (
+    is_local,
+    node_peer_members,
+    peer_matches_pod,
+    peer_members,
+    subject_selects,
+    tier_order,
+)
 
 
 @dataclass(frozen=True)
@@ -27,6 +37,7 @@ class ClusterState:
     pods: Mapping[str, Pod] = field(default_factory=dict)  # by "ns/name"
     policies: Mapping[str, NetworkPolicy] = field(default_factory=dict)  # by "ns/name"
     nodes: Mapping[str, Node] = field(default_factory=dict)
+    cluster_policies: Mapping[str, ClusterNetworkPolicy] = field(default_factory=dict)
 
     @classmethod
     def of(
@@ -35,12 +46,14 @@ class ClusterState:
         pods: Iterable[Pod] = (),
         policies: Iterable[NetworkPolicy] = (),
         nodes: Iterable[Node] = (),
+        cluster_policies: Iterable[ClusterNetworkPolicy] = (),
     ) -> ClusterState:
         return cls(
             namespaces={ns.name: ns for ns in namespaces},
             pods={pod.key: pod for pod in pods},
             policies={policy.key: policy for policy in policies},
             nodes={node.name: node for node in nodes},
+            cluster_policies={policy.key: policy for policy in cluster_policies},
         )
 
     # --- indexes (computed once per snapshot) ------------------------------------
@@ -99,6 +112,28 @@ class ClusterState:
             for policy in self.policies_by_namespace.get(pod.namespace, ())
             if direction in policy.policy_types and policy.selects(pod)
         )
+
+    @functools.cached_property
+    def _tiers(self) -> dict[tuple[Direction, Tier], tuple[ClusterNetworkPolicy, ...]]:
+        return {
+            (direction, tier): tier_order(self.cluster_policies.values(), direction, tier)
+            for direction in Direction
+            for tier in Tier
+        }
+
+    def cluster_policies_selecting(
+        self, pod: Pod, direction: Direction, tier: Tier
+    ) -> tuple[ClusterNetworkPolicy, ...]:
+        """The ClusterNetworkPolicies of ``tier`` that apply to ``pod`` in ``direction``,
+        in evaluation order (priority, then name)."""
+        return tuple(
+            policy
+            for policy in self._tiers[direction, tier]
+            if subject_selects(policy, pod, self.namespace_labels, self.namespaces)
+        )
+
+    def node_peer_addresses(self, peer: NodePeer) -> tuple[IPAddress, ...]:
+        return node_peer_members(peer, self.nodes.values())
 
     def selected_namespaces(self, peer: SelectorPeer, policy_namespace: str) -> tuple[str, ...]:
         """The namespaces whose pods ``peer`` may match: never a quarantined one."""
@@ -165,7 +200,9 @@ class ClusterState:
 
     @property
     def problems(self) -> tuple[str, ...]:
-        return tuple(p for policy in self.policies.values() for p in policy.problems)
+        namespaced = (p for policy in self.policies.values() for p in policy.problems)
+        cluster = (p for policy in self.cluster_policies.values() for p in policy.problems)
+        return (*namespaced, *cluster)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,5 +218,7 @@ def build_state(objects: Iterable[object]) -> BuiltState:
     from agent.model.parse import parse_objects  # the policy layer builds on the model
 
     parsed = parse_objects(objects)
-    state = ClusterState.of(parsed.namespaces, parsed.pods, parsed.policies, parsed.nodes)
+    state = ClusterState.of(
+        parsed.namespaces, parsed.pods, parsed.policies, parsed.nodes, parsed.cluster_policies
+    )
     return BuiltState(state, parsed.problems)

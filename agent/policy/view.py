@@ -12,13 +12,17 @@ from typing import Protocol, TypeVar
 
 from agent.model.objects import (
     NAMESPACE_NAME_LABEL,
+    ClusterNetworkPolicy,
     Direction,
     IPAddress,
     IPNetwork,
     Namespace,
     NetworkPolicy,
+    Node,
+    NodePeer,
     Pod,
     SelectorPeer,
+    Tier,
 )
 from agent.model.selectors import LabelSelector, Operator
 
@@ -42,6 +46,14 @@ class PolicyView(Protocol):
     def peer_matches_pod(self, peer: SelectorPeer, policy_namespace: str, pod: Pod) -> bool: ...
     def node_addresses(self, node_name: str) -> tuple[IPAddress, ...]: ...
     def node_pod_cidrs(self, node_name: str) -> tuple[IPNetwork, ...]: ...
+    @property
+    def cluster_policies(self) -> Mapping[str, ClusterNetworkPolicy]: ...
+    @property
+    def nodes(self) -> Mapping[str, Node]: ...
+    def cluster_policies_selecting(
+        self, pod: Pod, direction: Direction, tier: Tier
+    ) -> tuple[ClusterNetworkPolicy, ...]: ...
+    def node_peer_addresses(self, peer: NodePeer) -> tuple[IPAddress, ...]: ...
 
 
 class PeerMatcher(Protocol):
@@ -97,6 +109,41 @@ def peer_matches_pod(
     return peer.pod_selector is None or peer.pod_selector.matches(pod.labels)
 
 
+def subject_selects(
+    policy: ClusterNetworkPolicy,
+    pod: Pod,
+    namespace_labels: Callable[[str], Mapping[str, str]],
+    namespaces: Mapping[str, Namespace],
+) -> bool:
+    """``policy`` applies to ``pod``: never a hostNetwork, finished or address-less pod;
+    every other pod when the subject could not be read (fail closed). A quarantined pod
+    is denied everything before any tier is asked, so it needs no answer here."""
+    if not pod.is_selectable:
+        return False
+    if policy.subject is None:
+        return True
+    return peer_matches_pod(policy.subject, pod.namespace, pod, namespace_labels, namespaces)
+
+
+def tier_order(
+    policies: Iterable[ClusterNetworkPolicy], direction: Direction, tier: Tier
+) -> tuple[ClusterNetworkPolicy, ...]:
+    """The policies of ``tier`` with rules in ``direction``, in evaluation order (a
+    policy without rules in a direction does not affect it)."""
+    return tuple(
+        sorted(
+            (p for p in policies if p.tier is tier and p.rules(direction)),
+            key=lambda p: p.order,
+        )
+    )
+
+
+def node_peer_members(peer: NodePeer, nodes: Iterable[Node]) -> tuple[IPAddress, ...]:
+    """The addresses of every node ``peer`` selects, in address order."""
+    found = {address for node in nodes if peer.matches(node) for address in node.addresses}
+    return tuple(sorted(found, key=lambda a: (a.version, int(a))))
+
+
 def diff(previous: Mapping[str, T], current: Mapping[str, T]) -> tuple[Pair[T], ...]:
     """(old, new) for every key whose object is not the very same one in both."""
     if previous is current:
@@ -117,6 +164,8 @@ class Delta:
     pods: tuple[Pair[Pod], ...] = ()
     policies: tuple[Pair[NetworkPolicy], ...] = ()
     namespaces: tuple[Pair[Namespace], ...] = ()
+    cluster_policies: tuple[Pair[ClusterNetworkPolicy], ...] = ()
+    nodes: tuple[Pair[Node], ...] = ()
 
     @classmethod
     def between(cls, previous: PolicyView, current: PolicyView) -> Delta:
@@ -125,6 +174,8 @@ class Delta:
             pods=diff(previous.pods, current.pods),
             policies=diff(previous.policies, current.policies),
             namespaces=diff(previous.namespaces, current.namespaces),
+            cluster_policies=diff(previous.cluster_policies, current.cluster_policies),
+            nodes=diff(previous.nodes, current.nodes),
         )
 
     def relabelled(self) -> dict[str, tuple[Mapping[str, str], Mapping[str, str]]]:
