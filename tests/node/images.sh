@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build (once) the container images the real-node tests use, without any registry.
 #
-#   bash tests/node/images.sh [pause] [netprobe] [agent [--tag TAG]] [agnhost]
+#   bash tests/node/images.sh [pause] [netprobe] [agent [--tag TAG]] [agnhost] [cnp-agnhost]
 #   (default: pause, netprobe and agent)
 #
 #   pause     our own static pause (images/pause.c), the pods' sandbox image
@@ -22,6 +22,14 @@
 #             with IfNotPresent and nothing is pulled. Unlike the upstream image (alpine
 #             with tools) it holds only what the NetworkPolicy tests use: /agnhost (and the
 #             agnhost-2 link), porter's localhost.crt/key and /uploads.
+#   cnp-agnhost  the image the network-policy-api conformance suite's pods run
+#             (tests/node/cnp_conformance.py), named as its base/manifests.yaml says
+#             (registry.k8s.io/e2e-test-images/agnhost:<tag>, from the module pinned in
+#             tests/cluster/gobuild/netpolapi-conformance): the same agnhost binary as
+#             above (built from the k8s.io/kubernetes pin, a newer agnhost than the tag:
+#             the subcommands the suite runs, serve-hostname, netexec, porter and connect,
+#             take the same flags) plus /bin/bash (Debian's bash-static), because those
+#             pods start their servers with `/bin/bash -c "/agnhost ..."`.
 #
 # Each image is built with buildah (vfs storage, chroot isolation) and written to an OCI
 # archive (`oci-archive:`) that `ctr -n k8s.io images import` loads under the printed
@@ -45,6 +53,8 @@
 #   AGENT_REF=localhost/netpol-agent:dev-<hash>   (--tag TAG: localhost/netpol-agent:TAG)
 #   AGNHOST=/abs/path/agnhost-<hash>.oci.tar
 #   AGNHOST_REF=registry.k8s.io/e2e-test-images/agnhost:<version>
+#   CNP_AGNHOST=/abs/path/cnp-agnhost-<hash>.oci.tar
+#   CNP_AGNHOST_REF=registry.k8s.io/e2e-test-images/agnhost:<the suite's tag>
 # Everything else (progress, build output) goes to stderr.
 set -euo pipefail
 
@@ -58,13 +68,14 @@ die() {
     exit 1
 }
 
-want_pause=0 want_netprobe=0 want_agent=0 want_agnhost=0 agent_tag=""
+want_pause=0 want_netprobe=0 want_agent=0 want_agnhost=0 want_cnp_agnhost=0 agent_tag=""
 while (($#)); do
     case "$1" in
         pause) want_pause=1 ;;
         netprobe) want_netprobe=1 ;;
         agent) want_agent=1 ;;
         agnhost) want_agnhost=1 ;;
+        cnp-agnhost) want_cnp_agnhost=1 ;;
         --tag)
             (($# >= 2)) || die "--tag needs a value"
             agent_tag="$2"
@@ -76,11 +87,11 @@ while (($#)); do
             sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
             exit 0
             ;;
-        *) die "unknown argument '$1' (pause, netprobe, agent [--tag TAG], agnhost)" ;;
+        *) die "unknown argument '$1' (pause, netprobe, agent [--tag TAG], agnhost, cnp-agnhost)" ;;
     esac
     shift
 done
-((want_pause + want_netprobe + want_agent + want_agnhost)) || want_pause=1 want_netprobe=1 want_agent=1
+((want_pause + want_netprobe + want_agent + want_agnhost + want_cnp_agnhost)) || want_pause=1 want_netprobe=1 want_agent=1
 
 # --- helpers ---------------------------------------------------------------------------
 
@@ -296,6 +307,62 @@ build_agnhost() {
     log "built ${agnhost_archive} ($(du -h "${agnhost_archive}" | cut -f1)) in $((SECONDS - start))s"
 }
 
+# --- cnp-agnhost -----------------------------------------------------------------------
+# The network-policy-api conformance suite's agnhost: the agnhost above plus a static bash.
+cnp_agnhost_recipe="cnp-agnhost v1: agnhost v1 + /bin/bash from bash-static; FROM scratch"
+cnp_agnhost_inputs() {
+    agnhost_inputs
+    local gocmd moddir manifests tag
+    gocmd="$(bash "${repo}/scripts/go-toolchain.sh" | tail -n1)"
+    # `go mod download` prints the module's directory (and fetches it on first use).
+    moddir="$(cd "${repo}/tests/cluster/gobuild/netpolapi-conformance" && env -u GOROOT \
+        GOTOOLCHAIN=local GOFLAGS=-mod=readonly "${gocmd}" mod download -json \
+        sigs.k8s.io/network-policy-api | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+    manifests="${moddir}/conformance/base/manifests.yaml"
+    [[ -s "${manifests}" ]] || die "no ${manifests}"
+    tag="$(sed -n 's|^[[:space:]]*image: registry.k8s.io/e2e-test-images/agnhost:\([^[:space:]]*\)$|\1|p' "${manifests}" | sort -u)"
+    [[ -n "${tag}" && "${tag}" != *$'\n'* ]] || die "not one agnhost tag in ${manifests}: ${tag}"
+    cnp_agnhost_ref="registry.k8s.io/e2e-test-images/agnhost:${tag}"
+    cnp_bash=/bin/bash-static
+    [[ -x "${cnp_bash}" ]] || die "${cnp_bash} is missing (Debian's bash-static; scripts/setup-host.sh)"
+    cnp_agnhost_hash="$( {
+        echo "${cnp_agnhost_recipe}"
+        echo "${cnp_agnhost_ref}"
+        echo "${agnhost_hash}"
+        sha256sum "${cnp_bash}" | cut -d' ' -f1
+    } | hash_inputs)"
+    cnp_agnhost_archive="${cache}/cnp-agnhost-${cnp_agnhost_hash}.oci.tar"
+}
+
+build_cnp_agnhost() {
+    cnp_agnhost_inputs
+    [[ -s "${cnp_agnhost_archive}" ]] && return
+    lock
+    [[ -s "${cnp_agnhost_archive}" ]] && return
+    setup_buildah
+    local start=${SECONDS} work ctr
+    log "building ${cnp_agnhost_ref} from ${agnhost_bin} and ${cnp_bash}"
+    work="$(mktemp -d "${bh_dir}/tmp/cnp-agnhost.XXXXXX")"
+    mkdir -p "${work}/root/bin" "${work}/root/uploads" "${work}/root/tmp"
+    cp "${agnhost_bin}" "${work}/root/agnhost"
+    ln -s agnhost "${work}/root/agnhost-2"
+    cp "${cnp_bash}" "${work}/root/bin/bash"
+    ln -s bash "${work}/root/bin/sh"
+    chmod 0755 "${work}/root/agnhost" "${work}/root/bin/bash"
+    chmod 1777 "${work}/root/tmp"
+    cp "${agnhost_src}/porter/localhost.crt" "${agnhost_src}/porter/localhost.key" "${work}/root/"
+    chmod 0644 "${work}/root/localhost.crt" "${work}/root/localhost.key"
+    ctr="$(bh from --quiet --signature-policy "${bh_dir}/policy.json" scratch)"
+    containers+=("${ctr}")
+    bh copy --quiet "${ctr}" "${work}/root/" / >/dev/null
+    bh config --entrypoint '["/agnhost"]' --cmd '["pause"]' --workingdir / \
+        --label "org.opencontainers.image.title=agnhost" \
+        --label "netpol-agent.inputs=${cnp_agnhost_hash}" "${ctr}"
+    commit_archive "${ctr}" "${cnp_agnhost_archive}" "${cnp_agnhost_ref}"
+    rm -rf "${work}"
+    log "built ${cnp_agnhost_archive} ($(du -h "${cnp_agnhost_archive}" | cut -f1)) in $((SECONDS - start))s"
+}
+
 # --- base: the stand-in for python:3.11-slim-bookworm ---------------------------------------
 # python:3.11-slim-bookworm is debian:bookworm-slim plus a CPython 3.11 built from source
 # into /usr/local, with pip. Here: a minbase bookworm root filesystem from Debian's
@@ -506,10 +573,13 @@ PY
 ((want_netprobe)) && build_netprobe
 ((want_agent)) && build_agent
 ((want_agnhost)) && build_agnhost
+((want_cnp_agnhost)) && build_cnp_agnhost
 
 ((want_pause)) && printf 'PAUSE=%s\nPAUSE_REF=%s\n' "${pause_archive}" "${pause_ref}"
 ((want_netprobe)) && printf 'NETPROBE_BIN=%s\nNETPROBE=%s\nNETPROBE_REF=%s\n' \
     "${netprobe_bin}" "${netprobe_archive}" "${netprobe_ref}"
 ((want_agent)) && printf 'AGENT=%s\nAGENT_REF=%s\n' "${agent_archive}" "${agent_ref}"
 ((want_agnhost)) && printf 'AGNHOST=%s\nAGNHOST_REF=%s\n' "${agnhost_archive}" "${agnhost_ref}"
+((want_cnp_agnhost)) && printf 'CNP_AGNHOST=%s\nCNP_AGNHOST_REF=%s\n' \
+    "${cnp_agnhost_archive}" "${cnp_agnhost_ref}"
 exit 0
