@@ -18,7 +18,7 @@
 * the control plane in the control-plane node's network namespace: etcd and
   kube-apiserver (:class:`tests.cluster.controlplane.ControlPlane`), kube-controller-manager
   (node IPAM, service accounts and their tokens, the root CA ConfigMap, DaemonSets,
-  Deployments, EndpointSlices, namespaces, garbage collection) and kube-scheduler;
+  Deployments, StatefulSets, EndpointSlices, namespaces, garbage collection) and kube-scheduler;
 * pod networking like kindnet's: a ``bridge`` + ``host-local`` conflist with the node's
   podCIDR (allocated by the controller-manager) and ``portmap``, and routes on every node
   (and in the outside namespace) to the other nodes' podCIDRs via their node IPs.
@@ -126,6 +126,7 @@ CONTROLLERS = (
     "daemonset-controller",
     "replicaset-controller",
     "deployment-controller",
+    "statefulset-controller",  # the network-policy-api conformance suite's pods
     "endpoints-controller",
     "endpointslice-controller",
     "endpointslice-mirroring-controller",
