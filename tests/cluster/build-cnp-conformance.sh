@@ -5,7 +5,10 @@
 #
 # `go test -c sigs.k8s.io/network-policy-api/conformance`, unmodified, from the pin in
 # tests/cluster/gobuild/netpolapi-conformance/go.mod (the suite the network-policy-api
-# project and kube-network-policies' CI run with --conformance-profiles=ClusterNetworkPolicy).
+# project and kube-network-policies' CI run with --conformance-profiles=ClusterNetworkPolicy),
+# which must name the same version as tests/cluster/gobuild/netpolapi/go.mod when that
+# exists (this script checks it): that one pins only the module, for its CRD; this one
+# also records, in go.sum, every module the suite's test binary is built from.
 # Cached beside the other binaries (tests/cluster/build.sh), in
 #   ${NETPOL_AGENT_BIN_CACHE:-${XDG_CACHE_HOME:-~/.cache}/netpol-agent/bin}/cnp-conformance.test-<version>/
 # where <version> is the sigs.k8s.io/network-policy-api version.
@@ -35,6 +38,16 @@ version="$(awk -v m="${module}" '
     log "cannot read the ${module} version from ${moddir}/go.mod"
     exit 1
 }
+# One pin: gobuild/netpolapi (the CRD the other tests install) must name the same version.
+crd_pin="${here}/gobuild/netpolapi/go.mod"
+if [[ -f "${crd_pin}" ]]; then
+    crd_version="$(awk -v m="${module}" '$1 == "require" && $2 == m { print $3; exit }
+        $1 == m && $2 ~ /^v/ { print $2; exit }' "${crd_pin}")"
+    [[ "${crd_version}" == "${version}" ]] || {
+        log "gobuild/netpolapi-conformance pins ${module} ${version}, gobuild/netpolapi ${crd_version}"
+        exit 1
+    }
+fi
 out="${cache_root}/cnp-conformance.test-${version}/cnp-conformance.test"
 
 gocmd="$(bash "${repo}/scripts/go-toolchain.sh" | tail -n1)"
