@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-unit test-lab test-cluster test-node test-cni lint typecheck bench bench-smoke cluster-build node-images e2e-build e2e clean
+.PHONY: setup demo test test-unit test-lab test-cluster test-node test-cni lint typecheck bench bench-smoke cluster-build node-images e2e-build e2e cnp-conformance-build cnp-conformance clean
 
 setup: $(STAMP)
 
@@ -67,6 +67,18 @@ e2e-build: setup
 
 e2e: setup cluster-build e2e-build
 	$(PY) -m tests.node.e2e --focus '$(E2E_FOCUS)' $(if $(E2E_SKIP),--skip '$(E2E_SKIP)')
+
+# The network-policy-api conformance suite (sigs.k8s.io/network-policy-api/conformance at
+# the pin in tests/cluster/gobuild/netpolapi-conformance, unmodified, profile
+# ClusterNetworkPolicy with its experimental features) against the real nodes with the
+# agent deployed; tests/node/README.md, "Upstream conformance". CNP_RUN narrows the
+# selection (a regex on the test names), CNP_SKIP replaces the default skip (SCTP).
+cnp-conformance-build: setup
+	bash tests/cluster/build-cnp-conformance.sh
+	bash tests/node/images.sh pause cnp-agnhost agent
+
+cnp-conformance: setup cluster-build cnp-conformance-build
+	$(PY) -m tests.node.cnp_conformance $(if $(CNP_RUN),--run '$(CNP_RUN)') $(if $(CNP_SKIP),--skip '$(CNP_SKIP)')
 
 bench: setup
 	$(PY) -m bench.load --runs 7

@@ -1,0 +1,476 @@
+"""The network-policy-api conformance suite, unmodified, against the real nodes.
+
+``python -m tests.node.cnp_conformance`` (as root):
+
+1. builds (cached) the suite's test binary, ``go test -c
+   sigs.k8s.io/network-policy-api/conformance`` from the pin in
+   tests/cluster/gobuild/netpolapi-conformance (tests/cluster/build-cnp-conformance.sh), and
+   the images: our pause, the agnhost its pods run, named as its manifests say
+   (``registry.k8s.io/e2e-test-images/agnhost:2.45``, tests/node/images.sh cnp-agnhost) and
+   the agent's own image (or ``NETPOL_AGENT_NODE_AGENT_ARCHIVE`` / ``..._REF``);
+2. starts a :class:`tests.node.cluster.NodeCluster`, installs the same module's
+   *experimental* ClusterNetworkPolicy CRD (``config/crd/experimental``: the standard one
+   would drop ``nodes`` and named ports, which the experimental tests use) and deploys
+   ``deploy/`` as users do (:meth:`NodeCluster.deploy_agent`);
+3. installs :data:`NO_SCTP_SERVERS` (see there: this kernel has no SCTP sockets, and the
+   suite's pods would never be Ready with a server that exits), then runs the binary as
+   the project's CI runs it: ``-test.run TestConformanceProfiles``,
+   ``--conformance-profiles=ClusterNetworkPolicy`` and every feature of the profile,
+   experimental ones included (``--supported-features``), the report in ``report.yaml``,
+   through the Go toolchain's test2json so every test and subtest has a verdict and a time;
+4. prints pass / fail / skip per test and per subtest with its wall time, writes the same
+   as ``results.json`` in the report directory, and the command in ``command.txt``.
+
+``--run REGEX`` narrows the selection to tests whose name (e.g. ``CNPAdminTierPriorityField``)
+matches; ``--skip REGEX`` (default :data:`DEFAULT_SKIP`) leaves tests out with the test
+binary's ``-test.skip``. The exit code is 0 when no selected test failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from tests.node.cluster import REPO, NodeCluster, NodeClusterError, _key_values, build_images
+
+BUILD_SCRIPT = REPO / "tests" / "cluster" / "build-cnp-conformance.sh"
+
+PROFILE = "ClusterNetworkPolicy"
+#: Every feature of the profile: the standard one and both experimental ones.
+FEATURES = (
+    "ClusterNetworkPolicy",
+    "ClusterNetworkPolicyNamedPorts",
+    "ClusterNetworkPolicyEgressNodePeers",
+)
+EXPERIMENTAL_FEATURES = frozenset(FEATURES[1:])
+#: The tests whose every check is SCTP: this machine's kernel has no SCTP sockets.
+DEFAULT_SKIP = "SCTP"
+TOP = "TestConformanceProfiles"
+ENV_AGENT_ARCHIVE = "NETPOL_AGENT_NODE_AGENT_ARCHIVE"
+ENV_AGENT_REF = "NETPOL_AGENT_NODE_AGENT_REF"
+
+#: The suite's pods each run two ``agnhost porter`` SCTP servers (ports 9003 and 9005;
+#: the host-network pods two more). This kernel has no SCTP sockets, so porter exits
+#: (``Failed to listen SCTP``), the container restarts for ever, the pods are never Ready
+#: and the suite stops in its setup. This policy, in the cluster and nowhere else, makes
+#: those containers (and only those: the ones with a ``SERVE_SCTP_PORT_*`` variable)
+#: run ``/agnhost pause`` instead, in the suite's namespaces only. Every other container
+#: runs as the suite wrote it. The SCTP checks cannot pass either way: the tests made
+#: only of them are left out (:data:`DEFAULT_SKIP`); a subtest that also pokes SCTP fails
+#: at that poke, and the table says so.
+NO_SCTP_SERVERS = """\
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingAdmissionPolicy
+metadata:
+  name: cnp-conformance-no-sctp-servers
+spec:
+  matchConstraints:
+    resourceRules:
+    - apiGroups: [""]
+      apiVersions: ["v1"]
+      operations: ["CREATE"]
+      resources: ["pods"]
+    namespaceSelector:
+      matchExpressions:
+      - {key: conformance-house, operator: Exists}
+  matchConditions:
+  - name: runs-an-sctp-server
+    expression: >-
+      object.spec.containers.exists(c, has(c.env) &&
+      c.env.exists(e, e.name.startsWith("SERVE_SCTP_PORT_")))
+  failurePolicy: Fail
+  reinvocationPolicy: Never
+  mutations:
+  - patchType: JSONPatch
+    jsonPatch:
+      expression: >-
+        object.spec.containers.transformList(i, c,
+        has(c.env) && c.env.exists(e, e.name.startsWith("SERVE_SCTP_PORT_")),
+        JSONPatch{op: "replace", path: "/spec/containers/" + string(i) + "/command",
+        value: ["/agnhost", "pause"]})
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingAdmissionPolicyBinding
+metadata:
+  name: cnp-conformance-no-sctp-servers
+spec:
+  policyName: cnp-conformance-no-sctp-servers
+"""
+
+
+@dataclass
+class Result:
+    """One test (``CNPAdminTierGress``) or subtest (``CNPAdminTierGress/Should ...``)."""
+
+    name: str
+    status: str  # passed, failed, skipped, not run
+    seconds: float
+    message: str = ""
+    subtests: list[Result] = field(default_factory=list)
+    experimental: bool = False
+
+
+@dataclass(frozen=True)
+class SuiteTest:
+    """A conformance test as the pinned module's conformance/tests/*.go declares it."""
+
+    name: str
+    features: tuple[str, ...]
+
+    @property
+    def experimental(self) -> bool:
+        return any(f in EXPERIMENTAL_FEATURES for f in self.features)
+
+
+def build_conformance() -> dict[str, str]:
+    """tests/cluster/build-cnp-conformance.sh: {"CNP_CONFORMANCE_TEST": path, ...}."""
+    proc = subprocess.run(
+        ["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True, check=False
+    )
+    if proc.returncode != 0:
+        raise NodeClusterError(f"{BUILD_SCRIPT} failed with exit code {proc.returncode}")
+    return _key_values(proc.stdout)
+
+
+def suite_tests(module_dir: Path) -> list[SuiteTest]:
+    """Every test of the suite, in the order of its files, with the features it needs.
+
+    Read from the module's source (``ShortName`` and ``Features`` of each
+    ``suite.ConformanceTest``), so the table also lists the tests ``-test.skip`` left out,
+    which the test binary does not mention at all.
+    """
+    tests = []
+    block = re.compile(
+        r'ShortName:\s*"(\w+)".*?Features:\s*\[\]suite\.SupportedFeature\{'
+        r"(.*?)\}",
+        re.S,
+    )
+    for path in sorted((module_dir / "conformance" / "tests").glob("*.go")):
+        for match in block.finditer(path.read_text()):
+            features = tuple(
+                f.removeprefix("Support") for f in re.findall(r"suite\.(\w+)", match.group(2))
+            )
+            tests.append(SuiteTest(match.group(1), features))
+    return tests
+
+
+def install_crd(cluster: NodeCluster, module_dir: Path) -> None:
+    """The module's experimental ClusterNetworkPolicy CRD, Established."""
+    crd = (
+        module_dir
+        / "config"
+        / "crd"
+        / "experimental"
+        / "policy.networking.k8s.io_clusternetworkpolicies.yaml"
+    )
+    cluster.kubectl("apply", "--server-side", "-f", str(crd))
+    cluster.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/clusternetworkpolicies.policy.networking.k8s.io",
+        timeout=90,
+    )
+
+
+def install_no_sctp_servers(cluster: NodeCluster, report_dir: Path) -> None:
+    path = report_dir / "no-sctp-servers.yaml"
+    path.write_text(NO_SCTP_SERVERS)
+    cluster.kubectl("apply", "-f", str(path))
+
+
+def suite_argv(
+    binary: Path, report_dir: Path, *, run: str, skip: str, timeout: str, agent_ref: str
+) -> list[str]:
+    """The test binary's command line (``-test.*`` flags, then the suite's own)."""
+    return [
+        str(binary),
+        "-test.v=test2json",
+        f"-test.run=^{TOP}$" + (f"/{run}" if run else ""),
+        *([f"-test.skip=^{TOP}$/{skip}"] if skip else []),
+        f"-test.timeout={timeout}",
+        f"--conformance-profiles={PROFILE}",
+        f"--supported-features={','.join(FEATURES)}",
+        "--cleanup-base-resources=true",
+        "--organization=netpol-agent",
+        "--project=netpol-agent",
+        "--url=https://example.invalid/netpol-agent",
+        f"--version={agent_ref}",
+        "--contact=netpol-agent maintainers",
+        "--additional-info=python -m tests.node.cnp_conformance (tests/node/README.md)",
+        f"--report-output={report_dir / 'report.yaml'}",
+    ]
+
+
+def run_suite(
+    cluster: NodeCluster,
+    binary: Path,
+    test2json: Path,
+    report_dir: Path,
+    *,
+    run: str = "",
+    skip: str = DEFAULT_SKIP,
+    timeout: str = "2h",
+    agent_ref: str = "",
+) -> tuple[int, float]:
+    """Run the suite against the cluster; returns (exit code, seconds).
+
+    Writes ``command.txt``, ``events.json`` (test2json's stream) and ``conformance.log``
+    (the suite's plain output) in ``report_dir``.
+    """
+    argv = [
+        str(test2json),
+        "-t",
+        "-p",
+        "conformance",
+        *suite_argv(binary, report_dir, run=run, skip=skip, timeout=timeout, agent_ref=agent_ref),
+    ]
+    env = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig))
+    (report_dir / "command.txt").write_text(
+        f"KUBECONFIG={cluster.kubeconfig} " + shlex.join(argv) + "\n"
+    )
+    start = time.monotonic()
+    with open(report_dir / "events.json", "wb") as events:
+        proc = subprocess.run(
+            argv, env=env, stdout=events, stderr=subprocess.STDOUT, check=False, cwd=report_dir
+        )
+    seconds = time.monotonic() - start
+    with open(report_dir / "conformance.log", "w") as log:
+        for event in read_events(report_dir / "events.json"):
+            log.write(event.get("Output", ""))
+    return proc.returncode, seconds
+
+
+def read_events(path: Path) -> Iterable[dict[str, object]]:
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            yield {"Action": "output", "Output": line + "\n"}
+            continue
+        if isinstance(event, dict):
+            yield event
+
+
+#: The lines of a failed subtest's output worth repeating in the table.
+_EVIDENCE = re.compile(
+    r"FAILED Command was|Expected connection|Error:|error waiting|"
+    r"Messages:|FAILED to execute|unable to"
+)
+
+
+def parse_events(path: Path, tests: Sequence[SuiteTest]) -> list[Result]:
+    """Per test and per subtest verdicts from test2json's stream.
+
+    Every test of ``tests`` is listed; one the run did not reach (left out by ``-test.run``
+    or ``-test.skip``) is ``not run``.
+    """
+    verdicts: dict[str, tuple[str, float]] = {}
+    output: dict[str, list[str]] = {}
+    order: list[str] = []
+    for event in read_events(path):
+        name = str(event.get("Test") or "")
+        if not name.startswith(TOP + "/"):
+            continue
+        name = name[len(TOP) + 1 :]
+        action = event.get("Action")
+        if action == "run" and name not in order:
+            order.append(name)
+        elif action == "output":
+            output.setdefault(name, []).append(str(event.get("Output", "")))
+        elif action in ("pass", "fail", "skip"):
+            status = {"pass": "passed", "fail": "failed", "skip": "skipped"}[str(action)]
+            elapsed = event.get("Elapsed", 0.0)
+            verdicts[name] = (status, float(elapsed) if isinstance(elapsed, int | float) else 0.0)
+
+    def result(name: str, *, experimental: bool = False) -> Result:
+        status, seconds = verdicts.get(name, ("not run" if name not in order else "failed", 0.0))
+        lines = [line.strip() for line in output.get(name, [])]
+        if status == "failed":
+            message = " | ".join(line for line in lines if _EVIDENCE.search(line))
+        elif status == "skipped":
+            message = " | ".join(line for line in lines if "Skipping" in line or "SKIP" in line)
+        else:
+            message = ""
+        display = name.split("/", 1)[-1].replace("_", " ") if "/" in name else name
+        return Result(display, status, seconds, message[-3000:], experimental=experimental)
+
+    results = []
+    for test in tests:
+        top = result(test.name, experimental=test.experimental)
+        if top.status == "not run" and test.name not in order:
+            top.message = "left out by -test.run / -test.skip"
+        top.subtests = [result(sub) for sub in order if sub.startswith(test.name + "/")]
+        results.append(top)
+    return results
+
+
+def last_failed_poke(result: Result) -> str:
+    """The last poke (``/agnhost connect ...``) the subtest logged as failed, or "".
+
+    The suite retries a poke until it gives the expected result or its timeout passes, and
+    logs every failed try, so only the last one is the poke that failed the subtest (the
+    subtest stops there: the pokes after it were not checked).
+    """
+    commands = re.findall(r"FAILED Command was (\[[^\]]*\])", result.message)
+    return commands[-1] if commands else ""
+
+
+def failure_reason(result: Result) -> str:
+    """Why a subtest failed, when the output says: an SCTP poke."""
+    if "--protocol=sctp" in last_failed_poke(result):
+        return "SCTP poke (this kernel has no SCTP sockets)"
+    return ""
+
+
+def table(results: Sequence[Result]) -> str:
+    lines = [f"{'result':8} {'seconds':>8}  test / subtest"]
+    for r in results:
+        tag = " [experimental]" if r.experimental else ""
+        note = f"  ({r.message})" if r.status in ("not run", "skipped") and r.message else ""
+        lines.append(f"{r.status:8} {r.seconds:8.1f}  {r.name}{tag}{note}")
+        for s in r.subtests:
+            reason = failure_reason(s) if s.status == "failed" else ""
+            lines.append(
+                f"{s.status:8} {s.seconds:8.1f}    {s.name}" + (f"  <- {reason}" if reason else "")
+            )
+    lines.append(summary(results))
+    return "\n".join(lines)
+
+
+def summary(results: Sequence[Result]) -> str:
+    def counts(items: Iterable[Result]) -> str:
+        items = list(items)
+        return ", ".join(
+            f"{sum(1 for r in items if r.status == s)} {s}"
+            for s in ("passed", "failed", "skipped", "not run")
+        )
+
+    subs = [s for r in results for s in r.subtests]
+    return f"tests: {counts(results)}; subtests: {counts(subs)}"
+
+
+def read_report(path: Path) -> dict[str, object]:
+    """The suite's own report (``--report-output``), or {} if it wrote none."""
+    if not path.exists():
+        return {}
+    data = yaml.safe_load(path.read_text())
+    return data if isinstance(data, dict) else {}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.node.cnp_conformance",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--run",
+        default="",
+        help="only the tests whose name matches (a Go regex, -test.run's second level)",
+    )
+    parser.add_argument(
+        "--skip",
+        default=DEFAULT_SKIP,
+        help="leave out the tests whose name matches (-test.skip's second "
+        f"level; default {DEFAULT_SKIP!r}; '' runs them all)",
+    )
+    parser.add_argument(
+        "--report-dir",
+        type=Path,
+        help="where the suite's report, its log and results.json go "
+        "(default: a new directory under /tmp)",
+    )
+    parser.add_argument("--timeout", default="2h", help="-test.timeout for the whole run")
+    args = parser.parse_args(argv)
+
+    report_dir = args.report_dir or Path(tempfile.mkdtemp(prefix="netpol-cnp-conformance-"))
+    report_dir = report_dir.resolve()
+    report_dir.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    def note(msg: str) -> None:
+        print(f"cnp-conformance: {msg}", file=sys.stderr, flush=True)
+
+    start = time.monotonic()
+    built = build_conformance()
+    binary, test2json = Path(built["CNP_CONFORMANCE_TEST"]), Path(built["TEST2JSON"])
+    module_dir = Path(built["CNP_MODULE_DIR"])
+    images = build_images("pause", "cnp-agnhost")
+    archive, ref = os.environ.get(ENV_AGENT_ARCHIVE), os.environ.get(ENV_AGENT_REF)
+    if not (archive and ref):
+        agent = build_images("agent")
+        archive, ref = agent["AGENT"], agent["AGENT_REF"]
+    timings["build"] = time.monotonic() - start
+    note(
+        f"{binary} ({built['CNP_API_VERSION']}); {images['CNP_AGNHOST_REF']}; agent {ref} "
+        f"({timings['build']:.0f}s)"
+    )
+
+    with NodeCluster(pause=(Path(images["PAUSE"]), images["PAUSE_REF"])) as cluster:
+        timings["nodes_ready"] = cluster.timings["nodes_ready"]
+        cluster.import_image(images["CNP_AGNHOST"])
+        cluster.import_image(archive)
+        install_crd(cluster, module_dir)
+        cluster.deploy_agent(ref)
+        timings["agent_ready"] = cluster.timings["agent_ready"]
+        install_no_sctp_servers(cluster, report_dir)
+        note(
+            f"nodes Ready in {timings['nodes_ready']:.0f}s, agent Ready in "
+            f"{timings['agent_ready']:.0f}s; running the suite (log: "
+            f"{report_dir}/conformance.log)"
+        )
+        code, timings["suite"] = run_suite(
+            cluster,
+            binary,
+            test2json,
+            report_dir,
+            run=args.run,
+            skip=args.skip,
+            timeout=args.timeout,
+            agent_ref=ref,
+        )
+    timings["total"] = time.monotonic() - start
+
+    results = parse_events(report_dir / "events.json", suite_tests(module_dir))
+    report = read_report(report_dir / "report.yaml")
+    (report_dir / "results.json").write_text(
+        json.dumps(
+            {
+                "run": args.run,
+                "skip": args.skip,
+                "exit_code": code,
+                "timings": timings,
+                "agent_image": ref,
+                "agnhost_image": images["CNP_AGNHOST_REF"],
+                "api_version": built["CNP_API_VERSION"],
+                "profile_reports": report.get("profiles", report.get("profileReports", [])),
+                "results": [asdict(r) for r in results],
+            },
+            indent=2,
+            default=str,
+        )
+        + "\n"
+    )
+    print(table(results))
+    print(", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
+    print(f"test binary exit code {code}; report in {report_dir}")
+    if not report:
+        note("the suite wrote no report.yaml")
+    return 1 if code or any(r.status == "failed" for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
