@@ -43,6 +43,7 @@ class StateCounts:
     local_pods_ingress_isolated: int = 0
     local_pods_egress_isolated: int = 0
     invalid_policies: int = 0
+    cluster_policies: int = 0
 
 
 @dataclass(frozen=True, slots=True)

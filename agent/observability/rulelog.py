@@ -180,6 +180,9 @@ def describe_change(change: ObjectChange) -> str:
     if change.kind is Kind.NETWORK_POLICY:
         verb = {"added": "created"}.get(change.action, change.action)
         return f"policy {verb} {change.key}"
+    if change.kind is Kind.CLUSTER_NETWORK_POLICY:
+        verb = {"added": "created"}.get(change.action, change.action)
+        return f"cluster policy {verb} {change.key}"
     noun = {Kind.POD: "pod", Kind.NAMESPACE: "namespace", Kind.NODE: "node"}[change.kind]
     verb = change.action
     if verb == "updated" and "labels" in change.fields and change.kind is not Kind.NODE:

@@ -175,7 +175,7 @@ def fake() -> Iterator[tuple[Script, Callable[..., tuple[KubeSource, Recorder]]]
     def start(
         config: KubeSourceConfig = CONFIG, recorder: Recorder | None = None
     ) -> tuple[KubeSource, Recorder]:
-        source = KubeSource(api, None, config)
+        source = KubeSource(api, config)
         recorder = recorder or Recorder()
         source.start(recorder)
         sources.append(source)
