@@ -68,12 +68,12 @@ METRICS: Final[tuple[tuple[str, str, str, str], ...]] = (
     ("local_pods", "gauge", "",
      "Pods on this node that the agent enforces for."),
     ("local_pods_selected", "gauge", "direction: ingress, egress",
-     "Local pods isolated by at least one policy in that direction."),
+     "Local pods that a NetworkPolicy isolates or a ClusterNetworkPolicy rule applies to "
+     "in that direction."),
     ("policies", "gauge", "", "NetworkPolicies in the cluster."),
-    ("invalid_policies", "gauge", "",
-     "NetworkPolicies and ClusterNetworkPolicies the agent could not read whole "
-     "(each one fails closed)."),
     ("cluster_policies", "gauge", "", "ClusterNetworkPolicies in the cluster."),
+    ("invalid_policies", "gauge", "",
+     "NetworkPolicies and ClusterNetworkPolicies with problems (each fails closed)."),
     ("pods", "gauge", "", "Pods in the cluster."),
     ("namespaces", "gauge", "", "Namespaces in the cluster."),
     ("flows_revoked_total", "counter", "family,reason",
