@@ -141,3 +141,9 @@ class ClusterPolicies:
     def cleanup(self) -> None:
         for name in list(self._created):
             self.delete(name)
+
+    def delete_all(self) -> None:
+        """Every ClusterNetworkPolicy, whoever created it."""
+        listed = self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+        for item in listed.get("items") or []:
+            self.delete(item["metadata"]["name"])
