@@ -356,7 +356,12 @@ class _KindWatcher:
             except NotServedError:
                 if self._stopping.is_set():
                     break
-                self._not_served(phase)
+                try:
+                    self._not_served(phase)
+                except Exception as error:  # the consumer failed on the deletes
+                    if self._stopping.is_set():
+                        break
+                    self._on_failure("list", error)
             except ResourceGoneError as gone:
                 if self._stopping.is_set():
                     break
