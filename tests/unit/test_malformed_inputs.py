@@ -456,6 +456,7 @@ PARSERS: Mapping[Kind, Callable[[Any], Any]] = {
     Kind.NAMESPACE: parse.parse_namespace,
     Kind.NETWORK_POLICY: parse.parse_network_policy,
     Kind.NODE: parse.parse_node,
+    Kind.CLUSTER_NETWORK_POLICY: parse.parse_cluster_network_policy,
 }
 
 
@@ -643,12 +644,12 @@ def run_kube_source(all_cases: Sequence[Case]) -> Tally:
     configuration.host = f"http://127.0.0.1:{server.server_address[1]}"
     api: Any = k8s_client.ApiClient(configuration)
     config = KubeSourceConfig(page_size=500, backoff_initial_seconds=0.01, backoff_max_seconds=0.05)
-    source = KubeSource(api, NODE, config)
+    source = KubeSource(api, config)
     try:
         with hang_detector("the API source"):
             source.start(sink)
             deadline = time.monotonic() + HANG_SECONDS - 5
-            while len(ended) < len(Kind) and time.monotonic() < deadline:
+            while len(ended) < len(RESOURCE_PATHS) and time.monotonic() < deadline:
                 time.sleep(0.05)
             health = source.health
     finally:
@@ -657,7 +658,7 @@ def run_kube_source(all_cases: Sequence[Case]) -> Tally:
         server.shutdown()
         server.server_close()
         api.close()
-    if len(ended) < len(Kind):
+    if len(ended) < len(RESOURCE_PATHS):
         tally.failures.append(
             f"the API source stalled: kinds done {sorted(k.value for k in ended)}"
         )
