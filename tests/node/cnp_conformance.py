@@ -8,10 +8,12 @@
    the images: our pause, the agnhost its pods run, named as its manifests say
    (``registry.k8s.io/e2e-test-images/agnhost:2.45``, tests/node/images.sh cnp-agnhost) and
    the agent's own image (or ``NETPOL_AGENT_NODE_AGENT_ARCHIVE`` / ``..._REF``);
-2. starts a :class:`tests.node.cluster.NodeCluster`, installs the same module's
-   *experimental* ClusterNetworkPolicy CRD (``config/crd/experimental``: the standard one
-   would drop ``nodes`` and named ports, which the experimental tests use) and deploys
-   ``deploy/`` as users do (:meth:`NodeCluster.deploy_agent`);
+2. starts a :class:`tests.node.cluster.NodeCluster`, installs the *experimental*
+   ClusterNetworkPolicy CRD of the same module version
+   (:func:`tests.cluster.netpolapi.install_crd`, pinned in tests/cluster/gobuild/netpolapi,
+   which build-cnp-conformance.sh checks; the standard CRD would drop ``nodes`` and named
+   ports, which the experimental tests use) and deploys ``deploy/`` as users do
+   (:meth:`NodeCluster.deploy_agent`);
 3. installs :data:`NO_SCTP_SERVERS` (see there: this kernel has no SCTP sockets, and the
    suite's pods would never be Ready with a server that exits), then runs the binary as
    the project's CI runs it: ``-test.run TestConformanceProfiles``,
@@ -29,6 +31,7 @@ binary's ``-test.skip``. The exit code is 0 when no selected test failed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -43,6 +46,7 @@ from pathlib import Path
 
 import yaml
 
+from tests.cluster.netpolapi import install_crd
 from tests.node.cluster import REPO, NodeCluster, NodeClusterError, _key_values, build_images
 
 BUILD_SCRIPT = REPO / "tests" / "cluster" / "build-cnp-conformance.sh"
@@ -115,7 +119,7 @@ class Result:
     """One test (``CNPAdminTierGress``) or subtest (``CNPAdminTierGress/Should ...``)."""
 
     name: str
-    status: str  # passed, failed, skipped, not run
+    status: str  # passed, failed, skipped, not run, no verdict (started, never ended)
     seconds: float
     message: str = ""
     subtests: list[Result] = field(default_factory=list)
@@ -166,25 +170,6 @@ def suite_tests(module_dir: Path) -> list[SuiteTest]:
     return tests
 
 
-def install_crd(cluster: NodeCluster, module_dir: Path) -> None:
-    """The module's experimental ClusterNetworkPolicy CRD, Established."""
-    crd = (
-        module_dir
-        / "config"
-        / "crd"
-        / "experimental"
-        / "policy.networking.k8s.io_clusternetworkpolicies.yaml"
-    )
-    cluster.kubectl("apply", "--server-side", "-f", str(crd))
-    cluster.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/clusternetworkpolicies.policy.networking.k8s.io",
-        timeout=90,
-    )
-
-
 def install_no_sctp_servers(cluster: NodeCluster, report_dir: Path) -> None:
     path = report_dir / "no-sctp-servers.yaml"
     path.write_text(NO_SCTP_SERVERS)
@@ -227,8 +212,9 @@ def run_suite(
 ) -> tuple[int, float]:
     """Run the suite against the cluster; returns (exit code, seconds).
 
-    Writes ``command.txt``, ``events.json`` (test2json's stream) and ``conformance.log``
-    (the suite's plain output) in ``report_dir``.
+    Writes ``command.txt``, ``events.json`` (test2json's stream), ``conformance.log``
+    (the suite's plain output) and ``placement.txt`` (the suite's pods, ``-o wide``) in
+    ``report_dir``.
     """
     argv = [
         str(test2json),
@@ -243,14 +229,37 @@ def run_suite(
     )
     start = time.monotonic()
     with open(report_dir / "events.json", "wb") as events:
-        proc = subprocess.run(
-            argv, env=env, stdout=events, stderr=subprocess.STDOUT, check=False, cwd=report_dir
+        proc = subprocess.Popen(
+            argv, env=env, stdout=events, stderr=subprocess.STDOUT, cwd=report_dir
         )
+        record_placement(cluster, proc, report_dir / "placement.txt")
     seconds = time.monotonic() - start
     with open(report_dir / "conformance.log", "w") as log:
         for event in read_events(report_dir / "events.json"):
-            log.write(event.get("Output", ""))
+            log.write(str(event.get("Output", "")))
     return proc.returncode, seconds
+
+
+def record_placement(
+    cluster: NodeCluster, proc: subprocess.Popen[bytes], path: Path, interval: float = 15.0
+) -> None:
+    """Until ``proc`` exits, keep in ``path`` where the suite's pods run (node, IP).
+
+    The suite deletes its pods at the end; which client pod shares a node with which
+    host-network server decides some verdicts (a pod's traffic to its own node).
+    """
+    while True:
+        try:
+            proc.wait(timeout=interval)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(NodeClusterError, subprocess.TimeoutExpired):
+            pods = cluster.kubectl(
+                "get", "pods", "-A", "-o", "wide", "-l", "conformance-house", timeout=30
+            )
+            if pods.count("\n") > 1:
+                path.write_text(pods)
 
 
 def read_events(path: Path) -> Iterable[dict[str, object]]:
@@ -296,7 +305,9 @@ def parse_events(path: Path, tests: Sequence[SuiteTest]) -> list[Result]:
             verdicts[name] = (status, float(elapsed) if isinstance(elapsed, int | float) else 0.0)
 
     def result(name: str, *, experimental: bool = False) -> Result:
-        status, seconds = verdicts.get(name, ("not run" if name not in order else "failed", 0.0))
+        status, seconds = verdicts.get(
+            name, ("not run" if name not in order else "no verdict", 0.0)
+        )
         lines = [line.strip() for line in output.get(name, [])]
         if status == "failed":
             message = " | ".join(line for line in lines if _EVIDENCE.search(line))
@@ -355,7 +366,8 @@ def summary(results: Sequence[Result]) -> str:
         items = list(items)
         return ", ".join(
             f"{sum(1 for r in items if r.status == s)} {s}"
-            for s in ("passed", "failed", "skipped", "not run")
+            for s in ("passed", "failed", "skipped", "not run", "no verdict")
+            if s != "no verdict" or any(r.status == s for r in items)
         )
 
     subs = [s for r in results for s in r.subtests]
@@ -423,7 +435,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         timings["nodes_ready"] = cluster.timings["nodes_ready"]
         cluster.import_image(images["CNP_AGNHOST"])
         cluster.import_image(archive)
-        install_crd(cluster, module_dir)
+        # The CRD before the agent, as a cluster that uses ClusterNetworkPolicies has it.
+        assert cluster.control_plane is not None
+        install_crd(cluster.control_plane)
         cluster.deploy_agent(ref)
         timings["agent_ready"] = cluster.timings["agent_ready"]
         install_no_sctp_servers(cluster, report_dir)
