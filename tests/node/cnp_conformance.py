@@ -40,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -124,6 +124,7 @@ class Result:
     message: str = ""
     subtests: list[Result] = field(default_factory=list)
     experimental: bool = False
+    reason: str = ""  #: why it failed, when known (:func:`failure_reason`)
 
 
 @dataclass(frozen=True)
@@ -339,21 +340,44 @@ def last_failed_poke(result: Result) -> str:
     return commands[-1] if commands else ""
 
 
-def failure_reason(result: Result) -> str:
-    """Why a subtest failed, when the output says: an SCTP poke."""
+SCTP_POKE = "SCTP poke (this kernel has no SCTP sockets)"
+OWN_NODE = "a pod to its own node (INPUT, which the agent does not filter)"
+
+
+def failure_reason(result: Result, node_of_pod: Mapping[str, str] | None = None) -> str:
+    """Why a subtest failed, when the output says: an SCTP poke, or a pod reaching its own
+    node (``node_of_pod``: "namespace/pod" -> the IP of the node it ran on)."""
     if "--protocol=sctp" in last_failed_poke(result):
-        return "SCTP poke (this kernel has no SCTP sockets)"
+        return SCTP_POKE
+    connected = re.findall(
+        r"Expected connection to fail from (\S+) to (\S+), but instead it successfully",
+        result.message,
+    )
+    if connected and node_of_pod and node_of_pod.get(connected[-1][0]) == connected[-1][1]:
+        return OWN_NODE
     return ""
 
 
-def table(results: Sequence[Result]) -> str:
+def read_placement(path: Path, node_ips: Mapping[str, str]) -> dict[str, str]:
+    """``placement.txt`` (``kubectl get pods -A -o wide``) as "namespace/pod" -> node IP."""
+    if not path.exists():
+        return {}
+    placement = {}
+    for line in path.read_text().splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 8 and fields[7] in node_ips:
+            placement[f"{fields[0]}/{fields[1]}"] = node_ips[fields[7]]
+    return placement
+
+
+def table(results: Sequence[Result], node_of_pod: Mapping[str, str] | None = None) -> str:
     lines = [f"{'result':8} {'seconds':>8}  test / subtest"]
     for r in results:
         tag = " [experimental]" if r.experimental else ""
         note = f"  ({r.message})" if r.status in ("not run", "skipped") and r.message else ""
         lines.append(f"{r.status:8} {r.seconds:8.1f}  {r.name}{tag}{note}")
         for s in r.subtests:
-            reason = failure_reason(s) if s.status == "failed" else ""
+            reason = failure_reason(s, node_of_pod) if s.status == "failed" else ""
             lines.append(
                 f"{s.status:8} {s.seconds:8.1f}    {s.name}" + (f"  <- {reason}" if reason else "")
             )
@@ -440,6 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         install_crd(cluster.control_plane)
         cluster.deploy_agent(ref)
         timings["agent_ready"] = cluster.timings["agent_ready"]
+        node_ips = {node.name: node.ip for node in cluster.nodes}
         install_no_sctp_servers(cluster, report_dir)
         note(
             f"nodes Ready in {timings['nodes_ready']:.0f}s, agent Ready in "
@@ -460,6 +485,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     results = parse_events(report_dir / "events.json", suite_tests(module_dir))
     report = read_report(report_dir / "report.yaml")
+    node_of_pod = read_placement(report_dir / "placement.txt", node_ips)
+    for sub in (sub for test in results for sub in test.subtests if sub.status == "failed"):
+        sub.reason = failure_reason(sub, node_of_pod)
     (report_dir / "results.json").write_text(
         json.dumps(
             {
@@ -478,7 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         + "\n"
     )
-    print(table(results))
+    print(table(results, node_of_pod))
     print(", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
     print(f"test binary exit code {code}; report in {report_dir}")
     if not report:
