@@ -171,10 +171,53 @@ def suite_tests(module_dir: Path) -> list[SuiteTest]:
     return tests
 
 
-def install_no_sctp_servers(cluster: NodeCluster, report_dir: Path) -> None:
+#: A namespace and pod like the suite's, to see the policy at work before the suite starts.
+_PROBE_NAMESPACE = "cnp-conformance-admission-probe"
+_PROBE_POD = f"""\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: probe
+  namespace: {_PROBE_NAMESPACE}
+spec:
+  containers:
+  - name: sctp
+    image: registry.k8s.io/e2e-test-images/agnhost:2.45
+    command: ["/bin/bash", "-c", "/agnhost porter"]
+    env:
+    - name: SERVE_SCTP_PORT_9003
+      value: foo
+"""
+
+
+def install_no_sctp_servers(cluster: NodeCluster, report_dir: Path, timeout: float = 60) -> None:
+    """Apply :data:`NO_SCTP_SERVERS` and wait until the apiserver applies it.
+
+    A new admission policy takes effect a moment after it is created (the apiserver
+    loads it from a watch), and the suite creates its pods right away: a pod created in
+    between keeps its SCTP server, which exits, and the suite's setup never ends. So a
+    server-side dry run of a pod like the suite's, in a namespace labelled like the
+    suite's, is repeated until the pod comes back changed.
+    """
     path = report_dir / "no-sctp-servers.yaml"
     path.write_text(NO_SCTP_SERVERS)
     cluster.kubectl("apply", "-f", str(path))
+    cluster.kubectl("create", "namespace", _PROBE_NAMESPACE)
+    try:
+        cluster.kubectl("label", "namespace", _PROBE_NAMESPACE, "conformance-house=probe")
+        deadline = time.monotonic() + timeout
+        while True:
+            command = cluster.kubectl(
+                "create", "--dry-run=server", "-o", "jsonpath={.spec.containers[0].command}",
+                "-f", "-", input=_PROBE_POD,
+            )  # fmt: skip
+            if json.loads(command or "[]") == ["/agnhost", "pause"]:
+                return
+            if time.monotonic() > deadline:
+                raise NodeClusterError(f"{path} not in effect after {timeout:.0f}s: {command}")
+            time.sleep(1)
+    finally:
+        cluster.kubectl("delete", "namespace", _PROBE_NAMESPACE, "--wait=false")
 
 
 def suite_argv(
@@ -322,8 +365,12 @@ def parse_events(path: Path, tests: Sequence[SuiteTest]) -> list[Result]:
     results = []
     for test in tests:
         top = result(test.name, experimental=test.experimental)
-        if top.status == "not run" and test.name not in order:
-            top.message = "left out by -test.run / -test.skip"
+        if top.status == "not run":
+            top.message = (
+                "left out by -test.run / -test.skip"
+                if order
+                else "no test ran: the suite stopped in its setup (conformance.log)"
+            )
         top.subtests = [result(sub) for sub in order if sub.startswith(test.name + "/")]
         results.append(top)
     return results
