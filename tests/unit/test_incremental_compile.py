@@ -239,6 +239,50 @@ def test_a_new_pod_serving_a_named_port_makes_the_egress_policy_live_for_other_p
     assert compiler.compile(changed) == NodeCompiler(NODE, Family.IPV4, CONFIG).compile(changed)
 
 
+def test_a_pod_relabelled_to_serve_a_named_port_brings_in_an_admin_deny_by_that_name() -> None:
+    # Found by the property test above (seed 64): no "db" pod served "http", so the
+    # Admin rule had no chain; the compiler then forgot it along with the destinations
+    # it watches, and a pod relabelled "db" left the deny out of the local pod's chain.
+    state = _initial(64, 5)
+    web = next(p for p in state.pods.values() if p.labels["app"] == "web")
+    local = dataclasses.replace(web, node_name=NODE)
+    no_db = {
+        key: dataclasses.replace(pod, labels={**pod.labels, "app": "api"})
+        if pod.labels["app"] == "db"
+        else pod
+        for key, pod in state.pods.items()
+    }
+    deny = parse.parse_cluster_network_policy(
+        {
+            "apiVersion": "policy.networking.k8s.io/v1alpha2",
+            "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": "deny-db-http"},
+            "spec": {
+                "tier": "Admin",
+                "priority": 0,
+                "subject": {"pods": {"podSelector": {"matchLabels": {"app": "web"}}}},
+                "egress": [
+                    {
+                        "action": "Deny",
+                        "to": [{"pods": {"podSelector": {"matchLabels": {"app": "db"}}}}],
+                        "protocols": [{"destinationNamedPort": "http"}],
+                    }
+                ],
+            },
+        }
+    )
+    before = dataclasses.replace(
+        state, pods={**no_db, web.key: local}, cluster_policies={deny.key: deny}
+    )
+    compiler = NodeCompiler(NODE, Family.IPV4, CONFIG)
+    compiler.compile(before)
+    other = next(p for p in before.pods.values() if p.key != web.key)
+    db = dataclasses.replace(other, labels={**other.labels, "app": "db"})
+    after = dataclasses.replace(before, pods={**before.pods, db.key: db})
+    assert db.resolve_named_port("http", Protocol.TCP) is not None
+    assert compiler.compile(after) == NodeCompiler(NODE, Family.IPV4, CONFIG).compile(after)
+
+
 def test_caches_follow_the_cluster_not_every_object_ever_seen() -> None:
     """Pods and policies come and go (CronJobs); once they are gone, so is what the
     compiler remembered about them."""
