@@ -326,15 +326,20 @@ class ConformanceRun:
             )
 
     def _extra_probes(self, pokes: Sequence[Poke]) -> list[Probe]:
-        port_protocols = sorted({(p.port, p.protocol) for p in pokes})
-        destinations = list(HOUSE_PODS)
-        destinations += sorted({p.server for p in pokes} - set(HOUSE_PODS))  # nodes
+        """Every house pod to every other house pod on the (port, protocol)s the pokes
+        used towards pods, and to every node a poke targeted on that node's poked ports
+        (a port nothing serves would answer "refused", which tests nothing)."""
+        served: dict[str, set[tuple[int, str]]] = {}
+        for p in pokes:
+            targets = HOUSE_PODS if p.server in HOUSE_PODS else (p.server,)
+            for target in targets:
+                served.setdefault(target, set()).add((p.port, p.protocol))
         return [
             Probe(src, dst, port, proto, family)
             for family in self.families
-            for port, proto in port_protocols
+            for dst, port_protocols in served.items()
+            for port, proto in sorted(port_protocols)
             for src in HOUSE_PODS
-            for dst in destinations
             if src != dst
         ]
 
