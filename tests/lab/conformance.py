@@ -177,6 +177,11 @@ class Poke:
     protocol: str  # "TCP" | "UDP" | "SCTP"
     port: int
     should_connect: bool
+    # the ClusterNetworkPolicy rule the Go test's comment says takes effect, as
+    # "[<policy> ]<egress|ingress>[<index>]" (the index in the list as mutated so far;
+    # the policy may be left out when the test has one); "" = no rule matches; None = the
+    # test does not say
+    rule: str | None = None
 
     def probe(self, family: int) -> Probe:
         return Probe(self.client, self.server, self.port, self.protocol, family)
@@ -217,9 +222,11 @@ class ConformanceRun:
     protocol, port, shouldConnect) of the hand-written table.  Pokes between two mutations
     share one agent run and one probe run (all probes fly at once).  Each poke is probed in
     every family of ``families`` and checked three ways: hand table == traffic, traffic ==
-    ``explain``, hand table == ``explain``.  Besides the upstream pokes, every flush also
-    probes all house pods to all house pods on the ports the pokes used, and checks those
-    extra cells traffic == ``explain`` (no hand verdict: upstream states none).
+    ``explain``, hand table == ``explain``; a poke given ``rule`` also checks that
+    ``explain`` names that rule.  Besides the upstream pokes, every flush also probes all
+    house pods to all house pods (and the poked nodes) on the ports the pokes used, and
+    checks those extra cells traffic == ``explain`` (no hand verdict: upstream states
+    none).
     """
 
     lab: Lab
@@ -237,6 +244,8 @@ class ConformanceRun:
     extra_checked: int = 0
     flushes: int = 0
     retried: int = 0
+    rules_checked: int = 0
+    rule_disagreements: list[str] = field(default_factory=list)
     _dumps: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -284,13 +293,19 @@ class ConformanceRun:
         self.lab.set_pod_labels(pod_key, labels)
 
     def poke(
-        self, client: str, protocol: str, server: str, port: int, should_connect: bool
+        self,
+        client: str,
+        protocol: str,
+        server: str,
+        port: int,
+        should_connect: bool,
+        rule: str | None = None,
     ) -> None:
         """``kubernetes.PokeServer(client, protocol, server IP, port, shouldConnect)``, in
-        the same argument order."""
+        the same argument order; ``rule``: see :class:`Poke`."""
         assert self.current, "poke outside a subtest"
         self.pending.append(
-            Poke(self.current, client, server, protocol.upper(), port, should_connect)
+            Poke(self.current, client, server, protocol.upper(), port, should_connect, rule)
         )
 
     # ---------------------------------------------------------------- running and judging
@@ -319,6 +334,7 @@ class ConformanceRun:
                 probe = poke.probe(family)
                 hand = Verdict.ALLOWED if poke.should_connect else Verdict.DENIED
                 self._judge(matrix, explained, probe, poke.subtest, hand)
+                self._judge_rule(poke, probe)
                 judged.add(probe)
                 self.cells[family] = self.cells.get(family, 0) + 1
         for probe in extras:
@@ -384,6 +400,47 @@ class ConformanceRun:
             Disagreement(subtest, probe, hand, result.verdict, explain_verdict, detail)
         )
 
+    def _judge_rule(self, poke: Poke, probe: Probe) -> None:
+        """The fourth check: explain names the rule the Go test says takes effect (as the
+        rule that decided, or the Pass that sent the flow on)."""
+        if poke.rule is None:
+            return
+        self.rules_checked += 1
+        verdict = self.scenario.explained(probe)
+        named = {
+            direction.direction.short: [
+                *([direction.decided_by] if direction.decided_by else []),
+                *direction.passed_by,
+            ]
+            for direction in (verdict.egress, verdict.ingress)
+            if direction is not None
+        }
+        said = "; ".join(
+            f"{ref.policy} {side}[{ref.index}] {ref.action.value}"
+            for side, refs in named.items()
+            for ref in refs
+        )
+        if poke.rule == "":
+            if not said:
+                return
+        else:
+            policy, side, index = self._rule_ref(poke.rule)
+            if any(r.policy == policy and r.index == index for r in named.get(side, [])):
+                return
+        self.rule_disagreements.append(
+            f"[{poke.subtest}] {short(probe)}: the test says "
+            f"{poke.rule or 'no rule'}, explain names {said or 'no rule'}"
+        )
+
+    def _rule_ref(self, text: str) -> tuple[str, str, int]:
+        *policy, where = text.split()
+        side, _, index = where.partition("[")
+        if policy:
+            return policy[0], side, int(index.rstrip("]"))
+        cnps = [n for kind, _, n in self.objects if kind == "ClusterNetworkPolicy"]
+        assert len(cnps) == 1, f"name the policy in {text!r}: the test has {cnps}"
+        return cnps[0], side, int(index.rstrip("]"))
+
     # ---------------------------------------------------------------- report
     def subtest_failures(self) -> dict[str, set[int]]:
         """subtest -> the families in which one of its cells disagreed."""
@@ -391,6 +448,10 @@ class ConformanceRun:
         for d in self.disagreements:
             if d.subtest:
                 out.setdefault(d.subtest, set()).add(d.probe.family)
+        for text in self.rule_disagreements:
+            subtest = text[1 : text.index("] ")]
+            family = int(text.split(" IPv", 1)[1].split(":", 1)[0])
+            out.setdefault(subtest, set()).add(family)
         return out
 
     def summary(self) -> str:
@@ -406,7 +467,9 @@ class ConformanceRun:
         return (
             f"CONFORMANCE {self.test} [{self.backend}]: {', '.join(parts)}; "
             f"{self.extra_checked} extra cells traffic==explain, {extra_bad} disagree; "
-            f"{self.flushes} agent runs; {self.retried} slow cells probed again"
+            f"{self.flushes} agent runs; {self.retried} slow cells probed again; "
+            f"{self.rules_checked} deciding rules checked, "
+            f"{len(self.rule_disagreements)} differ"
         )
 
     def finish(self) -> None:
@@ -418,13 +481,15 @@ class ConformanceRun:
             bad = self.subtest_failures().get(name, set())
             status = "FAIL " + ",".join(f"IPv{f}" for f in sorted(bad)) if bad else "pass"
             print(f"  {status:12} {name}")
-        if self.disagreements:
+        if self.disagreements or self.rule_disagreements:
             for dump in self._dumps:
                 print(dump)
             lines = "\n".join(f"  {d}" for d in self.disagreements[:60])
+            rules = "\n".join(f"  {r}" for r in self.rule_disagreements[:40])
             raise AssertionError(
                 f"{self.test} [{self.backend}]: {len(self.disagreements)} cells disagree "
-                f"(hand = the Go test's shouldConnect):\n{lines}"
+                f"(hand = the Go test's shouldConnect):\n{lines}\n"
+                f"{len(self.rule_disagreements)} deciding rules differ:\n{rules}"
             )
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from agent.model.objects import Protocol
+from agent.policy.explain import Verdict as ExplainVerdict
 from agent.policy.explain import explain, resolve_endpoint
 from agent.policy.state import ClusterState, build_state
 from tests.lab.nsutil import LabCommandError, in_netns
@@ -421,6 +422,10 @@ class Scenario:
     # -------------------------------------------------------------------------- judging
     def oracle(self, probe: Probe) -> bool:
         """explain's verdict for one probe (a Service probe is judged at its backend)."""
+        return self.explained(probe).allowed
+
+    def explained(self, probe: Probe) -> ExplainVerdict:
+        """explain's whole answer for one probe: per direction, the tier and the rule."""
         assert self.state is not None, "apply() first"
         dst, port = probe.dst, probe.port
         if dst in self.services:
@@ -430,7 +435,7 @@ class Scenario:
                                   probe.family)  # fmt: skip
         destination = resolve_endpoint(self.state, self._address(dst, probe.family),
                                        probe.family)  # fmt: skip
-        return explain(self.state, source, destination, Protocol(probe.protocol), port).allowed
+        return explain(self.state, source, destination, Protocol(probe.protocol), port)
 
     def _address(self, name: str, family: int) -> str:
         assert self.state is not None
