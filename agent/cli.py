@@ -44,7 +44,13 @@ from agent.model.objects import Protocol
 from agent.observability.denylog import DEFAULT_DENY_LOG
 from agent.observability.logs import configure_logging
 from agent.observability.rulelog import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES
-from agent.policy.explain import EndpointError, Verdict, explain, resolve_endpoint
+from agent.policy.explain import (
+    ClusterRuleRef,
+    EndpointError,
+    Verdict,
+    explain,
+    resolve_endpoint,
+)
 from agent.policy.state import BuiltState, ClusterState
 from agent.rules import Family
 
@@ -299,6 +305,9 @@ def _verdict_dict(verdict: Verdict) -> dict[str, Any]:
             "reason": v.reason,
             "selecting_policies": list(v.selecting),
             "allowed_by": list(v.allowed_by),
+            "tier": v.tier or None,
+            "decided_by": _rule_ref_dict(v.decided_by),
+            "passed_by": [_rule_ref_dict(ref) for ref in v.passed_by],
         }
 
     return {
@@ -308,6 +317,19 @@ def _verdict_dict(verdict: Verdict) -> dict[str, Any]:
         "allowed": verdict.allowed,
         "egress": side(verdict.egress),
         "ingress": side(verdict.ingress),
+    }
+
+
+def _rule_ref_dict(ref: ClusterRuleRef | None) -> dict[str, Any] | None:
+    if ref is None:
+        return None
+    return {
+        "tier": ref.tier.value,
+        "policy": ref.policy,
+        "priority": ref.priority,
+        "rule": ref.index,
+        "rule_name": ref.name or None,
+        "action": ref.action.value,
     }
 
 
@@ -352,6 +374,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
             print(f"           isolated by: {', '.join(side.selecting)}")
         if side.allowed_by:
             print(f"           allowed by:  {', '.join(side.allowed_by)}")
+        for ref in side.passed_by:
+            print(f"           passed by:   {ref.describe(side.direction)}")
     return 0 if verdict.allowed else 1
 
 

@@ -176,6 +176,9 @@ def test_explain_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
         "reason": "allowed by a rule",
         "selecting_policies": ["x/allow-y"],
         "allowed_by": ["x/allow-y ingress[0]"],
+        "tier": "NetworkPolicy",
+        "decided_by": None,
+        "passed_by": [],
     }
     code, out, _ = explain(
         capsys, path, "--from", "x/a", "--to", "y/b", "--port", "53/UDP", "--json"
