@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from agent.model.objects import Direction
+from agent.policy.explain import NETWORK_POLICY_TIER, DirectionVerdict
 from agent.policy.state import build_state
 from tests.lab.nsutil import in_netns
 from tests.lab.ownership import owner_marker, signals_as_interrupt, sweep_stale_labs
@@ -200,29 +201,37 @@ def assert_decided(
     priority: int | None = None,
     rule_index: int | None = None,
     rule_name: str | None = None,
+    passed: Sequence[tuple[str, str, int]] | None = None,
 ) -> None:
     """explain names who decided ``probe`` in ``direction``: the tier ("Admin",
-    "NetworkPolicy", "Baseline", or "default" when nothing matched), the policy, its
-    priority and the rule (index and name)."""
+    "NetworkPolicy", "Baseline", or "default" when no tier decided), the policy (for
+    NetworkPolicy: the one whose rule allowed it), its priority and the rule (index and
+    name); ``passed``: the (tier, policy, rule index) of the Pass rules it went through."""
     verdict = explain_probe(sc, probe)
     side = verdict.ingress if direction is ING else verdict.egress
     assert side is not None, f"{probe}: explain has no {direction.value} verdict"
     got = decided_by(side)
     want = {"allowed": allowed, "tier": tier, "policy": policy, "priority": priority,
-            "rule_index": rule_index, "rule_name": rule_name}  # fmt: skip
+            "rule_index": rule_index, "rule_name": rule_name,
+            "passed": None if passed is None else tuple(passed)}  # fmt: skip
     mismatch = {k: (got.get(k), v) for k, v in want.items() if v is not None and got.get(k) != v}
     assert not mismatch, f"{probe} {direction.value}: explain says {side}; (got, want) {mismatch}"
 
 
-def decided_by(side: Any) -> dict[str, Any]:
+def decided_by(side: DirectionVerdict) -> dict[str, Any]:
     """The deciding tier/policy/priority/rule as explain reports them."""
+    rule_ref = side.decided_by
+    policy = rule_ref.policy if rule_ref else None
+    if side.tier == NETWORK_POLICY_TIER and side.allowed_by:
+        policy = side.allowed_by[0].split(" ")[0]  # "ns/name ingress[i]"
     return {
         "allowed": side.allowed,
-        "tier": getattr(side, "tier", None),
-        "policy": getattr(side, "policy", None),
-        "priority": getattr(side, "priority", None),
-        "rule_index": getattr(side, "rule_index", None),
-        "rule_name": getattr(side, "rule_name", None),
+        "tier": side.tier or "default",
+        "policy": policy,
+        "priority": rule_ref.priority if rule_ref else None,
+        "rule_index": rule_ref.index if rule_ref else None,
+        "rule_name": rule_ref.name if rule_ref else None,
+        "passed": tuple((r.tier.value, r.policy, r.index) for r in side.passed_by),
     }
 
 
@@ -336,7 +345,8 @@ def test_admin_pass_hands_over_to_networkpolicy(sc: Scenario, family: int) -> No
     verify(sc, cells(EVERYONE, X_PODS, [TCP80], (family,)),
            lambda p: is_self(p) or p.src in ("y/b", EXT))  # fmt: skip
     assert_decided(sc, Probe("y/b", "x/a", 80, "TCP", family), ING, allowed=True,
-                   tier="NetworkPolicy", policy="x/owners")  # fmt: skip
+                   tier="NetworkPolicy", policy="x/owners",
+                   passed=[(ADMIN, "delegate-y", 0)])  # fmt: skip
     assert_decided(sc, Probe("y/a", "x/a", 80, "TCP", family), ING, allowed=False,
                    tier="NetworkPolicy")  # fmt: skip
     assert_decided(sc, Probe("x/c", "x/a", 80, "TCP", family), ING, allowed=False, tier=ADMIN,
@@ -362,7 +372,7 @@ def test_pass_with_no_networkpolicy_falls_to_baseline(sc: Scenario, family: int)
            lambda p: is_self(p) or p.src in ("y/a", EXT))  # fmt: skip
     assert_decided(sc, Probe("y/b", "x/a", 80, "TCP", family), ING, allowed=False,
                    tier=BASELINE, policy="baseline-x", priority=10, rule_index=1,
-                   rule_name="rest-of-y")  # fmt: skip
+                   rule_name="rest-of-y", passed=[(ADMIN, "delegate-y", 0)])  # fmt: skip
     assert_decided(sc, Probe("y/a", "x/a", 80, "TCP", family), ING, allowed=True,
                    tier=BASELINE, policy="baseline-x", priority=10, rule_index=0,
                    rule_name="y-a")  # fmt: skip
@@ -379,8 +389,7 @@ def test_baseline_pass_is_the_default_allow(sc: Scenario, family: int) -> None:
     verify(sc, cells(EVERYONE, X_PODS, [TCP80, UDP81], (family,)),
            lambda p: is_self(p) or ns_of(p.src) == "y" or p.src == EXT)  # fmt: skip
     assert_decided(sc, Probe("y/b", "x/a", 80, "TCP", family), ING, allowed=True,
-                   tier=BASELINE, policy="pass-y", priority=10, rule_index=0,
-                   rule_name="y-passes")  # fmt: skip
+                   tier="default", passed=[(BASELINE, "pass-y", 0)])  # fmt: skip
     assert_decided(sc, Probe("z/b", "x/a", 80, "TCP", family), ING, allowed=False,
                    tier=BASELINE, policy="pass-y", rule_index=1)  # fmt: skip
 
