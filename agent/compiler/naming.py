@@ -4,7 +4,10 @@ a rebuilt one stays valid.
 
 Kinds: ``E``/``I`` a local pod's egress/ingress, ``SE``/``SI`` the verdict chain shared by
 pods the same policies select, ``PE``/``PI`` a policy, ``G`` a peer group, ``B`` an
-ipBlock with excepts, ``T`` a subtree of a long address list.
+ipBlock with excepts, ``T`` a subtree of a long address list; for ClusterNetworkPolicy,
+``CE``/``CI`` one rule (sets the mark when it matches), ``XE``/``XI`` the Admin tier of
+the pods the same rules apply to, ``NE``/``NI`` what follows it (the NetworkPolicy verdict
+chain, or the Baseline tier).
 """
 
 from __future__ import annotations

@@ -8,6 +8,16 @@ Layout (``P`` is the chain prefix)::
                           -j P-INGRESS, clear mark
     P-EGRESS / P-INGRESS  dispatch by the local pod's address  -> -g P-E-/P-I-<pod>
     P-E-/P-I-<pod>        self RETURN, then -g P-SE-/P-SI-<set of policies selecting it>
+                          (with ClusterNetworkPolicies: -g P-XE-/P-XI-<admin tier>, or
+                          -g P-NE-/P-NI-<after admin> when no Admin rule applies)
+    P-XE-/P-XI-<rules>    per Admin rule in order: -j P-CE-/P-CI-<rule>, then on the mark
+                          Accept RETURN | Deny DROP | Pass -g P-NE-/P-NI-; finally
+                          -g P-NE-/P-NI- (or fall off: allowed)
+    P-NE-/P-NI-<…>        clear mark; -g P-SE-/P-SI-<set> when a NetworkPolicy isolates
+                          the pod, else per Baseline rule: -j P-CE-/P-CI-<rule>, then on
+                          the mark Accept/Pass RETURN | Deny DROP; fall off: allowed
+    P-CE-/P-CI-<rule>     one ClusterNetworkPolicy rule: [ports] -j P-G-<peer> |
+                          [ports] [-s/-d cidr or node address] set mark
     P-SE-/P-SI-<set>      per policy: -j P-PE-/P-PI-<policy>,
                           mark? RETURN; then DROP (or REJECT)
     P-PE-/P-PI-<policy>   per rule: [port match] -j P-G-<peer> | [port] [-s cidr] set mark;
@@ -42,15 +52,20 @@ from agent.compiler.naming import ChainNames, block_key, selector_key
 from agent.compiler.pauses import without_gc
 from agent.compiler.peers import GroupSpec, InScope, Move, PeerGroups, PodChange
 from agent.compiler.ports import named_port_signature, resolve_rule_ports
-from agent.compiler.render import Renderer, Unit
+from agent.compiler.render import ClusterStep, Renderer, Unit
 from agent.model.objects import (
+    ClusterNetworkPolicy,
+    ClusterRule,
     Direction,
     IPAddress,
     IPBlock,
     IPNetwork,
     NetworkPolicy,
+    NodePeer,
+    Peer,
     Pod,
     PolicyRule,
+    Tier,
 )
 from agent.policy.index import ClusterIndex
 from agent.policy.state import ClusterState
@@ -67,6 +82,11 @@ from agent.rules import Chain, Family, Rule, Ruleset
 
 # Leaf rules remembered between full walks (render.py) before they are turned over.
 LEAF_MEMO_LIMIT = 100_000
+
+# Each ClusterNetworkPolicy rule is compiled as a one-rule NetworkPolicy of this
+# "namespace" (upper case: never a real namespace's name, so never a real policy's key):
+# its peers always carry a namespace selector, so the namespace itself selects nothing.
+CLUSTER_POLICY_SCOPE = "ClusterNetworkPolicy"
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +163,15 @@ class NodeCompiler:
         # changes skip the walk over the node's pods.
         self._dirty_namespaces: set[str] = set()
         self._dirty_pods: set[str] = set()
+        # A ClusterNetworkPolicy or a node changed: any local pod's tiers may differ
+        # (cluster-wide and rare, so every pod chain is looked at again).
+        self._dirty_all = False
+        # Per ClusterNetworkPolicy (by identity): each rule as a one-rule NetworkPolicy.
+        self._cluster_rules: dict[
+            str, tuple[ClusterNetworkPolicy, dict[tuple[Direction, int], NetworkPolicy]]
+        ] = {}
+        # Rule chains that name node peers: rebuilt when a node changes.
+        self._node_rule_chains: set[str] = set()
         self.isolated: dict[Direction, int] = {}  # local pods isolated, by direction
         for unit in self._log_units:
             self._register(unit)
@@ -190,12 +219,13 @@ class NodeCompiler:
         self._previous = state if isinstance(state, ClusterState) else None
         for direction in Direction:
             cached = self._dispatch.get(direction)
-            if self._dirty_namespaces or self._dirty_pods or cached is None:
+            if self._dirty_namespaces or self._dirty_pods or self._dirty_all or cached is None:
                 self._register(self._dispatch_unit(state, direction))
             else:
                 self._register(cached[1])
         self._dirty_namespaces.clear()
         self._dirty_pods.clear()
+        self._dirty_all = False
         cidrs = self._own_pod_cidrs(pod_cidrs)
         for direction in Direction if cidrs else ():
             self._register(self._unknown_unit(cidrs, direction))
@@ -303,7 +333,17 @@ class NodeCompiler:
             assert changed is not None
             self._namespace_epoch[changed.namespace] += 1  # selection there may change
             self._dirty_namespaces.add(changed.namespace)
+        if delta.cluster_policies:
+            self._dirty_all = True
+        if delta.nodes and self._node_rule_chains:
+            for name in self._node_rule_chains:
+                self._policies.pop(name, None)
+            self._node_rule_chains.clear()
+            self._dirty_all = True
         relabelled = delta.relabelled()
+        if relabelled and state.cluster_policies:
+            # A subject's namespace selector may now take or leave that namespace's pods.
+            self._dirty_namespaces.update(relabelled)
         before: PeerMatcher = Before(state, relabelled) if relabelled else state
         pod_changes = list(delta.pods)
         if pod_changes:
@@ -360,6 +400,11 @@ class NodeCompiler:
             if [affected(scope) for scope in entry.named_scopes].count(True):
                 del self._policies[name]
                 self._index.pop(name, None)
+                if entry.policy.namespace == CLUSTER_POLICY_SCOPE:
+                    # Rebuilt as every pod's tiers are looked at again (tier chains list
+                    # only rules that can match, and this one may have become empty).
+                    self._dirty_all = True
+                    continue
                 self._policy(state, entry.policy, Direction.EGRESS, entry.target)
                 # The chain may have become empty or non-empty: verdict chains list
                 # only policies that can allow something.
@@ -463,23 +508,170 @@ class NodeCompiler:
         return policies
 
     def _pod_unit(
-        self, state: PolicyView, pod: Pod, direction: Direction, policies: Sequence[NetworkPolicy]
-    ) -> Unit:
-        chain_names = tuple(self._policy(state, policy, direction, pod) for policy in policies)
-        inputs = (*(p.key for p in policies), *chain_names)
+        self,
+        state: PolicyView,
+        pod: Pod,
+        direction: Direction,
+        policies: Sequence[NetworkPolicy],
+        admin: Sequence[ClusterNetworkPolicy] = (),
+        baseline: Sequence[ClusterNetworkPolicy] = (),
+    ) -> Unit | None:
+        """The pod's chain: itself, then its tiers (None: nothing applies to it).
+
+        NetworkPolicy alone: the verdict chain. With ClusterNetworkPolicies: the Admin
+        tier's chain, which falls (or a Pass goes) to what follows it: the NetworkPolicy
+        verdict chain when one isolates the pod, else the Baseline tier's chain."""
+        network_policies: str | None = None
+        if policies:
+            chain_names = tuple(self._policy(state, policy, direction, pod) for policy in policies)
+            network_policies = self._set_unit(policies, chain_names, direction).root
+        admin_steps = self._cluster_steps(state, admin, direction, pod)
+        baseline_steps = () if policies else self._cluster_steps(state, baseline, direction, pod)
+        after: str | None = network_policies
+        if baseline_steps or (admin_steps and network_policies is not None):
+            after = self._after_admin_unit(direction, network_policies, baseline_steps).root
+        target = self._admin_unit(direction, admin_steps, after).root if admin_steps else after
+        if target is None:
+            return None
         key = (pod.key, direction)
         entry = self._pods.get(key)
-        if entry is not None and entry.pod is pod and entry.inputs == inputs:
-            self._set_unit(policies, chain_names, direction)  # re-registers it if evicted
+        if entry is not None and entry.pod is pod and entry.inputs == (target,):
             return self._register(entry.unit)
         kind = "I" if direction is Direction.INGRESS else "E"
-        verdict = self._set_unit(policies, chain_names, direction)
         chain = self._render.pod_chain(
-            self._names(kind, pod.key), direction, pod.key, pod.ips_of(self.version), verdict.root
+            self._names(kind, pod.key), direction, pod.key, pod.ips_of(self.version), target
         )
         unit = self._register(self._render.unit([chain]))
-        self._pods[key] = _PodEntry(pod, inputs, unit)
+        self._pods[key] = _PodEntry(pod, (target,), unit)
         return unit
+
+    # --- ClusterNetworkPolicy tiers -------------------------------------------------
+
+    def _cluster_steps(
+        self,
+        state: PolicyView,
+        policies: Sequence[ClusterNetworkPolicy],
+        direction: Direction,
+        target: Pod,
+    ) -> tuple[ClusterStep, ...]:
+        """The rules of ``policies`` in evaluation order, each with its rule chain; a
+        rule that can match nothing here (another family's CIDRs, a named port the pod
+        does not serve) is left out."""
+        steps: list[ClusterStep] = []
+        for policy in policies:
+            for rule in policy.rules(direction):
+                chain = self._cluster_rule(state, policy, rule, direction, target)
+                if chain is None:
+                    continue
+                named = f" ({rule.name})" if rule.name else ""
+                steps.append(
+                    ClusterStep(
+                        chain,
+                        rule.action,
+                        f"{policy.tier.value} {policy.name} {direction.short}[{rule.index}]{named}",
+                        f"{CLUSTER_POLICY_SCOPE}/{policy.name}",
+                    )
+                )
+        return tuple(steps)
+
+    def _one_rule_policy(
+        self, policy: ClusterNetworkPolicy, rule: ClusterRule, direction: Direction
+    ) -> NetworkPolicy:
+        cached = self._cluster_rules.get(policy.name)
+        if cached is None or cached[0] is not policy:
+            cached = (policy, {})
+            self._cluster_rules[policy.name] = cached
+        found = cached[1].get((direction, rule.index))
+        if found is None:
+            peers: tuple[Peer, ...] | None = None
+            if rule.peers is not None:
+                peers = tuple(p for p in rule.peers if not isinstance(p, NodePeer))
+            one = PolicyRule(peers, rule.ports, rule.index)
+            found = NetworkPolicy(
+                namespace=CLUSTER_POLICY_SCOPE,
+                name=f"{policy.name} {direction.short}[{rule.index}]",
+                pod_selector=None,
+                policy_types=frozenset({direction}),
+                ingress=(one,) if direction is Direction.INGRESS else (),
+                egress=(one,) if direction is Direction.EGRESS else (),
+            )
+            cached[1][direction, rule.index] = found
+        return found
+
+    def _cluster_rule(
+        self,
+        state: PolicyView,
+        policy: ClusterNetworkPolicy,
+        rule: ClusterRule,
+        direction: Direction,
+        target: Pod,
+    ) -> str | None:
+        """The chain that sets the mark when ``rule`` matches (shared by every pod with
+        the same named-port resolution); None when it can match nothing here."""
+        one = self._one_rule_policy(policy, rule, direction)
+        signature = named_port_signature(one, target) if direction is Direction.INGRESS else ""
+        kind = "CI" if direction is Direction.INGRESS else "CE"
+        name = self._names(kind, f"{policy.name}|{rule.index}|{signature}")
+        entry = self._policies.get(name)
+        if entry is not None and entry.policy is one:
+            return entry.unit.root if entry.unit is not None else None
+        comment = f"{policy.tier.value} {policy.name} {direction.short}[{rule.index}]"
+        named_target = target if direction is Direction.INGRESS else None
+        named_egress: list[NamedScope] = []
+        block = self._rule_block(
+            state, one, direction, one.rules(direction)[0], named_target, comment, named_egress
+        )
+        node_peers = [p for p in rule.peers or () if isinstance(p, NodePeer)]
+        if node_peers:
+            self._node_rule_chains.add(name)
+            addresses = sorted(
+                {
+                    address
+                    for peer in node_peers
+                    for address in state.node_peer_addresses(peer)
+                    if address.version == self.version
+                },
+                key=int,
+            )
+            ports = resolve_rule_ports(rule.ports, named_target)
+            port_fields = [f for match in ports.matches for f in match.rule_fields()]
+            block.extend(
+                self._render.rule_block(
+                    direction,
+                    one.key,
+                    f"{comment} node",
+                    port_fields,
+                    [(self._render.host_text(int(a)), None) for a in addresses],
+                )
+            )
+        chain = self._render.policy_chain(name, one.key, direction, [block] if block else [])
+        unit = self._register(self._render.unit([chain])) if chain is not None else None
+        self._policies[name] = _PolicyEntry(one, unit, tuple(named_egress), target)
+        return name if unit is not None else None
+
+    def _admin_unit(
+        self, direction: Direction, steps: Sequence[ClusterStep], after: str | None
+    ) -> Unit:
+        kind = "XI" if direction is Direction.INGRESS else "XE"
+        key = ",".join(f"{step.chain}:{step.action.value}" for step in steps)
+        name = self._names(kind, f"{key}|{after or ''}")
+        known = self._index.get(name)
+        if known is not None:
+            return self._register(known)
+        chain = self._render.admin_chain(name, direction, steps, after)
+        return self._register(self._render.unit([chain]))
+
+    def _after_admin_unit(
+        self, direction: Direction, network_policies: str | None, steps: Sequence[ClusterStep]
+    ) -> Unit:
+        kind = "NI" if direction is Direction.INGRESS else "NE"
+        key = ",".join(f"{step.chain}:{step.action.value}" for step in steps)
+        name = self._names(kind, f"{network_policies or ''}|{key}")
+        known = self._index.get(name)
+        if known is not None:
+            return self._register(known)
+        chain = self._render.after_admin_chain(name, direction, network_policies, steps)
+        return self._register(self._render.unit([chain]))
 
     def _quarantine_unit(self, pod: Pod, direction: Direction) -> Unit:
         """A quarantined pod's chain: itself, then a deny shared by every such pod."""
@@ -537,6 +729,7 @@ class NodeCompiler:
             if (
                 known is not None
                 and known.pod is pod
+                and not self._dirty_all
                 and pod.key not in self._dirty_pods
                 and pod.namespace not in self._dirty_namespaces
             ):
@@ -552,10 +745,19 @@ class NodeCompiler:
                     targets.setdefault(ip, (unit.root, pod.key))
                 continue
             policies = self._policies_selecting(state, pod, direction)
-            if not policies:
+            admin: tuple[ClusterNetworkPolicy, ...] = ()
+            baseline: tuple[ClusterNetworkPolicy, ...] = ()
+            if state.cluster_policies:
+                admin = state.cluster_policies_selecting(pod, direction, Tier.ADMIN)
+                if not policies:
+                    baseline = state.cluster_policies_selecting(pod, direction, Tier.BASELINE)
+            if not (policies or admin or baseline):
                 continue
+            pod_unit = self._pod_unit(state, pod, direction, policies, admin, baseline)
+            if pod_unit is None:
+                continue  # its cluster rules can match nothing in this family
+            unit = pod_unit
             live.add((pod.key, direction))
-            unit = self._pod_unit(state, pod, direction, policies)
             for ip in addresses:
                 targets.setdefault(ip, (unit.root, pod.key))
         self.isolated[direction] = len(live)

@@ -18,9 +18,27 @@ from agent.compiler.config import (
     NEIGHBOUR_DISCOVERY_TYPES,
     CompilerConfig,
 )
-from agent.model.objects import Direction, IPAddress, IPBlock, IPNetwork, Protocol
+from agent.model.objects import (
+    Direction,
+    IPAddress,
+    IPBlock,
+    IPNetwork,
+    Protocol,
+    RuleAction,
+)
 from agent.rules import Chain, Match, Rule, escape_comment
 from agent.rules.ruleset import MAX_COMMENT_TEXT
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterStep:
+    """One ClusterNetworkPolicy rule in a tier chain: the chain that sets the mark when
+    the rule matches, and what to do then."""
+
+    chain: str
+    action: RuleAction
+    comment: str
+    policy: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,6 +362,89 @@ class Renderer:
         rules.extend(
             self.deny(f"default deny {direction.short} (isolated by {text})"[:200], direction)
         )
+        return Chain(name, tuple(rules))
+
+    # --- ClusterNetworkPolicy tiers --------------------------------------------------
+
+    def _if_matched(self, rule: Rule) -> Rule:
+        """``rule`` only for a packet whose rule chain set the mark (it matched)."""
+        return Rule(
+            rule.target,
+            rule.comment,
+            matches=(Match("mark", (("--mark", self.config.mark_text),)), *rule.matches),
+            target_options=rule.target_options,
+            goto=rule.goto,
+            policy=rule.policy,
+            pod=rule.pod,
+        )
+
+    def tier_steps(
+        self,
+        direction: Direction,
+        steps: Sequence[ClusterStep],
+        pass_to: str | None,
+    ) -> list[Rule]:
+        """Per ClusterNetworkPolicy rule, in evaluation order: jump to its rule chain (it
+        sets the mark when the rule matches), then act on the mark: Accept returns
+        (allowed in this direction), Deny drops, Pass goes to ``pass_to`` (the next
+        tier's chain, which starts by clearing the mark) or, with None, returns (after
+        the Baseline tier comes the default allow). An unmatched packet leaves each
+        rule chain without the mark, so it reaches the next step."""
+        rules: list[Rule] = []
+        for step in steps:
+            rules.append(Rule(step.chain, step.comment, policy=step.policy))
+            if step.action is RuleAction.DENY:
+                for rule in self.deny(f"{step.comment}: Deny", direction):
+                    rules.append(
+                        self._if_matched(
+                            Rule(
+                                rule.target,
+                                rule.comment,
+                                target_options=rule.target_options,
+                                policy=step.policy,
+                            )
+                        )
+                    )
+            elif step.action is RuleAction.ACCEPT or pass_to is None:
+                rules.append(
+                    self._if_matched(
+                        Rule("RETURN", f"{step.comment}: {step.action.value}", policy=step.policy)
+                    )
+                )
+            else:
+                rules.append(
+                    self._if_matched(
+                        Rule(pass_to, f"{step.comment}: Pass", goto=True, policy=step.policy)
+                    )
+                )
+        return rules
+
+    def admin_chain(
+        self, name: str, direction: Direction, steps: Sequence[ClusterStep], after: str | None
+    ) -> Chain:
+        """The Admin tier of the pods these policies select: its steps, then (nothing
+        matched, or a Pass) the next tier's chain ``after``; with None, the default
+        allow (fall off the end)."""
+        rules = self.tier_steps(direction, steps, after)
+        if after is not None:
+            rules.append(Rule(after, f"admin tier {direction.short}: not decided", goto=True))
+        return Chain(name, tuple(rules))
+
+    def after_admin_chain(
+        self,
+        name: str,
+        direction: Direction,
+        network_policies: str | None,
+        steps: Sequence[ClusterStep],
+    ) -> Chain:
+        """What follows the Admin tier: the NetworkPolicy verdict chain when one isolates
+        the pod (it decides), else the Baseline tier's steps and then the default allow.
+        It starts by clearing the mark an Admin Pass arrives with."""
+        rules = [self.clear_mark(f"after the admin tier ({direction.short})")]
+        if network_policies is not None:
+            rules.append(Rule(network_policies, f"networkpolicy tier {direction.short}", goto=True))
+        else:
+            rules.extend(self.tier_steps(direction, steps, None))
         return Chain(name, tuple(rules))
 
     def known_leaf(
