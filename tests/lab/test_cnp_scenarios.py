@@ -945,6 +945,31 @@ def test_a_policy_whose_spec_cannot_be_read_fails_closed(sc: Scenario, family: i
                    policy="x-bad-tier", priority=10)  # fmt: skip
 
 
+@MATRIX
+def test_a_quarantined_pod_stays_isolated_under_an_admin_accept(sc: Scenario, family: int) -> None:
+    """Bad input fails closed before any tier: x/a's labels cannot be read, so an admin
+    Accept of everything to and from x cannot open it; x/b, under the same Accept, is
+    open."""
+    xa = sc.pod_object("x/a")
+    xa["metadata"]["labels"]["bad key!"] = "x"
+    sc.apply([
+        default_deny("x", "Ingress", "Egress"),
+        cnp("x-open", ADMIN, 0, x_subject(), ingress=[ingress("Accept", namespaces({}))],
+            egress=[egress("Accept", namespaces({}))]),
+    ], overrides=[xa], problems_expected=True)  # fmt: skip
+
+    def expected(p: Probe) -> bool:
+        if is_self(p):
+            return True
+        if "x/a" in (p.src, p.dst):
+            return False
+        return EXT not in (p.src, p.dst) or "x" not in (ns_of(p.src), ns_of(p.dst))
+
+    probes = cells(EVERYONE, X_PODS, [TCP80, UDP81], (family,)) + cells(
+        X_PODS, EVERYONE, [TCP80, UDP81], (family,))  # fmt: skip
+    verify(sc, probes, expected)
+
+
 # ====================================================================== the README's examples
 README_ADMIN_EXAMPLE = """\
 apiVersion: policy.networking.k8s.io/v1alpha2
