@@ -975,7 +975,7 @@ README_ADMIN_EXAMPLE = """\
 apiVersion: policy.networking.k8s.io/v1alpha2
 kind: ClusterNetworkPolicy
 metadata:
-  name: monitoring-only-from-prometheus
+  name: protect-monitoring
 spec:
   tier: Admin
   priority: 10
@@ -984,7 +984,7 @@ spec:
       matchLabels:
         kubernetes.io/metadata.name: monitoring
   ingress:
-  - name: prometheus
+  - name: allow-prometheus
     action: Accept
     from:
     - pods:
@@ -994,7 +994,7 @@ spec:
         podSelector:
           matchLabels:
             app: prometheus
-  - name: no-other-pod
+  - name: deny-the-rest
     action: Deny
     from:
     - namespaces: {}
@@ -1004,21 +1004,21 @@ README_BASELINE_EXAMPLE = """\
 apiVersion: policy.networking.k8s.io/v1alpha2
 kind: ClusterNetworkPolicy
 metadata:
-  name: isolate-payments
+  name: isolate-team-a
 spec:
   tier: Baseline
-  priority: 10
+  priority: 50
   subject:
     namespaces:
       matchLabels:
-        kubernetes.io/metadata.name: payments
+        kubernetes.io/metadata.name: team-a
   ingress:
   - name: same-namespace
     action: Accept
     from:
     - namespaces:
         matchLabels:
-          kubernetes.io/metadata.name: payments
+          kubernetes.io/metadata.name: team-a
   - name: other-namespaces
     action: Deny
     from:
@@ -1027,24 +1027,23 @@ spec:
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata:
-  name: api-from-checkout
-  namespace: payments
+  name: web-from-team-b
+  namespace: team-a
 spec:
   podSelector:
     matchLabels:
-      app: api
+      app: web
   ingress:
   - from:
-    - podSelector: {}
     - namespaceSelector:
         matchLabels:
-          kubernetes.io/metadata.name: checkout
+          kubernetes.io/metadata.name: team-b
 """
 
+# As in the real-node walkthrough of the same examples (tests/node/test_cnp_walkthrough.py).
 README_PODS = {
-    "monitoring/prometheus": "node-1", "monitoring/alertmanager": "node-2",
-    "payments/api": "node-1", "payments/db": "node-2",
-    "checkout/web": "node-2", "checkout/worker": "node-1",
+    "monitoring/prometheus": "node-1", "monitoring/grafana": "node-2",
+    "team-a/web": "node-1", "team-a/api": "node-2", "team-b/client": "node-2",
 }  # fmt: skip
 README_EVERYONE = [*README_PODS, EXT]
 
@@ -1052,7 +1051,7 @@ README_EVERYONE = [*README_PODS, EXT]
 def readme_spec() -> LabSpec:
     return LabSpec(
         nodes=("node-1", "node-2"),
-        namespaces=tuple(NamespaceSpec(ns) for ns in ("monitoring", "payments", "checkout")),
+        namespaces=tuple(NamespaceSpec(ns) for ns in ("monitoring", "team-a", "team-b")),
         pods=tuple(
             PodSpec(ns, name, node, {"app": name})
             for ns, name, node in ((*k.split("/"), n) for k, n in README_PODS.items())
@@ -1102,30 +1101,38 @@ def test_readme_admin_example_nothing_reaches_monitoring_except_prometheus(
 
     probes = cells([*README_EVERYONE, *NODES], README_PODS, [TCP80, UDP81], (family,))
     verify(readme, probes, expected)
-    assert_decided(readme, Probe("checkout/web", "monitoring/alertmanager", 80, "TCP", family),
-                   ING, allowed=False, tier=ADMIN, policy="monitoring-only-from-prometheus",
-                   priority=10, rule_index=1, rule_name="no-other-pod")  # fmt: skip
+    assert_decided(readme, Probe("team-b/client", "monitoring/grafana", 80, "TCP", family),
+                   ING, allowed=False, tier=ADMIN, policy="protect-monitoring",
+                   priority=10, rule_index=1, rule_name="deny-the-rest")  # fmt: skip
+    assert_decided(readme, Probe("monitoring/prometheus", "monitoring/grafana", 80, "TCP", family),
+                   ING, allowed=True, tier=ADMIN, policy="protect-monitoring",
+                   priority=10, rule_index=0, rule_name="allow-prometheus")  # fmt: skip
 
 
 @MATRIX
 def test_readme_baseline_example_namespace_isolation_a_networkpolicy_overrides(
     readme: Scenario, family: int
 ) -> None:
-    """The README's baseline example, verbatim: payments accepts only its own pods
-    (payments/db), except where the namespace's NetworkPolicy takes over (payments/api:
-    its own namespace and checkout, and nothing else, ext included)."""
+    """The README's baseline example, verbatim: team-a accepts only its own pods (api),
+    except where team-a's NetworkPolicy takes over (web: team-b only, so not even api, and
+    not ext)."""
     readme.apply(list(yaml.safe_load_all(README_BASELINE_EXAMPLE)))
 
     def expected(p: Probe) -> bool:
-        if is_self(p) or ns_of(p.dst) != "payments":
+        if is_self(p) or ns_of(p.dst) != "team-a":
             return True
-        if p.dst == "payments/api":
-            return ns_of(p.src) in ("payments", "checkout")
-        return ns_of(p.src) == "payments" or p.src == EXT
+        if p.dst == "team-a/web":  # the NetworkPolicy decides
+            return ns_of(p.src) == "team-b"
+        return ns_of(p.src) == "team-a" or p.src == EXT  # the baseline
 
     verify(readme, cells(README_EVERYONE, README_PODS, [TCP80, UDP81], (family,)), expected)
-    assert_decided(readme, Probe("checkout/web", "payments/api", 80, "TCP", family), ING,
-                   allowed=True, tier="NetworkPolicy", policy="payments/api-from-checkout")  # fmt: skip
-    assert_decided(readme, Probe("checkout/web", "payments/db", 80, "TCP", family), ING,
-                   allowed=False, tier=BASELINE, policy="isolate-payments", priority=10,
+    assert_decided(readme, Probe("team-b/client", "team-a/web", 80, "TCP", family), ING,
+                   allowed=True, tier="NetworkPolicy", policy="team-a/web-from-team-b")  # fmt: skip
+    assert_decided(readme, Probe("team-a/api", "team-a/web", 80, "TCP", family), ING,
+                   allowed=False, tier="NetworkPolicy")  # fmt: skip
+    assert_decided(readme, Probe("team-b/client", "team-a/api", 80, "TCP", family), ING,
+                   allowed=False, tier=BASELINE, policy="isolate-team-a", priority=50,
                    rule_index=1, rule_name="other-namespaces")  # fmt: skip
+    assert_decided(readme, Probe("team-a/web", "team-a/api", 80, "TCP", family), ING,
+                   allowed=True, tier=BASELINE, policy="isolate-team-a", rule_index=0,
+                   rule_name="same-namespace")  # fmt: skip
