@@ -716,4 +716,5 @@ class Reconciler:
             if compiler
             else 0,
             invalid_policies=state.invalid_policies,
+            cluster_policies=len(state.cluster_policies),
         )

@@ -68,9 +68,12 @@ METRICS: Final[tuple[tuple[str, str, str, str], ...]] = (
     ("local_pods", "gauge", "",
      "Pods on this node that the agent enforces for."),
     ("local_pods_selected", "gauge", "direction: ingress, egress",
-     "Local pods isolated by at least one policy in that direction."),
+     "Local pods that a NetworkPolicy isolates or a ClusterNetworkPolicy rule applies to "
+     "in that direction."),
     ("policies", "gauge", "", "NetworkPolicies in the cluster."),
-    ("invalid_policies", "gauge", "", "NetworkPolicies the agent could not use."),
+    ("cluster_policies", "gauge", "", "ClusterNetworkPolicies in the cluster."),
+    ("invalid_policies", "gauge", "",
+     "NetworkPolicies and ClusterNetworkPolicies with problems (each fails closed)."),
     ("pods", "gauge", "", "Pods in the cluster."),
     ("namespaces", "gauge", "", "Namespaces in the cluster."),
     ("flows_revoked_total", "counter", "family,reason",
@@ -195,6 +198,7 @@ class Metrics:
         self.local_pods_selected = gauge("local_pods_selected", ("direction",))
         self.policies = gauge("policies")
         self.invalid_policies = gauge("invalid_policies")
+        self.cluster_policies = gauge("cluster_policies")
         self.pods = gauge("pods")
         self.namespaces = gauge("namespaces")
         self.flows_revoked = counter("flows_revoked_total", ("family", "reason"))
@@ -292,6 +296,7 @@ class Metrics:
         self.local_pods_selected.labels(direction="egress").set(counts.local_pods_egress_isolated)
         self.policies.set(counts.policies)
         self.invalid_policies.set(counts.invalid_policies)
+        self.cluster_policies.set(counts.cluster_policies)
         self.pods.set(counts.pods)
         self.namespaces.set(counts.namespaces)
 

@@ -52,8 +52,13 @@ def _require_root() -> None:
 def node_images() -> NodeImages:
     _require_root()
     out = build_images("pause", "netprobe")
-    return NodeImages(Path(out["PAUSE"]), out["PAUSE_REF"], Path(out["NETPROBE"]),
-                      out["NETPROBE_REF"], Path(out["NETPROBE_BIN"]))
+    return NodeImages(
+        Path(out["PAUSE"]),
+        out["PAUSE_REF"],
+        Path(out["NETPROBE"]),
+        out["NETPROBE_REF"],
+        Path(out["NETPROBE_BIN"]),
+    )
 
 
 @pytest.fixture(scope="session")
