@@ -101,7 +101,9 @@ METRICS: Final[tuple[tuple[str, str, str, str], ...]] = (
      "Full relists forced by 410 Gone (history compacted while the watch was away)."),
     ("list_errors_total", "counter", "kind", "Failed list requests."),
     ("watch_errors_total", "counter", "kind", "Watches that ended with an error."),
-    ("watch_connected", "gauge", "kind", "1 while the watch for that kind is connected."),
+    ("watch_connected", "gauge", "kind",
+     "1 while the watch for that kind is connected (no sample for ClusterNetworkPolicy "
+     "while the API does not serve it)."),
     ("watched_objects", "gauge", "kind", "Objects of that kind in the agent's store."),
 )  # fmt: skip
 
@@ -143,7 +145,8 @@ class _SourceCollector(Collector):
             relists.add_metric(labels, kind_health.relists)
             list_errors.add_metric(labels, kind_health.list_errors)
             watch_errors.add_metric(labels, kind_health.watch_errors)
-            connected.add_metric(labels, 1.0 if kind_health.connected else 0.0)
+            if kind_health.served:  # no CRD, nothing to watch: no sample, no false alarm
+                connected.add_metric(labels, 1.0 if kind_health.connected else 0.0)
             objects.add_metric(labels, kind_health.objects)
         return [restarts, relists, list_errors, watch_errors, connected, objects]
 
