@@ -32,12 +32,13 @@ from agent.policy.explain import NETWORK_POLICY_TIER, DirectionVerdict
 from agent.policy.state import build_state
 from tests.lab.nsutil import in_netns
 from tests.lab.ownership import owner_marker, signals_as_interrupt, sweep_stale_labs
-from tests.lab.prober import Matrix, Probe
+from tests.lab.prober import Matrix, Probe, Verdict
 from tests.lab.scenarios_support import (
     EXT,
     NODES,
     PODS,
     Scenario,
+    Service,
     cells,
     cnp,
     explain_probe,
@@ -808,6 +809,26 @@ def test_no_protocols_means_all_traffic_icmp_too(sc: Scenario, family: int) -> N
                                   ("z/b", "x/a"): True, ("y/b", "x/b"): True})  # fmt: skip
 
 
+@MATRIX
+def test_service_traffic_is_judged_at_the_backend_pod_and_target_port(
+    sc: Scenario, family: int
+) -> None:
+    """Policy sees the packet after the Service's DNAT: x/c denies 81/TCP from y, so y/a
+    cannot reach it through svc-81 (port 80 -> targetPort 81) but can through svc-80, and
+    z's admin Deny of the ClusterIP range (networks) matches nothing: it sees pod addresses."""
+    vips = ["10.96.0.0/16", "fd00:10:96::/64"]
+    sc.apply([
+        cnp("x-c-81", ADMIN, 10, pods(pod_sel("c"), ns_sel("x")),
+            ingress=[ingress("Deny", namespaces(ns_sel("y")), protocols=[tcp(81)])]),
+        cnp("no-cluster-ips", ADMIN, 20, namespaces(ns_sel("z")),
+            egress=[egress("Deny", networks(*vips))]),
+    ])  # fmt: skip
+    sc.add_service(Service("svc-81", "x/c", "10.96.0.81", "fd00:10:96::51", {TCP80: 81}))
+    sc.add_service(Service("svc-80", "x/c", "10.96.0.80", "fd00:10:96::50", {TCP80: 80}))
+    probes = cells(["y/a", "y/b", "z/a", "z/b"], ["svc-81", "svc-80"], [TCP80], (family,))
+    verify(sc, probes, lambda p: not (ns_of(p.src) == "y" and p.dst == "svc-81"))
+
+
 # ====================================================================== host, replies
 @MATRIX
 def test_hostnetwork_pods_are_neither_subjects_nor_peers(sc: Scenario, family: int) -> None:
@@ -858,7 +879,7 @@ def test_own_node_stays_reachable_under_an_admin_deny_all(sc: Scenario, family: 
 
 
 @MATRIX
-def test_replies_of_an_accepted_connection_pass(sc: Scenario, family: int) -> None:
+def test_replies_and_related_icmp_of_an_accepted_connection_pass(sc: Scenario, family: int) -> None:
     """Accept "accepts the selected traffic, including replies to that traffic": x -> y is
     accepted both ends while x denies all pod ingress and y all pod egress, so only the
     replies cross those Denies (TCP handshakes, UDP echoes); y -> x is denied."""
@@ -873,6 +894,13 @@ def test_replies_of_an_accepted_connection_pass(sc: Scenario, family: int) -> No
     probes = cells(X_PODS, Y_PODS, pp, (family,)) + cells(Y_PODS, X_PODS, pp, (family,))
     verify(sc, probes, lambda p: ns_of(p.src) == "x")
     verify_pings(sc.lab, family, {("x/a", "y/b"): True, ("y/b", "x/a"): False})
+    # "... and related ICMP traffic": UDP to a port nobody serves is answered by an ICMP
+    # port unreachable, which crosses x's ingress Deny (refused); the other way round the
+    # datagram itself is denied (no answer at all).
+    closed = [Probe("x/a", "y/b", 82, "UDP", family), Probe("y/b", "x/a", 82, "UDP", family)]
+    m = sc.run(closed)
+    got = {p: m[p].verdict for p in closed}
+    assert got == {closed[0]: Verdict.REFUSED, closed[1]: Verdict.DENIED}, got
 
 
 # ====================================================================== fail closed
@@ -914,6 +942,25 @@ def test_an_unreadable_rule_fails_closed_as_a_deny_of_everything(sc: Scenario, f
     )
     verify(sc, cells([*EVERYONE, *NODES], X_PODS, [TCP80, UDP81], (family,)),
            lambda p: is_self(p) or ns_of(p.src) == "y" or p.src == node_of(sc.lab, p.dst))  # fmt: skip
+
+
+@MATRIX
+def test_a_peer_with_no_field_this_agent_knows_fails_closed(sc: Scenario, family: int) -> None:
+    """API: "If an implementation sees no fields are set [in a peer] then it can infer that
+    the deployed CRD is of an incompatible version with an unknown field. In that case it
+    should fail closed."  A Pass rule whose peer has only a future field: a Deny of
+    everything at its place (for a Deny or Pass rule the API asks exactly that)."""
+    sc.apply([cnp("x-future", ADMIN, 10, x_subject(), ingress=[
+        ingress("Accept", namespaces(ns_sel("y")), name="y"),
+        {"action": "Pass", "name": "tenants", "from": [{"sameTenant": {"key": "tenant"}}]},
+    ])], problems_expected=True)  # fmt: skip
+    problems = _problems(sc)
+    assert any("ClusterNetworkPolicy x-future" in p and "spec.ingress[1].from[0]" in p
+               for p in problems), problems  # fmt: skip
+    verify(sc, cells([*EVERYONE, *NODES], X_PODS, [TCP80, UDP81], (family,)),
+           lambda p: is_self(p) or ns_of(p.src) == "y" or p.src == node_of(sc.lab, p.dst))  # fmt: skip
+    assert_decided(sc, Probe("z/a", "x/c", 80, "TCP", family), ING, allowed=False, tier=ADMIN,
+                   policy="x-future", priority=10, rule_index=1, rule_name="tenants")  # fmt: skip
 
 
 @MATRIX
