@@ -993,6 +993,28 @@ def test_a_policy_whose_spec_cannot_be_read_fails_closed(sc: Scenario, family: i
 
 
 @MATRIX
+def test_a_policy_whose_subject_cannot_be_read_isolates_every_pod(
+    sc: Scenario, family: int
+) -> None:
+    """A subject with a field this agent does not know could select anyone: the policy
+    becomes an Admin Deny of everything for every pod, both ways; only a pod's traffic to
+    itself and between a pod and its own node remain."""
+    sc.apply([
+        cnp("future-subject", BASELINE, 500, {"serviceAccounts": {"name": "web"}},
+            ingress=[ingress("Accept", namespaces({}))]),
+    ], problems_expected=True)  # fmt: skip
+    problems = _problems(sc)
+    assert any("ClusterNetworkPolicy future-subject" in p and "spec.subject" in p
+               for p in problems), problems  # fmt: skip
+    everyone = [*EVERYONE, *NODES]
+    verify(sc, cells(everyone, everyone, [TCP80], (family,)),
+           lambda p: is_self(p) or not ({p.src, p.dst} & set(PODS))
+           or node_of(sc.lab, p.src) == p.dst or node_of(sc.lab, p.dst) == p.src)  # fmt: skip
+    assert_decided(sc, Probe("y/a", "z/b", 80, "TCP", family), EGR, allowed=False, tier=ADMIN,
+                   policy="future-subject", priority=500)  # fmt: skip
+
+
+@MATRIX
 def test_a_quarantined_pod_stays_isolated_under_an_admin_accept(sc: Scenario, family: int) -> None:
     """Bad input fails closed before any tier: x/a's labels cannot be read, so an admin
     Accept of everything to and from x cannot open it; x/b, under the same Accept, is
