@@ -544,7 +544,7 @@ def wait_until(what: str, check: Any, *, timeout: float = 30, interval: float = 
 
 
 # ------------------------------------------------------------------------------ explain
-STATE_KINDS = "namespaces,pods,networkpolicies,nodes"
+STATE_KINDS = "namespaces,pods,networkpolicies,nodes,clusternetworkpolicies"
 
 
 def dump_state(cluster: NodeCluster, path: Path) -> Path:
