@@ -523,35 +523,7 @@ __all__ = [
 ]
 
 
-# --- ClusterNetworkPolicy
-def cnp(
-    name: str,
-    tier: str,
-    priority: int,
-    subject: Mapping[str, Any],
-    *,
-    ingress: Sequence[Mapping[str, Any]] | None = None,
-    egress: Sequence[Mapping[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """A ``policy.networking.k8s.io/v1alpha2`` ClusterNetworkPolicy; ``ingress``/``egress``
-    None leave the field out (a policy without rules in a direction)."""
-    spec: dict[str, Any] = {
-        "tier": tier,
-        "priority": priority,
-        "subject": copy.deepcopy(dict(subject)),
-    }
-    if ingress is not None:
-        spec["ingress"] = copy.deepcopy([dict(r) for r in ingress])
-    if egress is not None:
-        spec["egress"] = copy.deepcopy([dict(r) for r in egress])
-    return {
-        "apiVersion": "policy.networking.k8s.io/v1alpha2",
-        "kind": "ClusterNetworkPolicy",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
-
-
+# --- ClusterNetworkPolicy (cnp() is defined above, with the conformance helpers)
 def explain_probe(scenario: Scenario, probe: Probe) -> Any:
     """``agent.policy.explain``'s whole verdict for one probe of an applied scenario (the
     per-direction detail: which tier, policy, priority and rule decided)."""
