@@ -313,10 +313,24 @@ class NodeCompiler:
         self._policies = {
             k: v
             for k, v in self._policies.items()
-            if k in reachable or (v.unit is None and state.policies.get(v.policy.key) is v.policy)
+            if k in reachable or (v.unit is None and self._lives(state, v.policy))
         }
         self._index = {k: v for k, v in self._index.items() if k in reachable}
         self._names.keep_only(reachable | self._policies.keys())
+
+    def _lives(self, state: PolicyView, policy: NetworkPolicy) -> bool:
+        """``policy`` is in ``state``; for a ClusterNetworkPolicy rule's one-rule policy,
+        the ClusterNetworkPolicy it was made from is. (An egress rule by named port that
+        matches nothing yet must be remembered with the destinations it watches: a pod
+        that comes to serve the name then brings the rule in.)"""
+        if policy.namespace != CLUSTER_POLICY_SCOPE:
+            return state.policies.get(policy.key) is policy
+        cached = self._cluster_rules.get(policy.name.rsplit(" ", 1)[0])
+        return (
+            cached is not None
+            and state.cluster_policies.get(cached[0].key) is cached[0]
+            and any(one is policy for one in cached[1].values())
+        )
 
     # --- invalidation ---------------------------------------------------------------
 

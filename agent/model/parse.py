@@ -314,9 +314,9 @@ def _parse_node(raw: Mapping[str, Any]) -> Node:
         try:
             fields = as_entry(entry, path)
             address_type = fields.get("type")
-            if address_type in _HOSTNAME_TYPES:
+            if type(address_type) is str and address_type in _HOSTNAME_TYPES:
                 continue
-            if address_type not in _ADDRESS_TYPES:
+            if type(address_type) is not str or address_type not in _ADDRESS_TYPES:
                 raise FieldError(
                     f"{path}.type",
                     f"unknown address type {shown(address_type)} (InternalIP, ExternalIP, ...)",

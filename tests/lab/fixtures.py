@@ -7,6 +7,9 @@
   after the test; labels reset to the spec.  Use it for every scenario that touches
   iptables.
 * ``prober`` (session): a :class:`~tests.lab.prober.Prober` knowing all endpoints.
+* ``conformance_lab`` (session) / ``clean_conformance_lab`` (function): the same for the
+  network-policy-api conformance suite's topology (:mod:`tests.lab.conformance`), built
+  only when a test asks for it.
 
 Cleanup is guaranteed three ways: the fixture finalizer, an ``atexit`` hook (both delete
 everything named with the run prefix), and a sweep at the next start that removes labs whose
@@ -20,6 +23,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.lab.conformance import conformance_spec
 from tests.lab.ownership import owner_marker, signals_as_interrupt, sweep_stale_labs
 from tests.lab.prober import Prober, lab_prober
 from tests.lab.topology import Lab
@@ -27,10 +31,18 @@ from tests.lab.topology import Lab
 
 @pytest.fixture(scope="session")
 def lab() -> Iterator[Lab]:
+    yield from _session_lab(Lab())
+
+
+@pytest.fixture(scope="session")
+def conformance_lab() -> Iterator[Lab]:
+    yield from _session_lab(Lab(conformance_spec()))
+
+
+def _session_lab(the_lab: Lab) -> Iterator[Lab]:
     if os.geteuid() != 0:
         pytest.skip("the netns lab needs root (network namespaces, iptables, raw sockets)")
     sweep_stale_labs()
-    the_lab = Lab()
     with signals_as_interrupt(), owner_marker(the_lab.prefix):
         try:
             the_lab.start()
@@ -52,6 +64,15 @@ def clean_lab(lab: Lab) -> Iterator[Lab]:
         yield lab
     finally:
         _reset(lab)
+
+
+@pytest.fixture
+def clean_conformance_lab(conformance_lab: Lab) -> Iterator[Lab]:
+    _reset(conformance_lab)
+    try:
+        yield conformance_lab
+    finally:
+        _reset(conformance_lab)
 
 
 @pytest.fixture(scope="session")

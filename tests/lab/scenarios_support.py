@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from agent.model.objects import Protocol
+from agent.policy.explain import Verdict as ExplainVerdict
 from agent.policy.explain import explain, resolve_endpoint
 from agent.policy.state import ClusterState, build_state
 from tests.lab.nsutil import LabCommandError, in_netns
@@ -72,6 +73,107 @@ def expr(key: str, operator: str, *values: str) -> dict[str, Any]:
     if values:
         out["values"] = list(values)
     return out
+
+
+# ------------------------------------------------------------------ ClusterNetworkPolicy
+CNP_API_VERSION = "policy.networking.k8s.io/v1beta1"  # the conformance suite's; v1alpha2 parses too
+
+
+def cnp(
+    name: str,
+    tier: str,
+    priority: int,
+    subject: Mapping[str, Any],
+    *,
+    ingress: Sequence[Mapping[str, Any]] | None = None,
+    egress: Sequence[Mapping[str, Any]] | None = None,
+    api_version: str = CNP_API_VERSION,
+) -> dict[str, Any]:
+    """A ClusterNetworkPolicy object; ``ingress``/``egress`` = None leaves the field out."""
+    spec: dict[str, Any] = {"tier": tier, "priority": priority, "subject": dict(subject)}
+    if ingress is not None:
+        spec["ingress"] = [dict(r) for r in ingress]
+    if egress is not None:
+        spec["egress"] = [dict(r) for r in egress]
+    return copy.deepcopy(
+        {
+            "apiVersion": api_version,
+            "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": name},
+            "spec": spec,
+        }
+    )
+
+
+def cnp_namespaces(selector: Mapping[str, Any]) -> dict[str, Any]:
+    """A subject or peer ``namespaces: <selector>``."""
+    return {"namespaces": copy.deepcopy(dict(selector))}
+
+
+def cnp_pods(
+    pod_selector: Mapping[str, Any], namespace_selector: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """A subject or peer ``pods: {namespaceSelector, podSelector}`` (namespaceSelector left
+    out when None, which the API reads as every namespace)."""
+    pods: dict[str, Any] = {}
+    if namespace_selector is not None:
+        pods["namespaceSelector"] = copy.deepcopy(dict(namespace_selector))
+    pods["podSelector"] = copy.deepcopy(dict(pod_selector))
+    return {"pods": pods}
+
+
+def cnp_networks(*cidrs: str) -> dict[str, Any]:
+    return {"networks": list(cidrs)}
+
+
+def cnp_nodes(selector: Mapping[str, Any]) -> dict[str, Any]:
+    return {"nodes": copy.deepcopy(dict(selector))}
+
+
+def cnp_port(protocol: str, number: int) -> dict[str, Any]:
+    """``{tcp: {destinationPort: {number: n}}}`` (protocol TCP/UDP/SCTP, any case)."""
+    return {protocol.lower(): {"destinationPort": {"number": number}}}
+
+
+def cnp_range(protocol: str, start: int, end: int) -> dict[str, Any]:
+    return {protocol.lower(): {"destinationPort": {"range": {"start": start, "end": end}}}}
+
+
+def cnp_named_port(name: str) -> dict[str, Any]:
+    return {"destinationNamedPort": name}
+
+
+def _cnp_rule(
+    name: str,
+    action: str,
+    key: str,
+    peers: Sequence[Mapping[str, Any]],
+    protocols: Sequence[Mapping[str, Any]] | None,
+) -> dict[str, Any]:
+    rule: dict[str, Any] = {"name": name, "action": action, key: [dict(p) for p in peers]}
+    if protocols is not None:
+        rule["protocols"] = [dict(p) for p in protocols]
+    return copy.deepcopy(rule)
+
+
+def cnp_ingress(
+    name: str,
+    action: str,
+    *peers: Mapping[str, Any],
+    protocols: Sequence[Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """An ingress rule: ``{name, action, from: peers, protocols}``."""
+    return _cnp_rule(name, action, "from", peers, protocols)
+
+
+def cnp_egress(
+    name: str,
+    action: str,
+    *peers: Mapping[str, Any],
+    protocols: Sequence[Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """An egress rule: ``{name, action, to: peers, protocols}``."""
+    return _cnp_rule(name, action, "to", peers, protocols)
 
 
 def ns_of(name: str) -> str:
@@ -320,6 +422,10 @@ class Scenario:
     # -------------------------------------------------------------------------- judging
     def oracle(self, probe: Probe) -> bool:
         """explain's verdict for one probe (a Service probe is judged at its backend)."""
+        return self.explained(probe).allowed
+
+    def explained(self, probe: Probe) -> ExplainVerdict:
+        """explain's whole answer for one probe: per direction, the tier and the rule."""
         assert self.state is not None, "apply() first"
         dst, port = probe.dst, probe.port
         if dst in self.services:
@@ -329,7 +435,7 @@ class Scenario:
                                   probe.family)  # fmt: skip
         destination = resolve_endpoint(self.state, self._address(dst, probe.family),
                                        probe.family)  # fmt: skip
-        return explain(self.state, source, destination, Protocol(probe.protocol), port).allowed
+        return explain(self.state, source, destination, Protocol(probe.protocol), port)
 
     def _address(self, name: str, family: int) -> str:
         assert self.state is not None
@@ -388,6 +494,7 @@ class Scenario:
 
 
 __all__ = [
+    "CNP_API_VERSION",
     "EXT",
     "NODES",
     "PODS",
@@ -397,6 +504,16 @@ __all__ = [
     "TcpClient",
     "TcpEcho",
     "cells",
+    "cnp",
+    "cnp_egress",
+    "cnp_ingress",
+    "cnp_named_port",
+    "cnp_namespaces",
+    "cnp_networks",
+    "cnp_nodes",
+    "cnp_pods",
+    "cnp_port",
+    "cnp_range",
     "expr",
     "labels",
     "netpol",
@@ -404,3 +521,18 @@ __all__ = [
     "ns_sel",
     "pod_sel",
 ]
+
+
+# --- ClusterNetworkPolicy (cnp() is defined above, with the conformance helpers)
+def explain_probe(scenario: Scenario, probe: Probe) -> Any:
+    """``agent.policy.explain``'s whole verdict for one probe of an applied scenario (the
+    per-direction detail: which tier, policy, priority and rule decided)."""
+    assert scenario.state is not None, "apply() first"
+    assert probe.dst not in scenario.services, "judge a Service probe at its backend"
+    state, family = scenario.state, probe.family
+    source = resolve_endpoint(state, scenario._address(probe.src, family), family)
+    destination = resolve_endpoint(state, scenario._address(probe.dst, family), family)
+    return explain(state, source, destination, Protocol(probe.protocol), probe.port)
+
+
+__all__ += ["cnp", "explain_probe"]

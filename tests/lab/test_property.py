@@ -1,12 +1,20 @@
-"""Property: for random NetworkPolicies over the fixed e2e topology, real traffic through
-the agent's rules (nft backend) equals ``agent.policy.explain`` for every probed cell.
+"""Property: for random NetworkPolicies and ClusterNetworkPolicies over the fixed e2e
+topology, real traffic through the agent's rules (nft backend) equals
+``agent.policy.explain`` for every probed cell.
 
-Hypothesis draws 1-3 policies per example from the lab's own vocabulary: pod/namespace
-selectors (matchLabels and matchExpressions In/NotIn/Exists/DoesNotExist, incl. the
-``kubernetes.io/metadata.name`` label and a key no object carries), peers alone and ANDed,
-ipBlocks over pod ranges, single pods, the wan (nodes + ext) and everything, with excepts,
-ports numeric / named (matching and mismatching protocol) / protocol-only / ``{}`` /
-endPort ranges, and random or absent policyTypes, ``[]`` and missing lists.
+Hypothesis draws 1-3 NetworkPolicies per example from the lab's own vocabulary:
+pod/namespace selectors (matchLabels and matchExpressions In/NotIn/Exists/DoesNotExist,
+incl. the ``kubernetes.io/metadata.name`` label and a key no object carries), peers alone
+and ANDed, ipBlocks over pod ranges, single pods, the wan (nodes + ext) and everything,
+with excepts, ports numeric / named (matching and mismatching protocol) / protocol-only /
+``{}`` / endPort ranges, and random or absent policyTypes, ``[]`` and missing lists.
+
+Next to them, 0-3 ClusterNetworkPolicies: Admin or Baseline, a few priorities (so ties,
+broken by name, happen), a namespaces or pods subject, rules with a random action over
+namespaces, pods, networks (the same CIDRs, 0.0.0.0/0 and ::/0) and nodes (by hostname
+label) peers, protocols by number, range or destinationNamedPort, or none; now and then a
+rule the agent cannot read (domainNames, an unknown action), which denies in its place.
+Pods also probe node-2's address, where nodes peers decide.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import yaml
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from agent.policy.state import build_state
 from tests.lab.prober import Probe, Verdict
 from tests.lab.scenarios_support import EXT, PODS, Scenario, cells, netpol
 from tests.lab.topology import Lab
@@ -30,8 +39,11 @@ NAME_LABEL = "kubernetes.io/metadata.name"
 
 SOURCES = [*PODS, EXT, "node-1"]
 DESTINATIONS = [*PODS, EXT]
-PROBES: list[Probe] = cells(SOURCES, DESTINATIONS, [(80, "TCP"), (81, "TCP"), (81, "UDP")]) + cells(
-    SOURCES, DESTINATIONS, [(80, "TCP"), (80, "SCTP")], (6,)
+PROBES: list[Probe] = (
+    cells(SOURCES, DESTINATIONS, [(80, "TCP"), (81, "TCP"), (81, "UDP")])
+    + cells(SOURCES, DESTINATIONS, [(80, "TCP"), (80, "SCTP")], (6,))
+    # A node serves TCP and UDP only; from node-1's pods the packet crosses node-1.
+    + cells(PODS, ["node-2"], [(80, "TCP"), (81, "UDP")], (4, 6))
 )
 
 
@@ -185,6 +197,104 @@ def _policies(lab: Lab) -> st.SearchStrategy[list[dict[str, Any]]]:
     )
 
 
+# --------------------------------------------------------------- ClusterNetworkPolicy
+HOSTNAME = "kubernetes.io/hostname"
+NODE_SELECTOR = _selector({HOSTNAME: ["node-1", "node-2"]})
+CLUSTER_PROTOCOLS = [
+    {"tcp": {"destinationPort": {"number": 80}}},
+    {"tcp": {"destinationPort": {"number": 81}}},
+    {"udp": {"destinationPort": {"number": 81}}},
+    {"sctp": {"destinationPort": {"number": 80}}},
+    {"tcp": {"destinationPort": {"range": {"start": 79, "end": 80}}}},
+    {"udp": {"destinationPort": {"range": {"start": 81, "end": 90}}}},
+]
+NAMED_PROTOCOLS = [
+    {"destinationNamedPort": "serve-80-tcp"},
+    {"destinationNamedPort": "serve-81-udp"},
+    {"destinationNamedPort": "serve-80-sctp"},
+    {"destinationNamedPort": "serve-82-tcp"},  # served by no pod
+]
+UNREADABLE = ("domainNames", "action")  # how a rule is broken now and then
+
+
+def _namespaced_pods() -> st.SearchStrategy[dict[str, Any]]:
+    def build(ns: dict[str, Any] | None, pods: dict[str, Any]) -> dict[str, Any]:
+        return (
+            {"podSelector": pods} if ns is None else {"namespaceSelector": ns, "podSelector": pods}
+        )
+
+    return st.builds(build, st.one_of(st.none(), NS_SELECTOR), POD_SELECTOR)
+
+
+def _networks(lab: Lab) -> st.SearchStrategy[list[str]]:
+    cidrs = sorted({cidr for cidr, _ in _blocks(lab)} | {"0.0.0.0/0", "::/0"})
+    return st.lists(st.sampled_from(cidrs), min_size=1, max_size=2, unique=True)
+
+
+def _cluster_peer(lab: Lab, egress: bool) -> st.SearchStrategy[dict[str, Any]]:
+    peers = [
+        NS_SELECTOR.map(lambda s: {"namespaces": s}),
+        _namespaced_pods().map(lambda p: {"pods": p}),
+    ]
+    if egress:
+        peers += [
+            _networks(lab).map(lambda n: {"networks": n}),
+            NODE_SELECTOR.map(lambda s: {"nodes": s}),
+        ]
+    return st.one_of(*peers)
+
+
+@st.composite
+def _cluster_rule(draw: st.DrawFn, lab: Lab, egress: bool) -> dict[str, Any]:
+    peers = draw(st.lists(_cluster_peer(lab, egress), min_size=1, max_size=2))
+    rule: dict[str, Any] = {
+        "action": draw(st.sampled_from(["Accept", "Deny", "Pass"])),
+        "to" if egress else "from": peers,
+    }
+    # The CRD allows no named port with networks or nodes peers (they serve none).
+    addresses = any("networks" in p or "nodes" in p for p in peers)
+    choices = CLUSTER_PROTOCOLS if addresses else CLUSTER_PROTOCOLS + NAMED_PROTOCOLS
+    if draw(st.booleans()):
+        rule["protocols"] = draw(st.lists(st.sampled_from(choices), min_size=1, max_size=2))
+    broken = draw(st.sampled_from([None] * 20 + list(UNREADABLE)))
+    if broken == "domainNames" and egress:
+        peers.append({"domainNames": ["example.com"]})
+    elif broken is not None:
+        rule["action"] = "Allow"
+    return rule
+
+
+@st.composite
+def _cluster_policy(draw: st.DrawFn, lab: Lab, index: int) -> dict[str, Any]:
+    subject = draw(
+        st.one_of(
+            NS_SELECTOR.map(lambda s: {"namespaces": s}),
+            _namespaced_pods().map(lambda p: {"pods": p}),
+        )
+    )
+    spec: dict[str, Any] = {
+        "tier": draw(st.sampled_from(["Admin", "Baseline"])),
+        "priority": draw(st.sampled_from([0, 5, 5, 10])),
+        "subject": subject,
+    }
+    for section, egress in (("ingress", False), ("egress", True)):
+        rules = draw(st.one_of(st.none(), st.lists(_cluster_rule(lab, egress), max_size=2)))
+        if rules is not None:
+            spec[section] = rules
+    return {
+        "apiVersion": "policy.networking.k8s.io/v1alpha2",
+        "kind": "ClusterNetworkPolicy",
+        "metadata": {"name": f"cnp{index}"},
+        "spec": spec,
+    }
+
+
+def _cluster_policies(lab: Lab) -> st.SearchStrategy[list[dict[str, Any]]]:
+    return st.integers(min_value=0, max_value=3).flatmap(
+        lambda n: st.tuples(*(_cluster_policy(lab, i) for i in range(n))).map(list)
+    )
+
+
 # ------------------------------------------------------------------------------ the property
 def test_random_policies_dataplane_equals_explain(clean_lab: Lab) -> None:
     lab = clean_lab
@@ -200,10 +310,12 @@ def test_random_policies_dataplane_equals_explain(clean_lab: Lab) -> None:
         phases=(Phase.explicit, Phase.generate),  # a shrink would re-apply dozens of times
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     )
-    @given(policies=_policies(lab))
-    def check(policies: list[dict[str, Any]]) -> None:
+    @given(policies=_policies(lab), cluster_policies=_cluster_policies(lab))
+    def check(policies: list[dict[str, Any]], cluster_policies: list[dict[str, Any]]) -> None:
+        policies = [*policies, *cluster_policies]
         lab.reset_firewall()
-        sc.apply(policies)
+        # A rule drawn unreadable on purpose is reported (and denies in its place).
+        sc.apply(policies, problems_expected=bool(build_state(policies).problems))
         m = sc.run(PROBES)
         oracle = {p: Verdict.ALLOWED if sc.oracle(p) else Verdict.DENIED for p in m}
         runs.append(len(m))

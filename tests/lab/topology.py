@@ -58,6 +58,9 @@ EXTERNAL_NAME = "ext"
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ContainerPort:
+    """A port a pod serves.  ``name=""``: served but not declared in the Pod object (like
+    a container listening on a port its spec does not list)."""
+
     name: str
     port: int
     protocol: Protocol
@@ -109,6 +112,10 @@ class LabSpec:
     namespaces: tuple[NamespaceSpec, ...]
     pods: tuple[PodSpec, ...]
     external: bool = True
+    # extra labels of the Node objects (every node has ``kubernetes.io/hostname``)
+    node_labels: Mapping[str, Mapping[str, str]] | None = None
+    # ports served in every node's own namespace (what hostNetwork pods would listen on)
+    node_ports: tuple[ContainerPort, ...] = ()
 
     def validate(self) -> None:
         if len(self.nodes) > 200:
@@ -123,6 +130,9 @@ class LabSpec:
             if pod.key in seen:
                 raise ValueError(f"duplicate pod {pod.key}")
             seen.add(pod.key)
+        unknown_nodes = set(self.node_labels or {}) - set(self.nodes)
+        if unknown_nodes:
+            raise ValueError(f"labels for unknown nodes {sorted(unknown_nodes)}")
         if len(self.pods) > 999:
             raise ValueError("too many pods")
 
@@ -514,6 +524,10 @@ class Lab:
             for port in (80, 81):
                 for proto in ("TCP", "UDP"):
                     self.servers.listen(ep.name, ep.netns, port, proto)
+        for node in self.nodes.values():
+            for cp in self.spec.node_ports:
+                if cp.protocol in ("TCP", "UDP"):
+                    self.servers.listen(node.name, node.netns, cp.port, cp.protocol)
 
     def wait_ready(self, timeout: float = 15.0) -> None:
         """Probe UDP 80 between every pair of endpoints (v4 and v6) until all answer.
@@ -526,7 +540,12 @@ class Lab:
 
         eps = self.endpoints(external=True, nodes=True)
         prober = Prober(eps, timeout=0.5)
-        todo = [Probe(s.name, d.name, 80, "UDP", fam) for fam in (4, 6) for s in eps for d in eps]
+        todo = [
+            Probe(s.name, d.name, self._ready_port(d), "UDP", fam)
+            for fam in (4, 6)
+            for s in eps
+            for d in eps
+        ]
         deadline = time.monotonic() + timeout
         while True:
             m = prober.run(todo)
@@ -536,6 +555,16 @@ class Lab:
             if time.monotonic() > deadline:
                 detail = "\n".join(f"  {p}: {m.results[p]}" for p in todo[:20])
                 raise RuntimeError(f"lab {self.prefix} not fully connected:\n{detail}")
+
+    def _ready_port(self, endpoint: Endpoint) -> int:
+        """The UDP port wait_ready probes: a pod's first UDP port (80 in the e2e model),
+        80 on nodes and the external host."""
+        if endpoint.kind == "pod":
+            udp = [cp.port for cp in self.pods[endpoint.name].spec.ports if cp.protocol == "UDP"]
+            if not udp:
+                raise ValueError(f"pod {endpoint.name} serves no UDP port to check it with")
+            return udp[0]
+        return 80
 
     def serve(self, endpoint: str, port: int, protocol: Protocol) -> None:
         """Serve an extra TCP/UDP port on a pod or the external host (SCTP needs nothing:
@@ -580,7 +609,10 @@ class Lab:
                     "metadata": {
                         "name": node.name,
                         "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"netpol-lab/node/{node.name}")),
-                        "labels": {"kubernetes.io/hostname": node.name},
+                        "labels": {
+                            **(self.spec.node_labels or {}).get(node.name, {}),
+                            "kubernetes.io/hostname": node.name,
+                        },
                     },
                     "spec": {
                         "podCIDR": node.pod_cidr_v4,
@@ -597,14 +629,18 @@ class Lab:
             )
         for pod in self.pods.values():
             node = self.nodes[pod.spec.node]
-            containers = [
+            containers: list[dict[str, Any]] = [
                 {
                     "name": f"cont-{cp.port}-{cp.protocol.lower()}",
                     "image": "registry.k8s.io/e2e-test-images/agnhost:2.47",
-                    "ports": [{"name": cp.name, "containerPort": cp.port, "protocol": cp.protocol}],
                 }
                 for cp in pod.spec.ports
             ]
+            for container, cp in zip(containers, pod.spec.ports, strict=True):
+                if cp.name:
+                    container["ports"] = [
+                        {"name": cp.name, "containerPort": cp.port, "protocol": cp.protocol}
+                    ]
             out.append(
                 {
                     "apiVersion": "v1",

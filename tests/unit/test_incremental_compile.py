@@ -2,7 +2,8 @@
 
 NodeCompiler keeps chains between compiles and rebuilds only what a change touches; if
 its invalidation missed a dependency, a stale chain would survive. These tests replay
-random change sequences and compare every step with a fresh compile.
+random change sequences (pods, namespaces, NetworkPolicies, ClusterNetworkPolicies,
+nodes) and compare every step with a fresh compile.
 """
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ from agent.compiler import addresses as builder
 from agent.compiler.config import CompilerConfig
 from agent.compiler.node import NodeCompiler
 from agent.model import parse
-from agent.model.objects import Namespace, NetworkPolicy, Pod, PodPhase, Protocol
+from agent.model.objects import (
+    ClusterNetworkPolicy,
+    Namespace,
+    NetworkPolicy,
+    Node,
+    Pod,
+    PodPhase,
+    Protocol,
+)
 from agent.policy.index import ClusterIndex
 from agent.policy.state import ClusterState
 from agent.rules import Family
@@ -103,9 +112,124 @@ def _policy(index: int, namespace: str) -> NetworkPolicy:
     )
 
 
-def _initial(seed: int, pods: int) -> ClusterState:
+# ClusterNetworkPolicy rules over the same labels; each is given a tier and a priority
+# when drawn (few priorities, so that ties happen: they are broken by name).
+CLUSTER_POLICY_SPECS: list[dict[str, Any]] = [
+    {
+        "subject": {"namespaces": {"matchLabels": {"team": "blue"}}},
+        "ingress": [
+            {
+                "action": "Deny",
+                "from": [{"pods": {"podSelector": {"matchLabels": {"app": "api"}}}}],
+            },
+            {"action": "Pass", "from": [{"namespaces": {}}]},
+        ],
+    },
+    {
+        "subject": {"pods": {"podSelector": {"matchLabels": {"app": "web"}}}},
+        "egress": [
+            {
+                "action": "Accept",
+                "to": [{"pods": {"podSelector": {"matchLabels": {"app": "db"}}}}],
+                "protocols": [{"destinationNamedPort": "http"}],
+            },
+            {"action": "Deny", "to": [{"networks": ["10.0.0.0/16", "fd00::/64"]}]},
+        ],
+    },
+    {
+        "subject": {"namespaces": {}},
+        "egress": [
+            {"action": "Deny", "to": [{"nodes": {"matchLabels": {"zone": "b"}}}]},
+            {
+                "action": "Accept",
+                "to": [{"nodes": {}}],
+                "protocols": [{"tcp": {"destinationPort": {"number": 10250}}}],
+            },
+        ],
+    },
+    {
+        "subject": {
+            "pods": {
+                "namespaceSelector": {
+                    "matchExpressions": [
+                        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["x"]}
+                    ]
+                },
+                "podSelector": {"matchLabels": {"tier": "a"}},
+            }
+        },
+        "ingress": [
+            {
+                "action": "Accept",
+                "from": [{"namespaces": {"matchLabels": {"team": "red"}}}],
+                "protocols": [{"tcp": {"destinationPort": {"range": {"start": 80, "end": 8080}}}}],
+            },
+            {
+                "action": "Deny",
+                "from": [{"pods": {"podSelector": {"matchLabels": {"app": "web"}}}}],
+                "protocols": [{"destinationNamedPort": "http"}],
+            },
+        ],
+    },
+    {
+        "subject": {"namespaces": {}},
+        "ingress": [
+            {
+                "action": "Pass",
+                "from": [
+                    {
+                        "pods": {
+                            "namespaceSelector": {"matchLabels": {"team": "blue"}},
+                            "podSelector": {},
+                        }
+                    }
+                ],
+            }
+        ],
+        "egress": [
+            {
+                "action": "Deny",
+                "to": [{"networks": ["0.0.0.0/0", "::/0"]}],
+                "protocols": [{"sctp": {"destinationPort": {"number": 80}}}],
+            }
+        ],
+    },
+    {  # not supported: the rule denies everything in its place (fail closed)
+        "subject": {"pods": {"podSelector": {"matchLabels": {"app": "db"}}}},
+        "egress": [{"action": "Accept", "to": [{"domainNames": ["example.com"]}]}],
+    },
+]
+NODE_ZONES = ("a", "b")
+
+
+def _cluster_policy(index: int, rng: random.Random) -> ClusterNetworkPolicy:
+    spec = CLUSTER_POLICY_SPECS[rng.randrange(len(CLUSTER_POLICY_SPECS))]
+    return parse.parse_cluster_network_policy(
+        {
+            "apiVersion": "policy.networking.k8s.io/v1alpha2",
+            "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": f"cnp{index}"},
+            "spec": {
+                "tier": rng.choice(("Admin", "Baseline")),
+                "priority": rng.choice((0, 5, 5, 10)),
+                **spec,
+            },
+        }
+    )
+
+
+def _node(name: str, index: int, zone: str) -> Node:
+    return Node(
+        name,
+        (ipaddress.ip_address(f"192.0.2.{index}"), ipaddress.ip_address(f"2001:db8::{index}")),
+        labels={"zone": zone},
+    )
+
+
+def _initial(seed: int, pods: int, cluster: bool = False) -> ClusterState:
+    """``cluster``: with nodes and ClusterNetworkPolicies too."""
     rng = random.Random(seed)
-    return ClusterState.of(
+    state = ClusterState.of(
         namespaces=[
             Namespace(
                 name, {"kubernetes.io/metadata.name": name, "team": rng.choice(("blue", "red"))}
@@ -115,9 +239,23 @@ def _initial(seed: int, pods: int) -> ClusterState:
         pods=[_pod(i, rng) for i in range(pods)],
         policies=[_policy(i, NAMESPACES[i % 3]) for i in range(6)],
     )
+    if not cluster:
+        return state
+    nodes = [_node(NODE, 1, "a"), _node("node-b", 2, "b")]
+    policies = [_cluster_policy(i, rng) for i in range(rng.randrange(4))]
+    return dataclasses.replace(
+        state,
+        nodes={node.name: node for node in nodes},
+        cluster_policies={policy.key: policy for policy in policies},
+    )
 
 
-def _mutate(state: ClusterState, rng: random.Random, serial: int) -> ClusterState:
+def _mutate(
+    state: ClusterState, rng: random.Random, serial: int, cluster: bool = False
+) -> ClusterState:
+    """``cluster``: ClusterNetworkPolicies and nodes change too."""
+    if cluster and rng.randrange(3) == 0:
+        return _mutate_cluster(state, rng)
     pods = dict(state.pods)
     namespaces = dict(state.namespaces)
     policies = dict(state.policies)
@@ -147,7 +285,29 @@ def _mutate(state: ClusterState, rng: random.Random, serial: int) -> ClusterStat
         policies[policy.key] = policy
     elif policies:  # delete a policy
         del policies[rng.choice(sorted(policies))]
-    return ClusterState(namespaces=namespaces, pods=pods, policies=policies, nodes=state.nodes)
+    return dataclasses.replace(state, namespaces=namespaces, pods=pods, policies=policies)
+
+
+def _mutate_cluster(state: ClusterState, rng: random.Random) -> ClusterState:
+    cluster_policies = dict(state.cluster_policies)
+    nodes = dict(state.nodes)
+    action = rng.randrange(4)
+    if action == 0:  # add or replace one (its tier, priority or rules may change)
+        policy = _cluster_policy(rng.randrange(5), rng)
+        cluster_policies[policy.key] = policy
+    elif action == 1 and cluster_policies:
+        del cluster_policies[rng.choice(sorted(cluster_policies))]
+    elif action == 2 and nodes:  # relabel a node; None: its labels could not be read
+        name = rng.choice(sorted(nodes))
+        labels = rng.choice([{"zone": zone} for zone in NODE_ZONES] + [{}, None])
+        nodes[name] = dataclasses.replace(nodes[name], labels=labels)
+    elif nodes:  # a node gains or loses an address
+        name = rng.choice(sorted(nodes))
+        addresses = nodes[name].addresses
+        extra = ipaddress.ip_address(f"192.0.2.{100 + len(addresses)}")
+        changed = addresses[:2] if len(addresses) > 2 else (*addresses, extra)
+        nodes[name] = dataclasses.replace(nodes[name], addresses=changed)
+    return dataclasses.replace(state, cluster_policies=cluster_policies, nodes=nodes)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -156,12 +316,12 @@ def test_incremental_compile_equals_a_fresh_compile_after_every_change(
     seed: int, steps: int, pods: int
 ) -> None:
     rng = random.Random(seed)
-    state = _initial(seed, pods)
+    state = _initial(seed, pods, cluster=True)
     compilers = {family: NodeCompiler(NODE, family, CONFIG) for family in Family}
     for compiler in compilers.values():
         compiler.compile(state)
     for serial in range(steps):
-        state = _mutate(state, rng, serial)
+        state = _mutate(state, rng, serial, cluster=True)
         for family, compiler in compilers.items():
             incremental = compiler.compile(state)
             fresh = NodeCompiler(NODE, family, CONFIG).compile(state)
@@ -239,6 +399,50 @@ def test_a_new_pod_serving_a_named_port_makes_the_egress_policy_live_for_other_p
     assert compiler.compile(changed) == NodeCompiler(NODE, Family.IPV4, CONFIG).compile(changed)
 
 
+def test_a_pod_relabelled_to_serve_a_named_port_brings_in_an_admin_deny_by_that_name() -> None:
+    # Found by the property test above (seed 64): no "db" pod served "http", so the
+    # Admin rule had no chain; the compiler then forgot it along with the destinations
+    # it watches, and a pod relabelled "db" left the deny out of the local pod's chain.
+    state = _initial(64, 5)
+    web = next(p for p in state.pods.values() if p.labels["app"] == "web")
+    local = dataclasses.replace(web, node_name=NODE)
+    no_db = {
+        key: dataclasses.replace(pod, labels={**pod.labels, "app": "api"})
+        if pod.labels["app"] == "db"
+        else pod
+        for key, pod in state.pods.items()
+    }
+    deny = parse.parse_cluster_network_policy(
+        {
+            "apiVersion": "policy.networking.k8s.io/v1alpha2",
+            "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": "deny-db-http"},
+            "spec": {
+                "tier": "Admin",
+                "priority": 0,
+                "subject": {"pods": {"podSelector": {"matchLabels": {"app": "web"}}}},
+                "egress": [
+                    {
+                        "action": "Deny",
+                        "to": [{"pods": {"podSelector": {"matchLabels": {"app": "db"}}}}],
+                        "protocols": [{"destinationNamedPort": "http"}],
+                    }
+                ],
+            },
+        }
+    )
+    before = dataclasses.replace(
+        state, pods={**no_db, web.key: local}, cluster_policies={deny.key: deny}
+    )
+    compiler = NodeCompiler(NODE, Family.IPV4, CONFIG)
+    compiler.compile(before)
+    other = next(p for p in before.pods.values() if p.key != web.key)
+    db = dataclasses.replace(other, labels={**other.labels, "app": "db"})
+    after = dataclasses.replace(before, pods={**before.pods, db.key: db})
+    assert db.resolve_named_port("http", Protocol.TCP) is not None
+    assert compiler.compile(after) == NodeCompiler(NODE, Family.IPV4, CONFIG).compile(after)
+
+
 def test_caches_follow_the_cluster_not_every_object_ever_seen() -> None:
     """Pods and policies come and go (CronJobs); once they are gone, so is what the
     compiler remembered about them."""
@@ -275,6 +479,11 @@ def _apply_to_index(index: ClusterIndex, state: ClusterState) -> None:
         policies=[
             (k, state.policies.get(k)) for k in index.policies.keys() | state.policies.keys()
         ],
+        nodes=[(k, state.nodes.get(k)) for k in index.nodes.keys() | state.nodes.keys()],
+        cluster_policies=[
+            (k, state.cluster_policies.get(k))
+            for k in index.cluster_policies.keys() | state.cluster_policies.keys()
+        ],
     )
 
 
@@ -291,7 +500,7 @@ def test_compiling_an_index_by_deltas_equals_a_fresh_compile(
     """The agent's path: a ClusterIndex moved by deltas (several changes per batch), and
     compilers that see only what each batch changed."""
     rng = random.Random(seed)
-    state = _initial(seed, pods)
+    state = _initial(seed, pods, cluster=True)
     index = ClusterIndex()
     _apply_to_index(index, state)
     compilers = {family: NodeCompiler(NODE, family, CONFIG) for family in Family}
@@ -299,7 +508,7 @@ def test_compiling_an_index_by_deltas_equals_a_fresh_compile(
         compiler.compile_index(index)
     for serial in range(steps):
         for sub in range(batch):
-            state = _mutate(state, rng, serial * 10 + sub)
+            state = _mutate(state, rng, serial * 10 + sub, cluster=True)
         _apply_to_index(index, state)
         for family, compiler in compilers.items():
             incremental = compiler.compile_index(index)

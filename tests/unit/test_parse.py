@@ -28,6 +28,7 @@ from agent.model.parse import (
     InvalidObject,
     parse_namespace,
     parse_network_policy,
+    parse_node,
     parse_pod,
 )
 from agent.model.selectors import LabelSelector
@@ -873,3 +874,23 @@ def test_an_unforeseen_shape_in_a_policy_isolates_its_namespace(
     assert policy.pod_selector is None and policy.policy_types == BOTH
     assert policy.ingress == () and policy.egress == ()
     assert "malformed (TypeError)" in policy.problems[0]
+
+
+@pytest.mark.parametrize("address_type", [["InternalIP"], {"x": 1}, 5, None])
+def test_a_node_address_type_of_the_wrong_type_drops_that_address_only(
+    address_type: Any,
+) -> None:
+    node = parse_node(
+        {
+            "kind": "Node",
+            "metadata": {"name": "n"},
+            "status": {
+                "addresses": [
+                    {"type": address_type, "address": "10.0.0.9"},
+                    {"type": "InternalIP", "address": "10.0.0.1"},
+                ]
+            },
+        }
+    )
+    assert node.addresses == (ipaddress.ip_address("10.0.0.1"),)
+    assert "status.addresses[0].type" in node.problems[0]
