@@ -16,8 +16,9 @@
    (:meth:`NodeCluster.deploy_agent`);
 3. installs :data:`NO_SCTP_SERVERS` (see there: this kernel has no SCTP sockets, and the
    suite's pods would never be Ready with a server that exits), then runs the binary as
-   the project's CI runs it: ``-test.run TestConformanceProfiles``,
-   ``--conformance-profiles=ClusterNetworkPolicy`` and every feature of the profile,
+   the module's own ``make conformance-profiles`` runs it (``go test -v ./conformance
+   -run '^TestConformanceProfiles$' -args --conformance-profiles=ClusterNetworkPolicy``;
+   -timeout 2h here, 20m there) with every feature of the profile,
    experimental ones included (``--supported-features``), the report in ``report.yaml``,
    through the Go toolchain's test2json so every test and subtest has a verdict and a time;
 4. prints pass / fail / skip per test and per subtest with its wall time, writes the same
