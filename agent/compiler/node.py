@@ -264,6 +264,7 @@ class NodeCompiler:
             "policies": len(self._policies),
             "pods": len(self._pods),
             "selecting": len(self._selecting),
+            "cluster_rules": len(self._cluster_rules),
             "local": len(self._local),
         }
 
@@ -317,6 +318,11 @@ class NodeCompiler:
         }
         self._index = {k: v for k, v in self._index.items() if k in reachable}
         self._names.keep_only(reachable | self._policies.keys())
+        self._cluster_rules = {
+            name: entry
+            for name, entry in self._cluster_rules.items()
+            if state.cluster_policies.get(name) is entry[0]
+        }
 
     def _lives(self, state: PolicyView, policy: NetworkPolicy) -> bool:
         """``policy`` is in ``state``; for a ClusterNetworkPolicy rule's one-rule policy,
