@@ -10,10 +10,14 @@
    on every node and deploys ``deploy/`` as users do (:meth:`NodeCluster.deploy_agent`);
 3. runs ``e2e.test`` as kube-network-policies' CI runs it on kind (``--provider=local``,
    ``KUBERNETES_CONFORMANCE_TEST=y``, ``--disable-log-dump``) with ``--ginkgo.focus``
-   (default ``Netpol``) and ``--ginkgo.skip`` (default: what this single-family IPv4
-   machine cannot run, :data:`DEFAULT_SKIP`), the JUnit report in ``--report-dir``;
+   (default ``Netpol``) and ``--ginkgo.skip`` (default: what this machine and the
+   cluster's single family cannot run, :data:`SKIPS`), the JUnit report in ``--report-dir``;
+
 4. prints pass / fail / skip per test with its wall time (from the JUnit report) and
    writes the same as ``results.json`` in the report directory.
+
+``--ip-family ipv6`` builds the cluster IPv6 single-stack (kind's ipv6 ranges), so the
+suite, which probes one address per pod, runs over IPv6.
 
 The exit code is 0 when no selected test failed. ``--keep-going`` is not needed: the
 suite runs every selected test whatever the outcome of the others.
