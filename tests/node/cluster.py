@@ -23,6 +23,10 @@
   podCIDR (allocated by the controller-manager) and ``portmap``, and routes on every node
   (and in the outside namespace) to the other nodes' podCIDRs via their node IPs.
 
+``NodeCluster(ip_family="ipv6")`` builds all of it IPv6 single-stack instead, with kind's
+ipv6 ranges (:data:`IPV6_LAYOUT`: fabric fc00:f853:ccd:e793::/64, pods fd00:10:244::/56,
+Services fd00:10:96::/112); the default is IPv4 (:data:`IPV4_LAYOUT`).
+
 The test process reaches the apiserver through a forwarder (:mod:`tests.node.forward`)
 on 127.0.0.1; nothing is added to the machine's own network namespace.
 
