@@ -83,13 +83,17 @@ def parse_state(data: bytes, origin: str = "<input>") -> ParsedFile:
     except ReadError as error:
         raise FileSourceError(str(error)) from None
     state: State = {kind: {} for kind in Kind}
-    for obj in read.objects:
-        kind = KINDS_BY_NAME[obj["kind"]]
+    problems = list(read.problems)
+    for obj, where in zip(read.objects, read.origins, strict=True):
+        kind = KINDS_BY_NAME.get(obj["kind"])
+        if kind is None:  # a kind the parser reads that this source has no Kind for
+            problems.append(f"{where}: {obj['kind']} is not delivered by this source; skipped")
+            continue
         trimmed = trim(kind, obj)
         # The reader resolved duplicates already; a key shared by two unusable objects is
         # rejected by parsing either way.
         state[kind][object_key(kind, trimmed)] = trimmed
-    return ParsedFile(state, read.problems)
+    return ParsedFile(state, tuple(problems))
 
 
 class FileSource:

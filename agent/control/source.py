@@ -216,7 +216,8 @@ def _trim_address(entry: Any) -> Any:
 
 def trim_node(obj: Mapping[str, Any]) -> dict[str, Any]:
     trimmed: dict[str, Any] = {
-        "metadata": _metadata(obj, namespaced=False, uid=False, labels=False)
+        # Labels: what ClusterNetworkPolicy ``nodes`` peers select on.
+        "metadata": _metadata(obj, namespaced=False, uid=False, labels=True)
     }
     spec = obj.get("spec")
     if isinstance(spec, Mapping):

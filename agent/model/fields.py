@@ -234,6 +234,31 @@ def parse_cidr(text: Any, path: str) -> IPNetwork:
         raise FieldError(path, f"invalid CIDR {shown(text)}") from None
 
 
+# A prefix length as Go's netip.ParsePrefix reads it: decimal, no sign, no leading zero.
+_PREFIX_LENGTH = re.compile(r"(0|[1-9][0-9]{0,2})\Z")
+# The CRDs' limit on a CIDR's text (the longest canonical IPv6 prefix).
+MAX_CIDR_TEXT = 43
+
+
+def parse_masked_cidr(text: Any, path: str) -> IPNetwork:
+    """A CIDR as the network-policy-api CRDs take it (``isCIDR(self) && cidr(self) ==
+    cidr(self).masked()``): an address, ``/`` and a decimal prefix length, no host bits
+    set (``10.0.0.0/8``, never ``10.0.0.1/8``), no zone, no netmask."""
+    if not isinstance(text, str):
+        raise wrong_type(path, "a CIDR string", text)
+    network = parse_cidr(text, path)
+    address, slash, length = text.partition("/")
+    if len(text) > MAX_CIDR_TEXT or not slash or "%" in address or not _PREFIX_LENGTH.match(length):
+        raise FieldError(
+            path, f"invalid CIDR {shown(text)} (an address, '/' and a decimal prefix length)"
+        )
+    if ipaddress.ip_address(address) != network.network_address:
+        raise FieldError(
+            path, f"{shown(text)} has host bits set (the network is {network}); write the network"
+        )
+    return network
+
+
 _FAST_FAMILIES: tuple[tuple[int, type[IPAddress]], ...] = (
     (socket.AF_INET, ipaddress.IPv4Address),
     (socket.AF_INET6, ipaddress.IPv6Address),

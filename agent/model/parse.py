@@ -25,7 +25,10 @@ means "all"). What an error does depends on what fails closed:
 - Namespace: unreadable labels quarantine it (``Namespace.quarantined``): no selector
   matches its pods, which are quarantined. Unreadable identity rejects it.
 - Node: unreadable identity rejects it; a bad node address or pod CIDR is reported and
-  left out.
+  left out; unreadable labels are reported and read as None (no ``nodes`` peer selects
+  it but one that selects every node).
+- ClusterNetworkPolicy: see :mod:`agent.model.parse_cnp` (a broken rule denies all
+  traffic at its place; a broken tier, priority or subject makes the whole policy deny).
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ from agent.model.objects import (
     Pod,
     PodPhase,
 )
+from agent.model.parse_cnp import parse_cluster_network_policy
 from agent.model.parse_policy import parse_network_policy, parse_selector
 from agent.model.reader import ReadResult, expand_documents
 
@@ -74,6 +78,7 @@ __all__ = [
     "InvalidObject",
     "ParsedObjects",
     "as_dict",
+    "parse_cluster_network_policy",
     "parse_namespace",
     "parse_network_policy",
     "parse_node",
@@ -323,10 +328,19 @@ def _parse_node(raw: Mapping[str, Any]) -> Node:
         if address not in addresses:
             addresses.append(address)
     pod_cidrs = _pod_cidrs(raw, problems)
+    labels: dict[str, str] | None
+    try:
+        labels = parse_labels(raw["metadata"].get("labels"), "metadata.labels")
+    except FieldError as error:
+        # Fail closed: a selector could match it by what is left, so none does (only
+        # one that selects every node).
+        problems.append(f"{error}; no nodes peer selects this node but one selecting all")
+        labels = None
     return Node(
         name=name,
         addresses=tuple(addresses),
         pod_cidrs=pod_cidrs,
+        labels=labels,
         problems=tuple(f"Node {name}: {p}" for p in problems),
     )
 
@@ -386,6 +400,7 @@ def parse_read(expanded: ReadResult) -> ParsedObjects:
     pods: list[Pod] = []
     policies: list[NetworkPolicy] = []
     nodes: list[Node] = []
+    cluster_policies: list[ClusterNetworkPolicy] = []
     for raw, where in zip(expanded.objects, expanded.origins, strict=True):
         kind = raw["kind"]
         try:
@@ -401,6 +416,10 @@ def parse_read(expanded: ReadResult) -> ParsedObjects:
                 policy = parse_network_policy(raw)
                 policies.append(policy)
                 problems.extend(policy.problems)
+            elif kind == "ClusterNetworkPolicy":
+                cluster_policy = parse_cluster_network_policy(raw)
+                cluster_policies.append(cluster_policy)
+                problems.extend(cluster_policy.problems)
             else:
                 node = parse_node(raw)
                 nodes.append(node)
@@ -408,5 +427,10 @@ def parse_read(expanded: ReadResult) -> ParsedObjects:
         except InvalidObject as error:
             problems.append(f"{where}: {error}; skipped")
     return ParsedObjects(
-        tuple(namespaces), tuple(pods), tuple(policies), tuple(nodes), tuple(problems)
+        tuple(namespaces),
+        tuple(pods),
+        tuple(policies),
+        tuple(nodes),
+        tuple(problems),
+        tuple(cluster_policies),
     )

@@ -17,9 +17,11 @@ then built by a small iterative constructor, which is faster than PyYAML's gener
 and cannot overflow the stack.
 
 The same ``namespace/name`` of one kind given twice is reported. Identical copies are kept
-once. For differing copies the first one is kept, except for a NetworkPolicy: nobody can
-tell which copy was meant, so it is replaced by a policy that isolates its namespace in
-both directions and allows nothing (fail closed).
+once. For differing copies the first one is kept, except for a policy: nobody can tell
+which copy was meant, so a NetworkPolicy is replaced by a policy that isolates its
+namespace in both directions and allows nothing, and a ClusterNetworkPolicy by one whose
+spec cannot be read, which the parser turns into a Deny of all traffic both ways to every
+pod (fail closed).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Any
 import yaml
 
 # The kinds the agent reads. Anything else is reported and skipped.
-KINDS = frozenset({"Namespace", "Pod", "NetworkPolicy", "Node"})
+KINDS = frozenset({"Namespace", "Pod", "NetworkPolicy", "Node", "ClusterNetworkPolicy"})
 
 # Kubernetes objects nest about 20 levels (managedFields included); a List adds two.
 MAX_DEPTH = 100
@@ -358,6 +360,14 @@ def expand_documents(documents: Iterable[Any], origin: str = "<input>") -> ReadR
                     f"content; isolating namespace {namespace} in both directions instead "
                     "(fail closed)"
                 )
+            elif kind == "ClusterNetworkPolicy":
+                objects[seen] = conflicting_cluster_policy(name)
+                replaced.add(identity)
+                problems.append(
+                    f"{where}: ClusterNetworkPolicy {name} is given more than once with "
+                    "different content; denying all traffic both ways to every pod instead "
+                    "(fail closed)"
+                )
             else:
                 problems.append(
                     f"{where}: {kind} {name} is given more than once with different content; "
@@ -443,6 +453,20 @@ def isolate_namespace_policy(namespace: str, name: str) -> dict[str, Any]:
         "kind": "NetworkPolicy",
         "metadata": {"namespace": namespace, "name": name},
         "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
+    }
+
+
+CONFLICTING_COPIES = "given more than once with different content"
+
+
+def conflicting_cluster_policy(name: str) -> dict[str, Any]:
+    """A ClusterNetworkPolicy ``name`` whose spec says it could not be told apart from
+    another copy: the parser reads it as a Deny of all traffic to every pod."""
+    return {
+        "apiVersion": "policy.networking.k8s.io/v1alpha2",
+        "kind": "ClusterNetworkPolicy",
+        "metadata": {"name": name},
+        "spec": CONFLICTING_COPIES,
     }
 
 

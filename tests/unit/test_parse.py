@@ -747,17 +747,22 @@ def test_reader_expands_every_list_kind_and_reports_what_it_skips() -> None:
             "items": [
                 {"kind": "PodList", "items": [b.pod("prod/a", "10.0.0.1")]},
                 {"kind": "NamespaceList", "items": [b.namespace("prod")]},
+                {
+                    "kind": "ClusterNetworkPolicyList",
+                    "items": [{"kind": "ClusterNetworkPolicy", "metadata": {"name": "c"}}],
+                },
                 {"kind": "Service", "metadata": {"name": "svc"}},
                 7,
             ],
         }
     ).encode()
     read = read_bytes(data, "s.json")
-    assert [obj["kind"] for obj in read.objects] == ["Pod", "Namespace"]
+    assert [obj["kind"] for obj in read.objects] == ["Pod", "Namespace", "ClusterNetworkPolicy"]
     assert read.problems == (
-        "s.json: document 1 item 2: kind 'Service' svc is not a kind the agent reads "
-        "(Namespace, NetworkPolicy, Node, Pod, or a List of them); skipped",
-        "s.json: document 1 item 3: not an object (got a number); skipped",
+        "s.json: document 1 item 3: kind 'Service' svc is not a kind the agent reads "
+        "(ClusterNetworkPolicy, Namespace, NetworkPolicy, Node, Pod, or a List of them); "
+        "skipped",
+        "s.json: document 1 item 4: not an object (got a number); skipped",
     )
 
 
