@@ -1,0 +1,432 @@
+"""What ClusterNetworkPolicies cost: the L cluster without and with 100 of them, one run.
+
+"L" and "L+cnp" (bench/synth.py) are the same cluster (5,000 pods, 1,000
+NetworkPolicies, fixed seeds) except for 100 ClusterNetworkPolicies in the second, Admin
+and Baseline, written as ``policy.networking.k8s.io/v1alpha2`` objects in the same YAML
+file. Each is read through ``agent.cli.load_state_file`` (what ``render``, ``explain``
+and ``run`` read a file with), then, per backend, in a throwaway network namespace with
+the real restore binaries:
+
+- full compile of both families with a fresh compiler (median of N), full apply into an
+  empty table (one restore per family, the two concurrently: wall time), bytes, chains
+  and rules;
+- single changes, each compiled incrementally and written, then undone: one
+  NetworkPolicy edited, one ClusterNetworkPolicy edited (a rule's port) and one moved to
+  the front of its tier, one pod relabelled, one namespace relabelled.
+  They run what the agent's pass runs (parse the object, move the cluster index, compile
+  both families incrementally, plan and restore); the last state is then compared with
+  a fresh compile, so the figures are of correct rules;
+
+and, outside any namespace: the peak RSS of ``netpol-agent render`` on the file (read,
+parse, compile, render both families), and the rules the first packet of a new
+connection is compared against (bench/traversal.py over the compiled IPv4 rules: every
+local pod with a fixed sample of others, both directions, several ports).
+
+The machine is shared: compare the two columns of one run, not runs with each other.
+
+    python -m bench.cnp [--runs 5] [--backends nft,legacy] [--smoke] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.synth import MEASURED_NODE, SIZES, generate
+
+RESULTS = Path(__file__).parent / "results"
+# (without, with) ClusterNetworkPolicies
+VARIANTS = {"L": ("L", "L+cnp"), "tiny": ("tiny", "tiny+cnp")}
+
+
+def write_state_file(size_name: str, path: Path) -> None:
+    """The cluster as ``kubectl get -o yaml`` style multi-document YAML."""
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    path.write_text(yaml.dump_all(generate(SIZES[size_name]), Dumper=dumper, sort_keys=False))
+
+
+def _median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+# --- single changes ------------------------------------------------------------------------
+
+Edit = tuple[str, str, dict[str, Any] | None]  # kind, key, object (None: deleted)
+
+
+def _key(obj: dict[str, Any]) -> str:
+    meta = obj["metadata"]
+    return f"{meta['namespace']}/{meta['name']}" if "namespace" in meta else str(meta["name"])
+
+
+def _edit(obj: dict[str, Any]) -> Edit:
+    return (obj["kind"], _key(obj), obj)
+
+
+def single_changes(objects: list[dict[str, Any]]) -> dict[str, tuple[list[Edit], list[Edit]]]:
+    """case → (the edits that make it, the edits that undo it). The same objects in both
+    variants (the ClusterNetworkPolicy cases only where there are some), chosen to touch
+    the measured node's pods."""
+    pods = [o for o in objects if o["kind"] == "Pod"]
+    local = [p for p in pods if p["spec"]["nodeName"] == MEASURED_NODE]
+    remote = [p for p in pods if p["spec"]["nodeName"] != MEASURED_NODE] or local[1:]
+    local_apps = {(p["metadata"]["namespace"], p["metadata"]["labels"]["app"]) for p in local}
+    cases: dict[str, tuple[list[Edit], list[Edit]]] = {}
+
+    # A pod-allow NetworkPolicy selecting a local pod: its first port moves.
+    policy = next(
+        o
+        for o in objects
+        if o["kind"] == "NetworkPolicy"
+        and "ingress" in o["spec"]
+        and "ports" in o["spec"]["ingress"][0]
+        and (
+            o["metadata"]["namespace"],
+            o["spec"]["podSelector"].get("matchLabels", {}).get("app"),
+        )
+        in local_apps
+    )
+    edited = copy.deepcopy(policy)
+    edited["spec"]["ingress"][0]["ports"][0] = {"protocol": "TCP", "port": 8443}
+    cases["NetworkPolicy edited"] = ([_edit(edited)], [_edit(policy)])
+
+    cluster_policies = [o for o in objects if o["kind"] == "ClusterNetworkPolicy"]
+    if cluster_policies:
+        # An Admin policy whose subject is namespaces (it applies to local pods wherever
+        # they are): its first ingress rule's ports change, then its priority.
+        cluster_policy = next(
+            o
+            for o in cluster_policies
+            if o["spec"]["tier"] == "Admin" and "namespaces" in o["spec"]["subject"]
+        )
+        edited = copy.deepcopy(cluster_policy)
+        edited["spec"]["ingress"][0]["protocols"] = [{"tcp": {"destinationPort": {"number": 8443}}}]
+        cases["ClusterNetworkPolicy edited"] = ([_edit(edited)], [_edit(cluster_policy)])
+        # Then it moves to the front of its tier (or to the back if it is there): every
+        # pod it applies to sees its admin section reordered.
+        moved = copy.deepcopy(cluster_policy)
+        moved["spec"]["priority"] = 0 if cluster_policy["spec"]["priority"] else 1000
+        cases["ClusterNetworkPolicy reordered"] = ([_edit(moved)], [_edit(cluster_policy)])
+
+    # As bench/run.py's cases: a remote pod's app label, a namespace's team label.
+    original_pod = remote[len(remote) // 2]
+    relabelled = copy.deepcopy(original_pod)
+    app = relabelled["metadata"]["labels"]["app"]
+    relabelled["metadata"]["labels"]["app"] = "app1" if app != "app1" else "app2"
+    cases["pod relabelled"] = ([_edit(relabelled)], [_edit(original_pod)])
+    namespaces = [o for o in objects if o["kind"] == "Namespace"]
+    original_namespace = namespaces[1 % len(namespaces)]
+    namespace = copy.deepcopy(original_namespace)
+    team = namespace["metadata"]["labels"]["team"]
+    namespace["metadata"]["labels"]["team"] = "team-5" if team != "team-5" else "team-4"
+    cases["namespace relabelled"] = ([_edit(namespace)], [_edit(original_namespace)])
+    return cases
+
+
+# --- inside the namespace ------------------------------------------------------------------
+
+
+@dataclass
+class _Pipeline:
+    """One agent pass without the store and its bookkeeping: parse the changed objects,
+    move the cluster index, compile both families incrementally, write them (plan and
+    one restore per family). The same for both variants, so their figures compare."""
+
+    index: Any
+    compilers: dict[Any, Any]
+    dataplane: Any
+    addresses: tuple[Any, ...]
+
+    def pass_(self, edits: Sequence[Edit]) -> dict[str, float]:
+        from agent.model import parse
+
+        parsers: dict[str, Callable[[Any], Any]] = {
+            "Pod": parse.parse_pod,
+            "Namespace": parse.parse_namespace,
+            "NetworkPolicy": parse.parse_network_policy,
+            "Node": parse.parse_node,
+            "ClusterNetworkPolicy": parse.parse_cluster_network_policy,
+        }
+        argument = {
+            "Pod": "pods",
+            "Namespace": "namespaces",
+            "NetworkPolicy": "policies",
+            "Node": "nodes",
+            "ClusterNetworkPolicy": "cluster_policies",
+        }
+        started = time.perf_counter()
+        moved: dict[str, list[tuple[str, Any]]] = {}
+        for kind, key, obj in edits:
+            moved.setdefault(argument[kind], []).append(
+                (key, None if obj is None else parsers[kind](obj))
+            )
+        self.index.apply(**moved)
+        compile_started = time.perf_counter()
+        rulesets = {
+            family: compiler.compile_index(self.index, self.addresses)
+            for family, compiler in self.compilers.items()
+        }
+        compile_seconds = time.perf_counter() - compile_started
+        report = self.dataplane.sync(rulesets, full=False)
+        return {
+            "compile": compile_seconds,
+            "apply": report.duration_seconds,
+            "bytes": report.bytes_written,
+            "e2e": time.perf_counter() - started,
+        }
+
+
+def measure_inside(
+    size_name: str, backend_name: str, prefix: str, runs: int, state_file: str
+) -> dict[str, Any]:
+    """Run in the benchmark's network namespace; the figures of one variant."""
+    from agent.cli import load_state_file
+    from agent.compiler.config import CompilerConfig, node_addresses
+    from agent.compiler.node import NodeCompiler
+    from agent.dataplane.detect import make_backend
+    from agent.dataplane.table import Dataplane
+    from agent.policy.index import ClusterIndex
+    from agent.rules import Family
+
+    load_times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        built = load_state_file(state_file)
+        load_times.append(time.perf_counter() - started)
+    if built.problems:
+        raise RuntimeError(f"{size_name}: problems reading the file: {built.problems[:3]}")
+    state = built.state
+    config = CompilerConfig(chain_prefix=prefix)
+    addresses = node_addresses(state, MEASURED_NODE)
+    backend = make_backend(backend_name)  # type: ignore[arg-type]
+
+    compile_times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        rulesets = {
+            family: NodeCompiler(MEASURED_NODE, family, config).compile(state, addresses)
+            for family in Family
+        }
+        compile_times.append(time.perf_counter() - started)
+
+    apply_times, bytes_written = [], 0
+    for _ in range(runs):
+        dataplane = Dataplane(backend, prefix + "-", read_on_partial=False)
+        dataplane.cleanup()
+        report = dataplane.sync(rulesets, full=False)
+        apply_times.append(report.duration_seconds)  # the two families run concurrently
+        bytes_written = report.bytes_written
+    Dataplane(backend, prefix + "-").cleanup()
+
+    index = ClusterIndex()
+    index.apply(
+        pods=state.pods.items(),
+        namespaces=state.namespaces.items(),
+        policies=state.policies.items(),
+        nodes=state.nodes.items(),
+        cluster_policies=state.cluster_policies.items(),
+    )
+    pipeline = _Pipeline(
+        index,
+        {family: NodeCompiler(MEASURED_NODE, family, config) for family in Family},
+        Dataplane(backend, prefix + "-", read_on_partial=False),
+        addresses,
+    )
+    pipeline.pass_(())  # the initial pass: everything compiled and written
+    changes: dict[str, dict[str, float]] = {}
+    objects = generate(SIZES[size_name])
+    last: list[Edit] = []
+    for case, (forward, backward) in single_changes(objects).items():
+        samples: dict[str, list[float]] = {"compile": [], "apply": [], "bytes": [], "e2e": []}
+        for _ in range(max(runs, 5)):
+            for figure, value in pipeline.pass_(forward).items():
+                samples[figure].append(value)
+            pipeline.pass_(backward)
+        changes[case] = {figure: _median(values) for figure, values in samples.items()}
+        last = forward
+    # The incremental compiler's rules after all that equal a fresh compile's.
+    pipeline.pass_(last)
+    equal = all(
+        compiler.compile_index(index, addresses)
+        == NodeCompiler(MEASURED_NODE, family, config).compile(index, addresses)
+        for family, compiler in pipeline.compilers.items()
+    )
+    if not equal:
+        raise RuntimeError(f"{size_name}: the incremental compile differs from a fresh one")
+    Dataplane(backend, prefix + "-").cleanup()
+    v4, v6 = rulesets[Family.IPV4], rulesets[Family.IPV6]
+    return {
+        "size": size_name,
+        "backend": backend.name,
+        "pods": len(state.pods),
+        "policies": len(state.policies),
+        "cluster_policies": len(state.cluster_policies),
+        "load_seconds": _median(load_times),
+        "compile_seconds": _median(compile_times),
+        "apply_seconds": _median(apply_times),
+        "bytes_written": bytes_written,
+        "chains": {"ipv4": len(v4.chains), "ipv6": len(v6.chains)},
+        "rules": {"ipv4": v4.rule_count, "ipv6": v6.rule_count},
+        "changes": changes,
+        "incremental_equals_fresh": equal,
+        "runs": runs,
+    }
+
+
+# --- outside ---------------------------------------------------------------------------------
+
+
+def render_rss_mib(state_file: str) -> float:
+    """Peak RSS of ``netpol-agent render`` on the file (both families), in MiB."""
+    agent = Path(sys.executable).with_name("netpol-agent")
+    command = [str(agent), "render", "--node", MEASURED_NODE, "--file", state_file]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        stderr = process.stderr.read().decode() if process.stderr else ""
+        raise RuntimeError(f"render failed: {stderr}")
+    return int(usage.ru_maxrss) / 1024
+
+
+def traversal(state_file: str) -> dict[str, Any]:
+    """Rules compared by the first packet of connections to and from node-0's pods."""
+    from agent.cli import load_state_file
+    from agent.compiler.config import node_addresses
+    from agent.compiler.node import NodeCompiler
+    from agent.rules import Family
+    from bench.traversal import measure
+
+    state = load_state_file(state_file).state
+    addresses = node_addresses(state, MEASURED_NODE)
+    ruleset = NodeCompiler(MEASURED_NODE, Family.IPV4).compile(state, addresses)
+    return measure(state, ruleset, MEASURED_NODE, addresses).as_dict()
+
+
+def run(
+    backends: Sequence[str], runs: int, *, smoke: bool = False, verbose: bool = True
+) -> dict[str, Any]:
+    """Both variants on every backend, then memory and traversal; the figures as a dict."""
+    without, with_cnp = VARIANTS["tiny" if smoke else "L"]
+    tag = f"{os.getpid() % 10000:04d}{secrets.token_hex(1)}"
+    netns, prefix = f"nc{tag}", f"C{tag[:5]}"
+    result: dict[str, Any] = {"variants": [without, with_cnp], "runs": runs, "backends": {}}
+    with tempfile.TemporaryDirectory(prefix="netpol-bench-cnp-") as tmp:
+        files = {size: str(Path(tmp) / f"{size}.yaml") for size in (without, with_cnp)}
+        for size, path in files.items():
+            write_state_file(size, Path(path))
+        for backend in backends:
+            subprocess.run(["ip", "netns", "add", netns], check=True)
+            try:
+                for size in (without, with_cnp):
+                    if verbose:
+                        print(f"... {size} on {backend}", file=sys.stderr, flush=True)
+                    inside = subprocess.run(
+                        ["ip", "netns", "exec", netns, sys.executable, "-m", "bench.cnp",
+                         "--inside", size, backend, prefix, str(runs), files[size]],
+                        check=True, capture_output=True, text=True,
+                        cwd=Path(__file__).parent.parent,
+                    )  # fmt: skip
+                    result["backends"].setdefault(backend, {})[size] = json.loads(inside.stdout)
+            finally:
+                subprocess.run(["ip", "netns", "del", netns], check=False)
+        for size, path in files.items():
+            if verbose:
+                print(f"... {size}: memory, rules a new connection traverses", file=sys.stderr,
+                      flush=True)  # fmt: skip
+            result.setdefault("render_rss_mib", {})[size] = render_rss_mib(path)
+            result.setdefault("traversal", {})[size] = traversal(path)
+    return result
+
+
+def _ratio(without: float, with_cnp: float) -> str:
+    return f"{with_cnp / without:6.2f}x" if without else "      -"
+
+
+def render(result: dict[str, Any]) -> str:
+    without, with_cnp = result["variants"]
+    first = next(iter(result["backends"].values()))
+    a, b = first[without], first[with_cnp]
+    lines = [
+        f"ClusterNetworkPolicy cost: {without} ({a['pods']} pods, {a['policies']} "
+        f"NetworkPolicies) without and with {b['cluster_policies']} ClusterNetworkPolicies; "
+        f"median of {result['runs']}",
+        f"{'':50} {without:>10} {with_cnp:>10} {'ratio':>7}",
+    ]
+
+    def row(label: str, x: float, y: float, fmt: str = "{:10.1f}") -> None:
+        lines.append(f"{label:50} {fmt.format(x)} {fmt.format(y)} {_ratio(x, y)}")
+
+    row("load the file (load_state_file) ms", a["load_seconds"] * 1e3, b["load_seconds"] * 1e3)
+    row("full compile, both families ms", a["compile_seconds"] * 1e3, b["compile_seconds"] * 1e3)
+    for family in ("ipv4", "ipv6"):
+        row(f"rules {family}", a["rules"][family], b["rules"][family], "{:10d}")
+    row("chains ipv4", a["chains"]["ipv4"], b["chains"]["ipv4"], "{:10d}")
+    row("bytes written (full)", a["bytes_written"], b["bytes_written"], "{:10d}")
+    rss = result["render_rss_mib"]
+    row("peak RSS of netpol-agent render MiB", rss[without], rss[with_cnp])
+    walk = result["traversal"]
+    for figure in ("median", "p99", "worst"):
+        row(f"rules a new connection traverses, {figure}", walk[without][figure],
+            walk[with_cnp][figure], "{:10}")  # fmt: skip
+    for backend, variants in result["backends"].items():
+        a, b = variants[without], variants[with_cnp]
+        row(f"{backend}: full apply ms", a["apply_seconds"] * 1e3, b["apply_seconds"] * 1e3)
+        for case, y in b["changes"].items():
+            x = a["changes"].get(case)
+            for figure in ("compile", "apply", "e2e"):
+                label = f"{backend}: {case}: {figure} ms"
+                if x is None:
+                    lines.append(f"{label:50} {'-':>10} {y[figure] * 1e3:10.1f}")
+                else:
+                    row(label, x[figure] * 1e3, y[figure] * 1e3)
+            label = f"{backend}: {case}: bytes"
+            if x is None:
+                lines.append(f"{label:50} {'-':>10} {int(y['bytes']):10d}")
+            else:
+                row(label, x["bytes"], y["bytes"], "{:10.0f}")
+    worst = walk[with_cnp]["worst_packet"]
+    lines.append(f"worst packet with ClusterNetworkPolicies (IPv4): {worst}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.cnp", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--backends", default="nft,legacy")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--smoke", action="store_true", help="tiny cluster, one run")
+    parser.add_argument("--json", default=str(RESULTS / "cnp.json"))
+    parser.add_argument("--inside", nargs=5, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.inside:
+        size, backend, prefix, runs, state_file = args.inside
+        print(json.dumps(measure_inside(size, backend, prefix, int(runs), state_file)))
+        return 0
+    if os.geteuid() != 0:
+        print("the benchmark needs root (network namespaces, iptables)", file=sys.stderr)
+        return 2
+    result = run(args.backends.split(","), 1 if args.smoke else args.runs, smoke=args.smoke)
+    print(render(result))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2))
+    print(f"\nwritten: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
