@@ -88,7 +88,7 @@ def make_source(config: AgentConfig) -> Source:
         )
     from agent.control.kube_source import KubeSource, make_api_client
 
-    return KubeSource(make_api_client(config.source.kubeconfig), config.node_name)
+    return KubeSource(make_api_client(config.source.kubeconfig))
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""List and watch the Kubernetes API: Pods, Namespaces, NetworkPolicies and our own Node.
+"""List and watch the Kubernetes API: Pods, Namespaces, NetworkPolicies, Nodes and
+ClusterNetworkPolicies.
 
 Each kind runs its own loop in a daemon thread: a paged LIST, then a WATCH from the
 list's resourceVersion with bookmarks, resumed from the last seen resourceVersion
@@ -12,6 +13,12 @@ model objects for every event, and have neither bookmarks nor client-side read
 timeouts. Here every response is read as raw JSON and immediately trimmed to the few
 fields the compiler needs (see ``agent.control.source``), so memory stays proportional
 to what we keep rather than to what the API sends.
+
+ClusterNetworkPolicy is a custom resource: a cluster without its CRD answers 404. That
+kind then counts as listed and empty (NetworkPolicy enforcement does not wait for it),
+is said once in the log, and is listed again every ``unserved_recheck_seconds`` so that
+policies are picked up once the CRD is installed. A CRD that goes away takes its
+objects with it: the store empties.
 """
 
 from __future__ import annotations
@@ -60,6 +67,9 @@ class Resource:
     kind: Kind
     path: str  # collection path across all namespaces
     plural: str  # "networkpolicies.networking.k8s.io", as RBAC names it
+    api_version: str = "v1"  # what list items lack and explain's reader needs
+    # A custom resource: its API may not be served (no CRD), which is not an error.
+    optional: bool = False
 
 
 RESOURCES: Mapping[Kind, Resource] = {
@@ -69,9 +79,27 @@ RESOURCES: Mapping[Kind, Resource] = {
         Kind.NETWORK_POLICY,
         "/apis/networking.k8s.io/v1/networkpolicies",
         "networkpolicies.networking.k8s.io",
+        "networking.k8s.io/v1",
     ),
     Kind.NODE: Resource(Kind.NODE, "/api/v1/nodes", "nodes"),
+    Kind.CLUSTER_NETWORK_POLICY: Resource(
+        Kind.CLUSTER_NETWORK_POLICY,
+        "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies",
+        "clusternetworkpolicies.policy.networking.k8s.io",
+        "policy.networking.k8s.io/v1alpha2",
+        optional=True,
+    ),
 }
+
+
+# What the agent lists and watches, in this order (namespaces before the pods in them).
+WATCHED = (
+    Kind.NAMESPACE,
+    Kind.NETWORK_POLICY,
+    Kind.POD,
+    Kind.NODE,
+    Kind.CLUSTER_NETWORK_POLICY,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +120,9 @@ class KubeSourceConfig:
     # Repeated failures of one kind are logged at WARNING at most this often.
     log_repeat_seconds: float = 60.0
     stop_join_seconds: float = 5.0
+    # How often a kind whose API is not served (ClusterNetworkPolicy without its CRD) is
+    # listed again, to notice the CRD being installed. Jittered down by up to 25%.
+    unserved_recheck_seconds: float = 30.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -118,6 +149,10 @@ class ApiStatusError(Exception):
 
 class ResourceGoneError(ApiStatusError):
     """410: the resourceVersion (or continue token) we asked for has been compacted."""
+
+
+class NotServedError(Exception):
+    """The apiserver does not serve this (optional) resource: its CRD is not installed."""
 
 
 class StreamError(Exception):
@@ -166,7 +201,7 @@ def make_api_client(kubeconfig: str | None) -> Any:
     # Which credentials a pod runs with is the first question when it is refused.
     log.info("kubernetes api", extra={"kv": {"config": source, "server": configuration.host}})
     configuration.keep_alive = True
-    # Four long-lived watches plus a list at a time; never make a watch wait for a slot.
+    # Five long-lived watches plus a list at a time; never make a watch wait for a slot.
     configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0, 8)
     return client.ApiClient(configuration)
 
@@ -318,6 +353,15 @@ class _KindWatcher:
                     self._list_and_deliver()
                 phase = "watch"
                 self._watch_once()
+            except NotServedError:
+                if self._stopping.is_set():
+                    break
+                try:
+                    self._not_served(phase)
+                except Exception as error:  # the consumer failed on the deletes
+                    if self._stopping.is_set():
+                        break
+                    self._on_failure("list", error)
             except ResourceGoneError as gone:
                 if self._stopping.is_set():
                     break
@@ -343,6 +387,49 @@ class _KindWatcher:
         with self._lock:
             self._response = None
             self._health = replace(self._health, connected=False)
+
+    def _not_served(self, phase: str) -> None:
+        """The resource's API is gone or not there yet: the kind is listed and empty
+        (what it selected is no longer enforced), said once, and listed again later."""
+        self._needs_list = True
+        if phase == "watch":
+            # A CRD removed under a watch: a list tells whether it is really gone. If the
+            # list succeeds and the watch keeps failing, back off rather than spin.
+            self._stopping.wait(self._backoff.next_delay())
+            return
+        deletes = [Change(self._kind, key, None) for key in self._store]
+        first_list = not self.listed
+        if deletes or first_list:
+            # Delivered first: if the consumer fails, the next attempt delivers again.
+            self._deliver(deletes)
+        self._store = {}
+        self._resource_version = ""
+        with self._lock:
+            was_served = self._health.served
+        if was_served:
+            # Only ClusterNetworkPolicy is optional; a cluster without its CRD is normal.
+            log.info(
+                "ClusterNetworkPolicy API not served; enforcing NetworkPolicy only",
+                extra={
+                    "kv": {
+                        "resource": self._resource.plural,
+                        "path": self._resource.path,
+                        "forgotten": len(deletes),
+                        "recheck_seconds": self._config.unserved_recheck_seconds,
+                    }
+                },
+            )
+        self._failures.success()
+        self._backoff.reset()
+        self._update_health(
+            listed=True,
+            served=False,
+            connected=False,
+            resource_version="",
+            last_error=None,
+            **({"last_event_time": time.time()} if deletes or first_list else {}),
+        )
+        self._stopping.wait(self._config.unserved_recheck_seconds * random.uniform(0.75, 1.0))
 
     def _on_failure(self, phase: str, error: Exception) -> None:
         message, level = self._describe_failure(phase, error)
@@ -437,7 +524,10 @@ class _KindWatcher:
                 body = response.read(64 * 1024)
             finally:
                 self._release(response)
-            raise _status_error(response.status, body)
+            error = _status_error(response.status, body)
+            if self._resource.optional and error.status == 404:
+                raise NotServedError(str(error))
+            raise error
         return response
 
     def _release(self, response: Any) -> None:
@@ -514,6 +604,13 @@ class _KindWatcher:
         self._resource_version = resource_version
         self._needs_list = False
         self._failures.success()
+        with self._lock:
+            was_served = self._health.served
+        if not was_served:
+            log.info(
+                "ClusterNetworkPolicy API served; enforcing ClusterNetworkPolicy",
+                extra={"kv": {"resource": self._resource.plural, "objects": len(fresh)}},
+            )
         log.info(
             "%s: listed %d objects at resourceVersion %s (%d changes)",
             self._resource.plural,
@@ -525,7 +622,7 @@ class _KindWatcher:
         # thread, and seeing True while a kind's first batch is still on its way would make
         # it write rules from a partial view (e.g. no pods: isolated pods left open).
         self._update_health(
-            listed=True, resource_version=resource_version, last_event_time=time.time()
+            listed=True, served=True, resource_version=resource_version, last_event_time=time.time()
         )
 
     # -- WATCH
@@ -613,6 +710,8 @@ class _KindWatcher:
             error = ApiStatusError.from_status_object(500, obj)
             if error.status == 410:
                 raise ResourceGoneError(error.status, error.reason, error.message)
+            if error.status == 404 and self._resource.optional:
+                raise NotServedError(str(error))
             raise error
         metadata = obj.get("metadata") if isinstance(obj, Mapping) else None
         version = metadata.get("resourceVersion") if isinstance(metadata, Mapping) else None
@@ -658,16 +757,15 @@ def _abort_response(response: Any) -> None:
 
 
 class KubeSource:
-    """The Kubernetes API as a ``Source``. ``node_name=None`` skips the Node watch."""
+    """The Kubernetes API as a ``Source``: every kind, cluster-wide.
 
-    def __init__(
-        self,
-        api_client: Any,
-        node_name: str | None,
-        config: KubeSourceConfig | None = None,
-    ) -> None:
+    All Nodes, not only our own: ClusterNetworkPolicy ``nodes`` peers select nodes by
+    label and stand for their addresses. A trimmed Node is small (name, labels,
+    addresses, pod CIDRs), so even thousands of them cost little memory.
+    """
+
+    def __init__(self, api_client: Any, config: KubeSourceConfig | None = None) -> None:
         self._api_client = api_client
-        self._node_name = node_name
         self._config = config or KubeSourceConfig()
         self._stopping = threading.Event()
         self._sink_lock = threading.Lock()
@@ -678,18 +776,11 @@ class KubeSource:
         if self._watchers:
             raise RuntimeError("KubeSource.start() called twice")
         self._sink = sink
-        kinds: list[tuple[Kind, str | None]] = [
-            (Kind.NAMESPACE, None),
-            (Kind.NETWORK_POLICY, None),
-            (Kind.POD, None),
-        ]
-        if self._node_name:
-            kinds.append((Kind.NODE, f"metadata.name={self._node_name}"))
-        for kind, field_selector in kinds:
+        for kind in WATCHED:
             self._watchers[kind] = _KindWatcher(
                 self._api_client,
                 RESOURCES[kind],
-                field_selector,
+                None,
                 self._config,
                 self._deliver,
                 self._stopping,
@@ -733,33 +824,25 @@ class KubeSource:
                 raise
 
 
-_API_VERSIONS = {
-    Kind.POD: "v1",
-    Kind.NAMESPACE: "v1",
-    Kind.NETWORK_POLICY: "networking.k8s.io/v1",
-    Kind.NODE: "v1",
-}
-
-
 def list_cluster(api_client: Any, config: KubeSourceConfig | None = None) -> list[dict[str, Any]]:
-    """One paged list of Namespaces, NetworkPolicies, Pods and Nodes, trimmed as the
-    watch trims them, each with its ``kind`` and ``apiVersion`` (list items carry
-    neither): what ``explain --kubeconfig`` judges, read as ``run`` reads it.
+    """One paged list of every kind the agent watches, trimmed as the watch trims them,
+    each with its ``kind`` and ``apiVersion`` (list items carry neither): what
+    ``explain --kubeconfig`` judges, read as ``run`` reads it. A kind whose API is not
+    served (no ClusterNetworkPolicy CRD) has no objects, as for ``run``.
 
     Raises ApiStatusError (the server refused: RBAC, not found...) or urllib3's errors
     (unreachable)."""
     stopping = threading.Event()
     objects: list[dict[str, Any]] = []
-    for kind in (Kind.NAMESPACE, Kind.NETWORK_POLICY, Kind.POD, Kind.NODE):
+    for kind in WATCHED:
+        resource = RESOURCES[kind]
         watcher = _KindWatcher(
-            api_client,
-            RESOURCES[kind],
-            None,
-            config or KubeSourceConfig(),
-            lambda _: None,
-            stopping,
+            api_client, resource, None, config or KubeSourceConfig(), lambda _: None, stopping
         )
-        store, _ = watcher._list()
+        try:
+            store, _ = watcher._list()
+        except NotServedError:
+            continue
         for trimmed in store.values():
-            objects.append({"apiVersion": _API_VERSIONS[kind], "kind": kind.value, **trimmed})
+            objects.append({"apiVersion": resource.api_version, "kind": kind.value, **trimmed})
     return objects

@@ -42,7 +42,8 @@ class StateCounts:
     local_pods: int = 0
     local_pods_ingress_isolated: int = 0
     local_pods_egress_isolated: int = 0
-    invalid_policies: int = 0
+    invalid_policies: int = 0  # NetworkPolicies and ClusterNetworkPolicies with problems
+    cluster_policies: int = 0
 
 
 @dataclass(frozen=True, slots=True)

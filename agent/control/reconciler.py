@@ -44,6 +44,8 @@ from agent.dataplane.plan import ChangeKind
 from agent.dataplane.table import Dataplane, DataplaneSyncError, SyncReport
 from agent.model import parse
 from agent.model.objects import (
+    ClusterNetworkPolicy,
+    ClusterRule,
     Direction,
     IPAddress,
     IPNetwork,
@@ -52,6 +54,8 @@ from agent.model.objects import (
     Node,
     Pod,
     PodPhase,
+    RuleAction,
+    Tier,
 )
 from agent.policy.index import ClusterIndex, TrackedStore
 from agent.policy.state import ClusterState
@@ -61,7 +65,7 @@ from agent.runtime.runner import BoundedFrequencyRunner, Clock, Reason
 
 log = logging.getLogger(__name__)
 
-ModelObject = Pod | Namespace | NetworkPolicy | Node
+ModelObject = Pod | Namespace | NetworkPolicy | Node | ClusterNetworkPolicy
 
 _REASONS = {
     Cause.INITIAL: Reason.FIRST,
@@ -86,14 +90,37 @@ class ReconcilerConfig:
     pod_cidrs: tuple[IPNetwork, ...] = ()
 
 
+_PARSERS: Mapping[Kind, Callable[[Mapping[str, Any]], ModelObject]] = {
+    Kind.POD: parse.parse_pod,
+    Kind.NAMESPACE: parse.parse_namespace,
+    Kind.NETWORK_POLICY: parse.parse_network_policy,
+    Kind.NODE: parse.parse_node,
+    Kind.CLUSTER_NETWORK_POLICY: parse.parse_cluster_network_policy,
+}
+
+
 def _parse(kind: Kind, obj: Mapping[str, Any]) -> ModelObject:
-    if kind is Kind.POD:
-        return parse.parse_pod(obj)
-    if kind is Kind.NAMESPACE:
-        return parse.parse_namespace(obj)
-    if kind is Kind.NETWORK_POLICY:
-        return parse.parse_network_policy(obj)
-    return parse.parse_node(obj)
+    return _PARSERS[kind](obj)
+
+
+def _deny_all_cluster_policy(name: str, reason: str) -> ClusterNetworkPolicy:
+    """What a ClusterNetworkPolicy the parser failed on stands for: as one whose spec
+    cannot be read (admin tier, every pod, both directions denied)."""
+    problem = (
+        f"ClusterNetworkPolicy {name}: {reason}; denying every pod all traffic in both "
+        "directions (admin tier) until it is fixed"
+    )
+    log.warning("%s", problem)
+    deny_all = (ClusterRule(RuleAction.DENY, None, None),)
+    return ClusterNetworkPolicy(
+        name=name,
+        tier=Tier.ADMIN,
+        priority=0,
+        subject=None,
+        ingress=deny_all,
+        egress=deny_all,
+        problems=(problem,),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +150,7 @@ def _changed_fields(old: ModelObject, new: ModelObject) -> tuple[str, ...]:
     elif isinstance(old, Namespace) and isinstance(new, Namespace):
         names = ("labels",)
     elif isinstance(old, Node) and isinstance(new, Node):
-        names = ("addresses", "pod_cidrs")
+        names = ("addresses", "pod_cidrs", "labels")
     else:
         return ("spec",)
     return tuple(name for name in names if getattr(old, name) != getattr(new, name))
@@ -240,7 +267,8 @@ class Reconciler:
 
         A NetworkPolicy the parser fails on unexpectedly (a bug, not ``InvalidObject``)
         fails closed: it stands as a policy isolating every pod of its namespace in both
-        directions and allowing nothing, until a usable version replaces it.
+        directions and allowing nothing, until a usable version replaces it. A
+        ClusterNetworkPolicy likewise: an admin policy denying every pod everything.
         """
         if change.obj is None:
             return None
@@ -267,6 +295,8 @@ class Reconciler:
                     policy_types=frozenset((Direction.INGRESS, Direction.EGRESS)),
                     problems=(problem,),
                 )
+            if change.kind is Kind.CLUSTER_NETWORK_POLICY:
+                return _deny_all_cluster_policy(change.key, reason)
             log.warning("%s %s ignored: %s", change.kind.value, change.key, reason)
             return None
         for problem in getattr(new, "problems", ()):
@@ -469,6 +499,11 @@ class Reconciler:
                 if v is None or isinstance(v, NetworkPolicy)
             ],
             nodes=[(k, v) for k, v in changed[Kind.NODE] if v is None or isinstance(v, Node)],
+            cluster_policies=[
+                (k, v)
+                for k, v in changed[Kind.CLUSTER_NETWORK_POLICY]
+                if v is None or isinstance(v, ClusterNetworkPolicy)
+            ],
         )
         return self._index
 
@@ -585,6 +620,7 @@ class Reconciler:
                     dict(state.pods),
                     dict(state.policies),
                     dict(state.nodes),
+                    dict(state.cluster_policies),
                 )
                 try:
                     self._on_written(written)
@@ -708,6 +744,7 @@ class Reconciler:
             pods=len(state.pods),
             namespaces=len(state.namespaces),
             policies=len(state.policies),
+            cluster_policies=len(state.cluster_policies),
             local_pods=compiler.local_pod_count if compiler else 0,
             local_pods_ingress_isolated=compiler.isolated.get(Direction.INGRESS, 0)
             if compiler

@@ -25,6 +25,7 @@ class Kind(enum.Enum):
     NAMESPACE = "Namespace"
     NETWORK_POLICY = "NetworkPolicy"
     NODE = "Node"
+    CLUSTER_NETWORK_POLICY = "ClusterNetworkPolicy"
 
     @property
     def namespaced(self) -> bool:
@@ -61,6 +62,9 @@ class KindHealth:
     list_errors: int = 0
     watch_errors: int = 0
     last_error: str | None = None
+    # False while the API does not serve the kind (ClusterNetworkPolicy without its
+    # CRD): listed and empty, nothing to watch, not a failure.
+    served: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +73,10 @@ class SourceHealth:
 
     @property
     def connected(self) -> bool:
-        return bool(self.kinds) and all(health.connected for health in self.kinds.values())
+        """Every kind the API serves has its watch connected."""
+        return bool(self.kinds) and all(
+            health.connected or not health.served for health in self.kinds.values()
+        )
 
 
 class Source(Protocol):
@@ -235,11 +242,22 @@ def trim_node(obj: Mapping[str, Any]) -> dict[str, Any]:
     return trimmed
 
 
+def trim_cluster_network_policy(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """Name, resourceVersion and spec: what parsing reads (no labels, no status)."""
+    trimmed: dict[str, Any] = {
+        "metadata": _metadata(obj, namespaced=False, uid=False, labels=False)
+    }
+    if obj.get("spec") is not None:
+        trimmed["spec"] = _intern_tree(obj["spec"])
+    return trimmed
+
+
 _TRIMMERS: dict[Kind, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
     Kind.POD: trim_pod,
     Kind.NAMESPACE: trim_namespace,
     Kind.NETWORK_POLICY: trim_network_policy,
     Kind.NODE: trim_node,
+    Kind.CLUSTER_NETWORK_POLICY: trim_cluster_network_policy,
 }
 
 

@@ -218,6 +218,10 @@ def parse_ip(text: Any, path: str) -> IPAddress:
             continue
         if socket.inet_ntop(family, packed) == text:
             return address_type(packed)
+    # ipaddress takes an IPv6 zone ("fe80::1%eth0"), which the API refuses and no rule
+    # can hold.
+    if "%" in text:
+        raise FieldError(path, f"bad IP {shown(text)} (a zone is not allowed)")
     try:
         return ipaddress.ip_address(text)
     except ValueError:
@@ -228,6 +232,8 @@ def parse_cidr(text: Any, path: str) -> IPNetwork:
     """A CIDR as the API server takes it (host bits may be set: the network is meant)."""
     if not isinstance(text, str):
         raise wrong_type(path, "a CIDR string", text)
+    if "%" in text:  # as in parse_ip
+        raise FieldError(path, f"invalid CIDR {shown(text)} (a zone is not allowed)")
     try:
         return ipaddress.ip_network(text, strict=False)
     except ValueError:
@@ -248,7 +254,7 @@ def parse_masked_cidr(text: Any, path: str) -> IPNetwork:
         raise wrong_type(path, "a CIDR string", text)
     network = parse_cidr(text, path)
     address, slash, length = text.partition("/")
-    if len(text) > MAX_CIDR_TEXT or not slash or "%" in address or not _PREFIX_LENGTH.match(length):
+    if len(text) > MAX_CIDR_TEXT or not slash or not _PREFIX_LENGTH.match(length):
         raise FieldError(
             path, f"invalid CIDR {shown(text)} (an address, '/' and a decimal prefix length)"
         )

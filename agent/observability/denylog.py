@@ -29,8 +29,10 @@ UTF-8 JSON Lines, keys always in this order::
 known pod's: ``--isolate-unknown-pod-ips`` dropped it). ``source``/``destination``: a pod
 (``namespace/name``) or the address. ``protocol``: TCP, UDP, SCTP, ICMP, ICMPv6 or the
 IP protocol number; ``port`` the destination port (null without ports).
-``policies``: the policies isolating ``pod`` in ``direction``. ``reason``: as
-``explain`` says it, from the state the agent has now.
+``policies``: the policies isolating ``pod`` in ``direction``, or, when a
+ClusterNetworkPolicy rule denied it, that policy (``ClusterNetworkPolicy/<name>``; the
+reason names its tier, priority and rule). ``reason``: as ``explain`` says it, from the
+state the agent has now.
 
 What the rate limit kept from the log is counted, not guessed: the log chain's last
 rule matches every packet that reached the limit, so its counter minus the NFLOG rule's
@@ -63,9 +65,8 @@ from agent.observability.rulelog import (
     _json_str,
     format_ts,
 )
-from agent.policy.explain import Endpoint, explain
+from agent.policy.explain import Endpoint, decide
 from agent.policy.state import ClusterState
-from agent.policy.view import quarantined
 from agent.rules import Family
 
 log = logging.getLogger("netpol-agent.denylog")
@@ -149,19 +150,14 @@ def attribute(
     if isolated is None:
         address = header.source if direction is Direction.EGRESS else header.destination
         reason = f"no known pod holds {address} (unknown pod addresses are isolated)"
-    elif protocol is not None and port is not None:
-        verdict = explain(state, source, destination, protocol, port)
-        decided = verdict.egress if direction is Direction.EGRESS else verdict.ingress
-        assert decided is not None  # the isolated end is a pod
+    else:
+        other = destination if direction is Direction.EGRESS else source
+        decided = decide(state, direction, isolated, other, protocol, port, destination)
         policies, reason = decided.selecting, decided.reason
+        if decided.decided_by is not None:
+            policies = (f"ClusterNetworkPolicy/{decided.decided_by.policy}",)
         if decided.allowed:
             reason = f"denied by the rules then in the kernel; allowed now ({reason})"
-    else:
-        policies = tuple(p.key for p in state.policies_selecting(isolated, direction))
-        if quarantined(state, isolated):
-            reason = "quarantined: its labels, spec or namespace labels cannot be read"
-        else:
-            reason = "isolated and no rule allows it"
     return DeniedConnection(
         ts=ts,
         family=family.value,

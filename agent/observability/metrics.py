@@ -68,9 +68,12 @@ METRICS: Final[tuple[tuple[str, str, str, str], ...]] = (
     ("local_pods", "gauge", "",
      "Pods on this node that the agent enforces for."),
     ("local_pods_selected", "gauge", "direction: ingress, egress",
-     "Local pods isolated by at least one policy in that direction."),
+     "Local pods that a NetworkPolicy isolates or a ClusterNetworkPolicy rule applies to "
+     "in that direction."),
     ("policies", "gauge", "", "NetworkPolicies in the cluster."),
-    ("invalid_policies", "gauge", "", "NetworkPolicies the agent could not use."),
+    ("cluster_policies", "gauge", "", "ClusterNetworkPolicies in the cluster."),
+    ("invalid_policies", "gauge", "",
+     "NetworkPolicies and ClusterNetworkPolicies with problems (each fails closed)."),
     ("pods", "gauge", "", "Pods in the cluster."),
     ("namespaces", "gauge", "", "Namespaces in the cluster."),
     ("flows_revoked_total", "counter", "family,reason",
@@ -98,7 +101,9 @@ METRICS: Final[tuple[tuple[str, str, str, str], ...]] = (
      "Full relists forced by 410 Gone (history compacted while the watch was away)."),
     ("list_errors_total", "counter", "kind", "Failed list requests."),
     ("watch_errors_total", "counter", "kind", "Watches that ended with an error."),
-    ("watch_connected", "gauge", "kind", "1 while the watch for that kind is connected."),
+    ("watch_connected", "gauge", "kind",
+     "1 while the watch for that kind is connected (no sample for ClusterNetworkPolicy "
+     "while the API does not serve it)."),
     ("watched_objects", "gauge", "kind", "Objects of that kind in the agent's store."),
 )  # fmt: skip
 
@@ -140,7 +145,8 @@ class _SourceCollector(Collector):
             relists.add_metric(labels, kind_health.relists)
             list_errors.add_metric(labels, kind_health.list_errors)
             watch_errors.add_metric(labels, kind_health.watch_errors)
-            connected.add_metric(labels, 1.0 if kind_health.connected else 0.0)
+            if kind_health.served:  # no CRD, nothing to watch: no sample, no false alarm
+                connected.add_metric(labels, 1.0 if kind_health.connected else 0.0)
             objects.add_metric(labels, kind_health.objects)
         return [restarts, relists, list_errors, watch_errors, connected, objects]
 
@@ -195,6 +201,7 @@ class Metrics:
         self.local_pods_selected = gauge("local_pods_selected", ("direction",))
         self.policies = gauge("policies")
         self.invalid_policies = gauge("invalid_policies")
+        self.cluster_policies = gauge("cluster_policies")
         self.pods = gauge("pods")
         self.namespaces = gauge("namespaces")
         self.flows_revoked = counter("flows_revoked_total", ("family", "reason"))
@@ -292,6 +299,7 @@ class Metrics:
         self.local_pods_selected.labels(direction="egress").set(counts.local_pods_egress_isolated)
         self.policies.set(counts.policies)
         self.invalid_policies.set(counts.invalid_policies)
+        self.cluster_policies.set(counts.cluster_policies)
         self.pods.set(counts.pods)
         self.namespaces.set(counts.namespaces)
 

@@ -82,6 +82,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from agent.compiler.node import CLUSTER_POLICY_SCOPE
 from agent.control.flows import RevokedFlow, RevokeReason
 from agent.control.outcome import Cause, ObjectChange, SyncOutcome
 from agent.control.source import Kind
@@ -180,6 +181,9 @@ def describe_change(change: ObjectChange) -> str:
     if change.kind is Kind.NETWORK_POLICY:
         verb = {"added": "created"}.get(change.action, change.action)
         return f"policy {verb} {change.key}"
+    if change.kind is Kind.CLUSTER_NETWORK_POLICY:
+        verb = {"added": "created"}.get(change.action, change.action)
+        return f"cluster policy {verb} {change.key}"
     noun = {Kind.POD: "pod", Kind.NAMESPACE: "namespace", Kind.NODE: "node"}[change.kind]
     verb = change.action
     if verb == "updated" and "labels" in change.fields and change.kind is not Kind.NODE:
@@ -199,6 +203,9 @@ class _Reasons:
             text = describe_change(change)
             if change.kind is Kind.NETWORK_POLICY:
                 self._policies.setdefault(change.key, text)
+            elif change.kind is Kind.CLUSTER_NETWORK_POLICY:
+                # Its rules carry the policy as the compiler names it.
+                self._policies.setdefault(f"{CLUSTER_POLICY_SCOPE}/{change.key}", text)
             elif change.kind is Kind.POD:
                 # The addresses a CNI ADD gave are what makes a new pod's rules.
                 if change.action == "network added":
@@ -221,6 +228,8 @@ class _Reasons:
     def of(self, policy: str | None, pod: str | None) -> str:
         if self._fixed is not None and self._fixed != REASON_REPAIR:
             return self._fixed
+        # A ClusterNetworkPolicy's rules name the rule too: "ClusterNetworkPolicy/x egress[0]".
+        policy = policy.partition(" ")[0] if policy else policy
         if policy and policy in self._policies:
             return self._policies[policy]
         if pod and pod in self._pods:

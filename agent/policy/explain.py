@@ -130,8 +130,11 @@ def _looks_like_ip(text: str) -> bool:
     return True
 
 
-def port_allows(entry: PolicyPort, protocol: Protocol, port: int, destination: Pod | None) -> bool:
-    if entry.protocol is not protocol:
+def port_allows(
+    entry: PolicyPort, protocol: Protocol | None, port: int | None, destination: Pod | None
+) -> bool:
+    """``protocol`` None: a packet without ports (ICMP...), which no port entry matches."""
+    if protocol is None or port is None or entry.protocol is not protocol:
         return False
     if entry.port is None:
         return True
@@ -165,8 +168,8 @@ def cluster_rule_matches(
     state: ClusterState,
     rule: ClusterRule,
     other: Endpoint,
-    protocol: Protocol,
-    port: int,
+    protocol: Protocol | None,
+    port: int | None,
     destination: Endpoint,
 ) -> bool:
     if rule.peers is not None and not any(
@@ -184,8 +187,8 @@ def _tier_decision(
     direction: Direction,
     pod: Pod,
     other: Endpoint,
-    protocol: Protocol,
-    port: int,
+    protocol: Protocol | None,
+    port: int | None,
     destination: Endpoint,
 ) -> ClusterRuleRef | None:
     """The first rule of ``tier`` that matches, in evaluation order (Accept, Deny or
@@ -207,8 +210,8 @@ def rule_allows(
     policy: NetworkPolicy,
     rule: PolicyRule,
     other: Endpoint,
-    protocol: Protocol,
-    port: int,
+    protocol: Protocol | None,
+    port: int | None,
     destination: Endpoint,
 ) -> bool:
     if rule.peers is not None and not any(
@@ -220,15 +223,17 @@ def rule_allows(
     return any(port_allows(entry, protocol, port, destination.pod) for entry in rule.ports)
 
 
-def _decide(
+def decide(
     state: ClusterState,
     direction: Direction,
     pod: Pod,
     other: Endpoint,
-    protocol: Protocol,
-    port: int,
+    protocol: Protocol | None,
+    port: int | None,
     destination: Endpoint,
 ) -> DirectionVerdict:
+    """The verdict of ``pod``'s side (``direction``) on a new connection with ``other``;
+    ``protocol`` and ``port`` None for a packet without ports."""
     selecting = state.policies_selecting(pod, direction)
     names = tuple(policy.key for policy in selecting)
     is_quarantined = quarantined(state, pod)
@@ -356,12 +361,12 @@ def explain(
 ) -> Verdict:
     """The verdict for a new connection from ``source`` to ``destination``."""
     egress = (
-        _decide(state, Direction.EGRESS, source.pod, destination, protocol, port, destination)
+        decide(state, Direction.EGRESS, source.pod, destination, protocol, port, destination)
         if source.pod is not None
         else None
     )
     ingress = (
-        _decide(state, Direction.INGRESS, destination.pod, source, protocol, port, destination)
+        decide(state, Direction.INGRESS, destination.pod, source, protocol, port, destination)
         if destination.pod is not None
         else None
     )

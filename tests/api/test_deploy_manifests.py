@@ -18,6 +18,7 @@ import yaml
 from kubernetes import client as k8s_client
 from kubernetes.client.exceptions import ApiException
 
+from tests.cluster import netpolapi
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.kube import Kube, model
 
@@ -40,6 +41,7 @@ EXPECTED_RULES = {
     ("namespaces", ("get", "list", "watch")),
     ("nodes", ("get", "list", "watch")),
     ("networkpolicies.networking.k8s.io", ("get", "list", "watch")),
+    ("clusternetworkpolicies.policy.networking.k8s.io", ("get", "list", "watch")),
 }
 
 
@@ -229,6 +231,18 @@ def test_service_account_can_do_exactly_its_role(installed: ControlPlane) -> Non
         ("update", "networking.k8s.io", "networkpolicies", "default", False),
         ("patch", "networking.k8s.io", "networkpolicies", "default", False),
         ("create", "networking.k8s.io", "networkpolicies", "default", False),
+        ("get", "policy.networking.k8s.io", "clusternetworkpolicies", "", True),
+        ("list", "policy.networking.k8s.io", "clusternetworkpolicies", "", True),
+        ("watch", "policy.networking.k8s.io", "clusternetworkpolicies", "", True),
+        ("create", "policy.networking.k8s.io", "clusternetworkpolicies", "", False),
+        ("update", "policy.networking.k8s.io", "clusternetworkpolicies", "", False),
+        ("patch", "policy.networking.k8s.io", "clusternetworkpolicies", "", False),
+        ("delete", "policy.networking.k8s.io", "clusternetworkpolicies", "", False),
+        ("deletecollection", "policy.networking.k8s.io", "clusternetworkpolicies", "", False),
+        ("update", "policy.networking.k8s.io", "clusternetworkpolicies/status", "", False),
+        ("list", "policy.networking.k8s.io", "adminnetworkpolicies", "", False),
+        ("create", "", "nodes", "", False),
+        ("delete", "", "nodes", "", False),
         ("update", "", "nodes", "", False),
         ("patch", "", "nodes", "", False),
         ("update", "", "nodes/status", "", False),
@@ -265,6 +279,58 @@ def test_subject_access_review(
     assert result.status.allowed is allowed, (verb, group, resource, subresource, namespace)
 
 
+CNP = "clusternetworkpolicies.policy.networking.k8s.io"
+
+
+@pytest.fixture(scope="module")
+def crd(installed: ControlPlane) -> Iterator[ControlPlane]:
+    """The ClusterNetworkPolicy CRD, for this module's tests that need it."""
+    netpolapi.install_crd(installed)
+    try:
+        yield installed
+    finally:
+        netpolapi.remove_crd(installed)
+
+
+@pytest.mark.parametrize(
+    ("verb", "resource", "allowed"),
+    [
+        ("get", CNP, True),
+        ("list", CNP, True),
+        ("watch", CNP, True),
+        ("create", CNP, False),
+        ("update", CNP, False),
+        ("patch", CNP, False),
+        ("delete", CNP, False),
+        ("list", "nodes", True),
+        ("watch", "nodes", True),
+        ("create", "nodes", False),
+        ("update", "nodes", False),
+        ("patch", "nodes", False),
+        ("delete", "nodes", False),
+        ("get", "secrets", False),
+        ("list", "secrets", False),
+    ],
+)
+@pytest.mark.cluster
+def test_kubectl_auth_can_i_as_the_service_account(
+    crd: ControlPlane, verb: str, resource: str, allowed: bool
+) -> None:
+    """What an operator would type: ``kubectl auth can-i VERB RESOURCE --as=...``
+    (cluster-wide: --all-namespaces for the namespaced ones), with the CRD installed."""
+    proc = kubectl(crd, "auth", "can-i", verb, resource, f"--as={AGENT_USER}",
+                   "--all-namespaces", check=False)  # fmt: skip
+    assert proc.stdout.strip() == ("yes" if allowed else "no"), proc.stderr
+    assert proc.returncode == (0 if allowed else 1)
+
+
+@pytest.mark.cluster
+def test_kubectl_auth_can_i_write_node_status_is_no(installed: ControlPlane) -> None:
+    proc = kubectl(installed, "auth", "can-i", "update", "nodes", "--subresource=status",
+                   f"--as={AGENT_USER}", check=False)  # fmt: skip
+    assert proc.stdout.strip() == "no"
+
+
 @pytest.mark.cluster
 def test_real_token_reads_what_the_agent_reads_and_nothing_else(installed: ControlPlane) -> None:
     token = installed.service_account_token(NAMESPACE, SERVICE_ACCOUNT)
@@ -274,8 +340,7 @@ def test_real_token_reads_what_the_agent_reads_and_nothing_else(installed: Contr
         core.list_pod_for_all_namespaces(limit=1)
         core.list_namespace(limit=1)
         net.list_network_policy_for_all_namespaces(limit=1)
-        # How the agent reads its own Node: a list/watch narrowed by a fieldSelector.
-        core.list_node(field_selector="metadata.name=node-under-test")
+        core.list_node(limit=1)  # every Node: nodes peers select any of them
         forbidden = [
             lambda: core.list_secret_for_all_namespaces(limit=1),
             lambda: core.read_namespaced_config_map("kube-root-ca.crt", NAMESPACE),
@@ -293,3 +358,20 @@ def test_real_token_reads_what_the_agent_reads_and_nothing_else(installed: Contr
             with pytest.raises(ApiException) as raised:
                 call()
             assert raised.value.status == 403
+
+
+@pytest.mark.cluster
+def test_real_token_reads_cluster_network_policies_and_cannot_write_them(
+    crd: ControlPlane,
+) -> None:
+    token = crd.service_account_token(NAMESPACE, SERVICE_ACCOUNT)
+    with crd.api_client_for_token(token) as api:
+        custom = k8s_client.CustomObjectsApi(api)
+        args = (netpolapi.GROUP, netpolapi.VERSION, netpolapi.PLURAL)
+        custom.list_cluster_custom_object(*args, limit=1)
+        with pytest.raises(ApiException) as raised:
+            custom.create_cluster_custom_object(
+                *args, netpolapi.cnp("nope", {"tier": "Admin", "priority": 1,
+                                              "subject": {"namespaces": {}}}),
+            )  # fmt: skip
+        assert raised.value.status == 403

@@ -155,10 +155,8 @@ def set_node_address(core: Any, name: str, address: str, extra_condition: bool =
 def start_source() -> Iterator[Callable[..., tuple[KubeSource, Recorder]]]:
     started: list[KubeSource] = []
 
-    def start(
-        api: Any, node_name: str | None, config: KubeSourceConfig = FAST
-    ) -> tuple[KubeSource, Recorder]:
-        source = KubeSource(api, node_name, config)
+    def start(api: Any, config: KubeSourceConfig = FAST) -> tuple[KubeSource, Recorder]:
+        source = KubeSource(api, config)
         recorder = Recorder()
         source.start(recorder)
         started.append(source)
@@ -197,7 +195,7 @@ def test_initial_sync_is_paged_and_one_batch_per_kind(
 
     pool.request = counting_request
 
-    source, recorder = start_source(admin_client, node)
+    source, recorder = start_source(admin_client)
     wait_until(lambda: source.synced, "synced")
     assert any("/api/v1/pods?" in url for url in continued), "pods were not paged"
 
@@ -209,7 +207,7 @@ def test_initial_sync_is_paged_and_one_batch_per_kind(
     assert {f"{namespace}/p{i}" for i in range(5)} <= pod_keys
     assert namespace in {c.key for c in first_batches[Kind.NAMESPACE]}
     assert f"{namespace}/deny" in {c.key for c in first_batches[Kind.NETWORK_POLICY]}
-    assert [c.key for c in first_batches[Kind.NODE]] == [node]
+    assert node in {c.key for c in first_batches[Kind.NODE]}  # every node, not only ours
 
     pod = next(c for c in first_batches[Kind.POD] if c.key == f"{namespace}/p0")
     assert pod.obj is not None
@@ -235,7 +233,7 @@ def test_add_update_delete_for_each_kind(
     control_plane: ControlPlane,
 ) -> None:
     node = nodes()
-    source, recorder = start_source(admin_client, node)
+    source, recorder = start_source(admin_client)
     wait_until(lambda: source.synced, "synced")
     wait_until(lambda: source.health.connected, "all watches connected")
 
@@ -287,7 +285,7 @@ def test_irrelevant_changes_are_not_emitted(
     namespace = kube.create_namespace()
     kube.create_pod(namespace, "quiet", node_name="n", ip="10.3.0.1")
     kube.create_pod(namespace, "sentinel", node_name="n", ip="10.3.0.2")
-    source, recorder = start_source(admin_client, node)
+    source, recorder = start_source(admin_client)
     wait_until(lambda: source.synced, "synced")
     wait_until(lambda: source.health.connected, "all watches connected")
     recorder.clear()
@@ -303,35 +301,40 @@ def test_irrelevant_changes_are_not_emitted(
     recorder.wait_change(Kind.POD, f"{namespace}/sentinel")
     recorder.wait_change(Kind.NODE, node)
     assert recorder.keys(Kind.POD, namespace) == [f"{namespace}/sentinel"]
-    node_changes = [c for c in recorder.changes() if c.kind is Kind.NODE]
-    assert len(node_changes) == 1
+    assert recorder.keys(Kind.NODE, node) == [node]
 
 
-def test_node_watch_sees_only_its_own_node(
+def test_node_watch_sees_every_node_with_its_labels(
     admin_client: Any, nodes: Callable[..., str], start_source: Any,
     control_plane: ControlPlane,
 ) -> None:
     mine = nodes()
     other = nodes()
-    source, recorder = start_source(admin_client, mine)
+    source, recorder = start_source(admin_client)
     wait_until(lambda: source.synced, "synced")
     wait_until(lambda: source.health.connected, "all watches connected")
     with control_plane.api_client() as api:
         core = k8s_client.CoreV1Api(api)
-        set_node_address(core, other, "192.0.2.50")
         set_node_address(core, mine, "192.0.2.51")
+        core.patch_node(other, body={"metadata": {"labels": {"zone": "b"}}})
     recorder.wait_change(Kind.NODE, mine,
                          where=lambda o: o["status"]["addresses"][0]["address"] == "192.0.2.51")
-    assert other not in recorder.keys(Kind.NODE)
+    change = recorder.wait_change(Kind.NODE, other,
+                                  where=lambda o: o["metadata"].get("labels") == {"zone": "b"})
+    assert change.obj == {
+        "metadata": {"name": other, "resourceVersion": change.obj["metadata"]["resourceVersion"],
+                     "labels": {"zone": "b"}},
+        "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.10"}]},
+    }
 
 
-def test_missing_node_still_syncs_and_appears_later(
+def test_a_node_created_later_is_seen(
     admin_client: Any, nodes: Callable[..., str], start_source: Any
 ) -> None:
     name = unique_name("node")
-    source, recorder = start_source(admin_client, name)
-    wait_until(lambda: source.synced, "synced without a Node object")
-    assert recorder.keys(Kind.NODE) == []
+    source, recorder = start_source(admin_client)
+    wait_until(lambda: source.synced, "synced without that Node object")
+    assert name not in recorder.keys(Kind.NODE)
     wait_until(lambda: source.health.kinds[Kind.NODE].connected, "node watch connected")
     nodes(name)
     recorder.wait_change(Kind.NODE, name)
@@ -343,7 +346,7 @@ def test_gone_resource_version_relists_and_reports_missed_delete(
     namespace = kube.create_namespace()
     kube.create_pod(namespace, "doomed", node_name="n", ip="10.4.0.1")
     kube.create_pod(namespace, "survivor", node_name="n", ip="10.4.0.2")
-    source, recorder = start_source(admin_client, None)
+    source, recorder = start_source(admin_client)
     wait_until(lambda: source.synced, "synced")
     wait_until(lambda: source.health.connected, "all watches connected")
     relists_before = source.health.kinds[Kind.POD].relists
@@ -379,7 +382,7 @@ def test_apiserver_restart_reconnects_and_stays_synced(
 ) -> None:
     namespace = kube.create_namespace()
     kube.create_pod(namespace, "before", node_name="n", ip="10.5.0.1")
-    source, recorder = start_source(admin_client, None)
+    source, recorder = start_source(admin_client)
     wait_until(lambda: source.synced, "synced")
     wait_until(lambda: source.health.connected, "all watches connected")
 
@@ -410,7 +413,7 @@ def test_server_side_watch_timeout_resumes_without_losing_events(
         page_size=50, watch_timeout_seconds=1, backoff_initial_seconds=0.05,
         backoff_max_seconds=0.5,
     )
-    source, recorder = start_source(admin_client, None, config)
+    source, recorder = start_source(admin_client, config)
     wait_until(lambda: source.synced, "synced")
     wait_until(lambda: source.health.kinds[Kind.POD].watch_restarts >= 2, "watch restarts")
     namespace = kube.create_namespace()
@@ -420,7 +423,7 @@ def test_server_side_watch_timeout_resumes_without_losing_events(
 
 
 def test_stop_is_prompt(admin_client: Any, start_source: Any) -> None:
-    source, _recorder = start_source(admin_client, "some-node")
+    source, _recorder = start_source(admin_client)
     wait_until(lambda: source.synced, "synced")
     wait_until(lambda: source.health.connected, "all watches connected")
     started = time.monotonic()
@@ -433,6 +436,8 @@ CLUSTER_ROLE_RULES = [
     {"apiGroups": [""], "resources": ["pods", "namespaces", "nodes"],
      "verbs": ["get", "list", "watch"]},
     {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
+     "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["policy.networking.k8s.io"], "resources": ["clusternetworkpolicies"],
      "verbs": ["get", "list", "watch"]},
 ]
 
@@ -450,7 +455,7 @@ def test_rbac_forbidden_is_clear_and_recovers_once_granted(
         rbac = k8s_client.RbacAuthorizationV1Api(admin)
         try:
             with caplog.at_level(logging.ERROR, logger="agent.control.kube_source"):
-                source, _recorder = start_source(api, "some-node")
+                source, _recorder = start_source(api)
                 wait_until(
                     lambda: all(h.last_error for h in source.health.kinds.values()),
                     "every kind failing",
@@ -459,7 +464,7 @@ def test_rbac_forbidden_is_clear_and_recovers_once_granted(
             assert not source.synced
             messages = [r.getMessage() for r in caplog.records]
             for resource in ("pods", "namespaces", "networkpolicies.networking.k8s.io",
-                             "nodes"):
+                             "nodes", "clusternetworkpolicies.policy.networking.k8s.io"):
                 relevant = [m for m in messages if f"cannot list {resource}" in m]
                 assert relevant, f"no clear error for {resource}: {messages}"
                 assert identity in relevant[0]

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -175,7 +175,7 @@ def fake() -> Iterator[tuple[Script, Callable[..., tuple[KubeSource, Recorder]]]
     def start(
         config: KubeSourceConfig = CONFIG, recorder: Recorder | None = None
     ) -> tuple[KubeSource, Recorder]:
-        source = KubeSource(api, None, config)
+        source = KubeSource(api, config)
         recorder = recorder or Recorder()
         source.start(recorder)
         sources.append(source)
@@ -324,3 +324,60 @@ def test_events_before_a_410_in_the_same_chunk_are_not_lost(fake: Any) -> None:
     wait_until(lambda: source.health.kinds[Kind.POD].relists == 1, "a relist")
     wait_until(lambda: len(recorder.pod_batches()) == 2, "two pod batches")
     assert recorder.pod_batches() == [[("ns/a", False)], [("ns/x", False)]]
+
+
+CNPS = "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies"
+
+
+def cnp(name: str, rv: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "resourceVersion": rv},
+            "spec": {"tier": "Admin", "priority": 1, "subject": {"namespaces": {}}}}  # fmt: skip
+
+
+def not_found() -> dict[str, Any]:
+    return {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "message": "the server could not find the requested resource",
+            "reason": "NotFound", "code": 404}  # fmt: skip
+
+
+class FailsOnceOnDeletes(Recorder):
+    """A consumer that fails the first batch deleting a ClusterNetworkPolicy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    def __call__(self, changes: Sequence[Change]) -> None:
+        deletes = any(c.kind is Kind.CLUSTER_NETWORK_POLICY and c.obj is None for c in changes)
+        if deletes and not self.failed:
+            self.failed = True
+            raise RuntimeError("consumer busy")
+        super().__call__(changes)
+
+    def cnp_batches(self) -> list[list[tuple[str, bool]]]:
+        with self.lock:
+            return [
+                [(c.key, c.obj is None) for c in batch]
+                for batch in self.batches
+                if batch and batch[0].kind is Kind.CLUSTER_NETWORK_POLICY
+            ]
+
+
+def test_a_crd_gone_mid_watch_deletes_its_objects_even_if_the_consumer_fails_once(
+    fake: Any,
+) -> None:
+    script, start = fake
+    script.add(CNPS, "list",
+               Reply(body=pod_list([cnp("a", "4")], "5")),
+               Reply(status=404, body=not_found()),  # gone: the consumer fails on it
+               Reply(status=404, body=not_found()),  # gone: delivered this time
+               Reply(body=pod_list([cnp("b", "7")], "8")))  # back
+    script.add(CNPS, "watch", Reply(status=404, body=not_found()), Reply(hang=True))
+    recorder = FailsOnceOnDeletes()
+    source, _ = start(replace(CONFIG, unserved_recheck_seconds=0.05), recorder)
+    wait_until(lambda: len(recorder.cnp_batches()) == 3, "three ClusterNetworkPolicy batches")
+    assert recorder.failed
+    assert recorder.cnp_batches() == [[("a", False)], [("a", True)], [("b", False)]]
+    health = source.health.kinds[Kind.CLUSTER_NETWORK_POLICY]
+    assert health.served and health.objects == 1
+    assert source.synced

@@ -42,3 +42,20 @@ def kube(control_plane: ControlPlane) -> Iterator[Kube]:
             if not control_plane.apiserver_running:
                 control_plane.start_apiserver()
             helper.cleanup()
+
+
+@pytest.fixture
+def cnp_crd(control_plane: ControlPlane) -> Iterator[ControlPlane]:
+    """The ClusterNetworkPolicy CRD installed for the test, removed afterwards (the
+    session's apiserver starts without it, and other tests expect that)."""
+    from tests.cluster import netpolapi
+
+    if not control_plane.apiserver_running:
+        control_plane.start_apiserver()
+    netpolapi.install_crd(control_plane)
+    try:
+        yield control_plane
+    finally:
+        if not control_plane.apiserver_running:
+            control_plane.start_apiserver()
+        netpolapi.remove_crd(control_plane)

@@ -212,16 +212,26 @@ class _State:
 
     def save(self) -> None:
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({
-            "netns": self.netns, "cgroups": self.cgroups, "namespaces": self.namespaces,
-        }))
+        tmp.write_text(
+            json.dumps(
+                {
+                    "netns": self.netns,
+                    "cgroups": self.cgroups,
+                    "namespaces": self.namespaces,
+                }
+            )
+        )
         tmp.replace(self.path)
 
     @classmethod
     def load(cls, path: Path) -> _State:
         data = json.loads(path.read_text())
-        return cls(path, list(data.get("netns", [])), list(data.get("cgroups", [])),
-                   {k: list(v) for k, v in data.get("namespaces", {}).items()})
+        return cls(
+            path,
+            list(data.get("netns", [])),
+            list(data.get("cgroups", [])),
+            {k: list(v) for k, v in data.get("namespaces", {}).items()},
+        )
 
 
 # -- processes, cgroups, namespaces ---------------------------------------------------
@@ -238,8 +248,10 @@ def _pids_in_namespaces(mnt_ino: int, net_ino: int) -> list[int]:
         if not entry.isdigit():
             continue
         try:
-            if (os.stat(f"/proc/{entry}/ns/mnt").st_ino == mnt_ino
-                    and os.stat(f"/proc/{entry}/ns/net").st_ino == net_ino):
+            if (
+                os.stat(f"/proc/{entry}/ns/mnt").st_ino == mnt_ino
+                and os.stat(f"/proc/{entry}/ns/net").st_ino == net_ino
+            ):
                 found.append(int(entry))
         except OSError:
             continue
@@ -370,10 +382,12 @@ def reap_stale_runs() -> None:
 # -- small helpers ---------------------------------------------------------------------
 
 
-def _run(argv: Sequence[str], *, check: bool = True, timeout: float = 60.0,
-         input: str | None = None) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
-                          input=input, check=False)
+def _run(
+    argv: Sequence[str], *, check: bool = True, timeout: float = 60.0, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        list(argv), capture_output=True, text=True, timeout=timeout, input=input, check=False
+    )
     if check and proc.returncode != 0:
         raise NodeClusterError(
             f"{' '.join(argv)} failed with exit code {proc.returncode}: "
@@ -394,8 +408,9 @@ def _key_values(text: str) -> dict[str, str]:
 def build_node_binaries() -> dict[str, Path]:
     """kubelet, kube-proxy, kube-controller-manager, kube-scheduler (tests/cluster/build.sh)."""
     names = ["kubelet", "kube-proxy", "kube-controller-manager", "kube-scheduler"]
-    proc = subprocess.run(["bash", str(BUILD_SCRIPT), *names], stdout=subprocess.PIPE,
-                          text=True, check=False)
+    proc = subprocess.run(
+        ["bash", str(BUILD_SCRIPT), *names], stdout=subprocess.PIPE, text=True, check=False
+    )
     if proc.returncode != 0:
         raise NodeClusterError(f"{BUILD_SCRIPT} failed with exit code {proc.returncode}")
     found = _key_values(proc.stdout)
@@ -410,11 +425,13 @@ def build_node_binaries() -> dict[str, Path]:
 
 def build_images(*names: str) -> dict[str, str]:
     """Run tests/node/images.sh NAME...; returns its KEY=value lines (PAUSE=, PAUSE_REF=...)."""
-    proc = subprocess.run(["bash", str(IMAGES_SCRIPT), *names], stdout=subprocess.PIPE,
-                          text=True, check=False)
+    proc = subprocess.run(
+        ["bash", str(IMAGES_SCRIPT), *names], stdout=subprocess.PIPE, text=True, check=False
+    )
     if proc.returncode != 0:
-        raise NodeClusterError(f"{IMAGES_SCRIPT} {' '.join(names)} failed "
-                               f"with exit code {proc.returncode}")
+        raise NodeClusterError(
+            f"{IMAGES_SCRIPT} {' '.join(names)} failed with exit code {proc.returncode}"
+        )
     return _key_values(proc.stdout)
 
 
@@ -443,8 +460,13 @@ class NodeCluster:
     (every node Ready) and, after :meth:`deploy_agent`, to ``"agent_ready"``.
     """
 
-    def __init__(self, *, ready_timeout: float = 180.0, pause: tuple[Path, str] | None = None,
-                 keep_dir: bool | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        ready_timeout: float = 180.0,
+        pause: tuple[Path, str] | None = None,
+        keep_dir: bool | None = None,
+    ) -> None:
         self.ready_timeout = ready_timeout
         self.keep_dir = os.environ.get(ENV_KEEP_DIR) == "1" if keep_dir is None else keep_dir
         self._pause = pause
@@ -498,19 +520,32 @@ class NodeCluster:
         argv = [str(self.kubectl_bin), f"--kubeconfig={self.kubeconfig}", *args]
         return _run(argv, input=input, timeout=timeout).stdout
 
-    def run_on_node(self, node: str | Node, argv: Sequence[str], *, check: bool = False,
-                    timeout: float = 60.0, input: str | None = None,
-                    ) -> subprocess.CompletedProcess[str]:
+    def run_on_node(
+        self,
+        node: str | Node,
+        argv: Sequence[str],
+        *,
+        check: bool = False,
+        timeout: float = 60.0,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         """Run argv on a node: in its mount and network namespaces (like ``docker exec``)."""
         n = node if isinstance(node, Node) else self.node(node)
-        return _run(self._node_prefix(n) + list(argv), check=check, timeout=timeout,
-                    input=input)
+        return _run(self._node_prefix(n) + list(argv), check=check, timeout=timeout, input=input)
 
-    def run_outside(self, argv: Sequence[str], *, check: bool = False, timeout: float = 60.0,
-                    ) -> subprocess.CompletedProcess[str]:
+    def run_outside(
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = False,
+        timeout: float = 60.0,
+    ) -> subprocess.CompletedProcess[str]:
         """Run argv in the outside host's network namespace (not a node)."""
-        return _run(["nsenter", f"--net=/run/netns/{self.outside_netns}", "--", *argv],
-                    check=check, timeout=timeout)
+        return _run(
+            ["nsenter", f"--net=/run/netns/{self.outside_netns}", "--", *argv],
+            check=check,
+            timeout=timeout,
+        )
 
     def pod_node(self, namespace: str, pod: str) -> Node:
         obj = k8s_client.CoreV1Api(self.api).read_namespaced_pod(pod, namespace)
@@ -530,9 +565,15 @@ class NodeCluster:
         node = self.node(obj.spec.node_name)
         uid = obj.metadata.uid
         ctr = ["ctr", f"--address={node.containerd_socket}", "--namespace=k8s.io"]
-        ids = _run([*ctr, "containers", "list", "--quiet",
-                    f'labels."io.kubernetes.pod.uid"=={uid},'
-                    f'labels."io.cri-containerd.kind"==sandbox']).stdout.split()
+        ids = _run(
+            [
+                *ctr,
+                "containers",
+                "list",
+                "--quiet",
+                f'labels."io.kubernetes.pod.uid"=={uid},labels."io.cri-containerd.kind"==sandbox',
+            ]
+        ).stdout.split()
         tasks = {}
         for line in _run([*ctr, "tasks", "list"]).stdout.splitlines()[1:]:
             parts = line.split()
@@ -543,12 +584,21 @@ class NodeCluster:
             raise NodeClusterError(f"no running sandbox for pod {namespace}/{pod} ({uid})")
         return f"/proc/{running[0]}/ns/net"
 
-    def run_in_pod(self, namespace: str, pod: str, argv: Sequence[str], *,
-                   check: bool = False, timeout: float = 60.0,
-                   ) -> subprocess.CompletedProcess[str]:
+    def run_in_pod(
+        self,
+        namespace: str,
+        pod: str,
+        argv: Sequence[str],
+        *,
+        check: bool = False,
+        timeout: float = 60.0,
+    ) -> subprocess.CompletedProcess[str]:
         """Run argv (a binary of this machine) in the pod's network namespace only."""
-        return _run(["nsenter", f"--net={self.pod_netns(namespace, pod)}", "--", *argv],
-                    check=check, timeout=timeout)
+        return _run(
+            ["nsenter", f"--net={self.pod_netns(namespace, pod)}", "--", *argv],
+            check=check,
+            timeout=timeout,
+        )
 
     def import_image(self, archive: Path | str) -> None:
         """``ctr -n k8s.io images import`` the OCI archive on every node (in parallel).
@@ -567,12 +617,19 @@ class NodeCluster:
             if daemon.proc is not None:
                 _terminate(daemon.proc, graceful=True, timeout=10)
             self._spawn(daemon)
-        self._wait(lambda: self._kubelet_healthy(n), f"{n.name} kubelet /healthz", [daemon],
-                   timeout)
+        self._wait(
+            lambda: self._kubelet_healthy(n), f"{n.name} kubelet /healthz", [daemon], timeout
+        )
 
-    def deploy_agent(self, image_ref: str, *, components: Sequence[str] = (),
-                     args: Sequence[str] = (), recreate: bool = False,
-                     timeout: float = 180.0) -> float:
+    def deploy_agent(
+        self,
+        image_ref: str,
+        *,
+        components: Sequence[str] = (),
+        args: Sequence[str] = (),
+        recreate: bool = False,
+        timeout: float = 180.0,
+    ) -> float:
         """Deploy ``deploy/`` as the kind guide does, with the image set by kustomize.
 
         Writes an overlay in a new directory of the run directory, the way a user would:
@@ -594,18 +651,30 @@ class NodeCluster:
         overlay = self.write_agent_overlay(image_ref, components=components, args=args)
         self.kubectl("apply", "-k", str(overlay))
         try:
-            self.kubectl("-n", AGENT_NAMESPACE, "rollout", "status", f"ds/{AGENT_DAEMONSET}",
-                         f"--timeout={int(timeout)}s", timeout=timeout + 30)
+            self.kubectl(
+                "-n",
+                AGENT_NAMESPACE,
+                "rollout",
+                "status",
+                f"ds/{AGENT_DAEMONSET}",
+                f"--timeout={int(timeout)}s",
+                timeout=timeout + 30,
+            )
         except NodeClusterError as exc:
             raise NodeClusterError(f"{exc}\n{self._agent_diagnostics()}") from exc
-        self._wait(self._agent_ready_everywhere, "an agent pod Ready on every node",
-                   self._all_node_daemons(), timeout)
+        self._wait(
+            self._agent_ready_everywhere,
+            "an agent pod Ready on every node",
+            self._all_node_daemons(),
+            timeout,
+        )
         self.timings["agent_ready"] = time.monotonic() - self._t0
         self.timings["deploy_agent"] = time.monotonic() - start
         return self.timings["deploy_agent"]
 
-    def write_agent_overlay(self, image_ref: str, *, components: Sequence[str] = (),
-                            args: Sequence[str] = ()) -> Path:
+    def write_agent_overlay(
+        self, image_ref: str, *, components: Sequence[str] = (), args: Sequence[str] = ()
+    ) -> Path:
         """The kustomize overlay :meth:`deploy_agent` applies (a new directory)."""
         overlay = Path(tempfile.mkdtemp(prefix="agent-overlay-", dir=self.run_dir))
         name, tag = _split_ref(image_ref)
@@ -618,29 +687,48 @@ class NodeCluster:
             "resources": [os.path.relpath(DEPLOY_DIR, overlay)],
         }
         if components:
-            kustomization["components"] = [os.path.relpath(DEPLOY_DIR / c, overlay)
-                                           for c in components]
+            kustomization["components"] = [
+                os.path.relpath(DEPLOY_DIR / c, overlay) for c in components
+            ]
         kustomization["images"] = [image]
         if args:
-            ops = [{"op": "add", "path": "/spec/template/spec/containers/0/args/-",
-                    "value": arg} for arg in args]
-            kustomization["patches"] = [{
-                "target": {"kind": "DaemonSet", "name": AGENT_DAEMONSET},
-                "patch": yaml.safe_dump(ops, sort_keys=False),
-            }]
-        (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization,
-                                                                   sort_keys=False))
+            ops = [
+                {"op": "add", "path": "/spec/template/spec/containers/0/args/-", "value": arg}
+                for arg in args
+            ]
+            kustomization["patches"] = [
+                {
+                    "target": {"kind": "DaemonSet", "name": AGENT_DAEMONSET},
+                    "patch": yaml.safe_dump(ops, sort_keys=False),
+                }
+            ]
+        (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
         return overlay
 
     def delete_agent(self, *, timeout: float = 120.0) -> None:
         """Delete the agent's DaemonSet and wait until none of its pods is left (the
         namespace, RBAC and Service stay; the chains stay in each node's kernel)."""
-        self.kubectl("-n", AGENT_NAMESPACE, "delete", "daemonset", AGENT_DAEMONSET,
-                     "--ignore-not-found", "--wait=true", timeout=timeout)
+        self.kubectl(
+            "-n",
+            AGENT_NAMESPACE,
+            "delete",
+            "daemonset",
+            AGENT_DAEMONSET,
+            "--ignore-not-found",
+            "--wait=true",
+            timeout=timeout,
+        )
         core = k8s_client.CoreV1Api(self.api)
-        self._wait(lambda: not core.list_namespaced_pod(
-            AGENT_NAMESPACE, label_selector="app.kubernetes.io/name=netpol-agent").items,
-            "the agent's pods gone", self._all_node_daemons(), timeout)
+        self._wait(
+            lambda: (
+                not core.list_namespaced_pod(
+                    AGENT_NAMESPACE, label_selector="app.kubernetes.io/name=netpol-agent"
+                ).items
+            ),
+            "the agent's pods gone",
+            self._all_node_daemons(),
+            timeout,
+        )
 
     def cleanup_agent_cni(self, image_ref: str, *, timeout: float = 120.0) -> dict[str, str]:
         """Uninstall the CNI plugin as ``deploy/cni/kustomization.yaml`` says: on every
@@ -652,34 +740,52 @@ class NodeCluster:
         name = f"cni-cleanup-{secrets.token_hex(3)}"
         pods = []
         for node in self.nodes:
-            pods.append({
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": f"{name}-{node.short}", "namespace": AGENT_NAMESPACE,
-                             "labels": {"app.kubernetes.io/name": "netpol-agent-cleanup"}},
-                "spec": {
-                    "nodeName": node.name, "hostNetwork": True, "restartPolicy": "Never",
-                    "automountServiceAccountToken": False,
-                    "tolerations": [{"operator": "Exists"}],
-                    "containers": [{
-                        "name": "cleanup", "image": image_ref,
-                        "imagePullPolicy": "IfNotPresent",
-                        "args": ["cleanup", "--cni-conf-dir=/host/etc/cni/net.d",
-                                 "--cni-bin-dir=/host/opt/cni/bin"],
-                        "securityContext": {"capabilities": {"add": ["NET_ADMIN", "NET_RAW"]}},
-                        "volumeMounts": [
-                            {"name": "xtables-lock", "mountPath": "/run/xtables.lock"},
-                            {"name": "cni-bin", "mountPath": "/host/opt/cni/bin"},
-                            {"name": "cni-conf", "mountPath": "/host/etc/cni/net.d"},
+            pods.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {
+                        "name": f"{name}-{node.short}",
+                        "namespace": AGENT_NAMESPACE,
+                        "labels": {"app.kubernetes.io/name": "netpol-agent-cleanup"},
+                    },
+                    "spec": {
+                        "nodeName": node.name,
+                        "hostNetwork": True,
+                        "restartPolicy": "Never",
+                        "automountServiceAccountToken": False,
+                        "tolerations": [{"operator": "Exists"}],
+                        "containers": [
+                            {
+                                "name": "cleanup",
+                                "image": image_ref,
+                                "imagePullPolicy": "IfNotPresent",
+                                "args": [
+                                    "cleanup",
+                                    "--cni-conf-dir=/host/etc/cni/net.d",
+                                    "--cni-bin-dir=/host/opt/cni/bin",
+                                ],
+                                "securityContext": {
+                                    "capabilities": {"add": ["NET_ADMIN", "NET_RAW"]}
+                                },
+                                "volumeMounts": [
+                                    {"name": "xtables-lock", "mountPath": "/run/xtables.lock"},
+                                    {"name": "cni-bin", "mountPath": "/host/opt/cni/bin"},
+                                    {"name": "cni-conf", "mountPath": "/host/etc/cni/net.d"},
+                                ],
+                            }
                         ],
-                    }],
-                    "volumes": [
-                        {"name": "xtables-lock", "hostPath": {"path": "/run/xtables.lock",
-                                                              "type": "FileOrCreate"}},
-                        {"name": "cni-bin", "hostPath": {"path": CNI_BIN_DIR}},
-                        {"name": "cni-conf", "hostPath": {"path": CNI_CONF_DIR}},
-                    ],
-                },
-            })
+                        "volumes": [
+                            {
+                                "name": "xtables-lock",
+                                "hostPath": {"path": "/run/xtables.lock", "type": "FileOrCreate"},
+                            },
+                            {"name": "cni-bin", "hostPath": {"path": CNI_BIN_DIR}},
+                            {"name": "cni-conf", "hostPath": {"path": CNI_CONF_DIR}},
+                        ],
+                    },
+                }
+            )
         self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(pods))
         core = k8s_client.CoreV1Api(self.api)
         names = [p["metadata"]["name"] for p in pods]
@@ -688,24 +794,41 @@ class NodeCluster:
             return {n: core.read_namespaced_pod(n, AGENT_NAMESPACE).status.phase for n in names}
 
         try:
-            self._wait(lambda: all(ph in ("Succeeded", "Failed") for ph in phases().values()),
-                       "the cni cleanup pods finished", self._all_node_daemons(), timeout)
+            self._wait(
+                lambda: all(ph in ("Succeeded", "Failed") for ph in phases().values()),
+                "the cni cleanup pods finished",
+                self._all_node_daemons(),
+                timeout,
+            )
             logs = {n: self.kubectl("-n", AGENT_NAMESPACE, "logs", n) for n in names}
             failed = [n for n, ph in phases().items() if ph != "Succeeded"]
             if failed:
-                raise NodeClusterError(f"netpol-agent cleanup failed in {failed}:\n"
-                                       + "\n".join(logs[n] for n in failed))
+                raise NodeClusterError(
+                    f"netpol-agent cleanup failed in {failed}:\n"
+                    + "\n".join(logs[n] for n in failed)
+                )
         finally:
-            self.kubectl("-n", AGENT_NAMESPACE, "delete", "pods", *names, "--ignore-not-found",
-                         "--grace-period=0", "--force", "--wait=true")
+            self.kubectl(
+                "-n",
+                AGENT_NAMESPACE,
+                "delete",
+                "pods",
+                *names,
+                "--ignore-not-found",
+                "--grace-period=0",
+                "--force",
+                "--wait=true",
+            )
         return logs
 
     def agent_pod(self, node: str | Node) -> str:
         """The name of the agent pod on a node."""
         n = node if isinstance(node, Node) else self.node(node)
         pods = k8s_client.CoreV1Api(self.api).list_namespaced_pod(
-            AGENT_NAMESPACE, label_selector="app.kubernetes.io/name=netpol-agent",
-            field_selector=f"spec.nodeName={n.name}")
+            AGENT_NAMESPACE,
+            label_selector="app.kubernetes.io/name=netpol-agent",
+            field_selector=f"spec.nodeName={n.name}",
+        )
         live = [p.metadata.name for p in pods.items if p.metadata.deletion_timestamp is None]
         if not live:
             raise NodeClusterError(f"no agent pod on {n.name}")
@@ -716,8 +839,12 @@ class NodeCluster:
     def __enter__(self) -> NodeCluster:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
     def start(self) -> NodeCluster:
@@ -802,9 +929,16 @@ class NodeCluster:
 
         cp = self.control_plane_node
         self._forwarder = subprocess.Popen(
-            [sys.executable, "-m", "tests.node.forward", f"--netns={cp.netns_path}",
-             f"--target={cp.ip}:{APISERVER_PORT}"],
-            cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            [
+                sys.executable,
+                "-m",
+                "tests.node.forward",
+                f"--netns={cp.netns_path}",
+                f"--target={cp.ip}:{APISERVER_PORT}",
+            ],
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             preexec_fn=_die_with_parent,
         )
         assert self._forwarder.stdout is not None
@@ -814,8 +948,11 @@ class NodeCluster:
         client_url = f"https://127.0.0.1:{int(line[5:])}"
 
         # Import the pause image on every node while the control plane starts.
-        importer = _Background(lambda: self._for_each_node(
-            lambda n: (self._wait_containerd(n), self._import_on(n, pause_archive))))
+        importer = _Background(
+            lambda: self._for_each_node(
+                lambda n: (self._wait_containerd(n), self._import_on(n, pause_archive))
+            )
+        )
         self.control_plane = ControlPlane(
             cp_bins,
             watch_cache=True,
@@ -844,7 +981,8 @@ class NodeCluster:
         assert pki is not None
         self.kubeconfig = self.control_plane.admin_kubeconfig
         incluster = self.control_plane.write_admin_kubeconfig(
-            self.run_dir / "node-admin.kubeconfig", self.control_plane.apiserver_url)
+            self.run_dir / "node-admin.kubeconfig", self.control_plane.apiserver_url
+        )
         self._start_controller_manager(bins, incluster, pki.ca_crt, pki.sa_key)
         self._start_scheduler(bins, incluster)
         importer.join()
@@ -852,8 +990,9 @@ class NodeCluster:
             self._start_kubelet(node, bins["kubelet"], incluster, pki.ca_crt)
             self._start_kube_proxy(node, bins["kube-proxy"], incluster)
         self._configure_pod_network()
-        self._wait(self._nodes_ready, "every node Ready", self._all_node_daemons(),
-                   self.ready_timeout)
+        self._wait(
+            self._nodes_ready, "every node Ready", self._all_node_daemons(), self.ready_timeout
+        )
         self.timings["nodes_ready"] = time.monotonic() - self._t0
 
     def _make_network(self) -> None:
@@ -863,8 +1002,15 @@ class NodeCluster:
         for short in ("fab", "out"):
             self._add_netns(f"{p}-{short}")
         self.nodes = [
-            Node(name=name, short=short, ip=ip, control_plane=cp, netns=f"{p}-{short}",
-                 dir=self.run_dir / short, cgroup_root=f"/{p}-{short}")
+            Node(
+                name=name,
+                short=short,
+                ip=ip,
+                control_plane=cp,
+                netns=f"{p}-{short}",
+                dir=self.run_dir / short,
+                cgroup_root=f"/{p}-{short}",
+            )
             for name, short, ip, cp in NODE_LAYOUT
         ]
         for node in self.nodes:
@@ -872,23 +1018,51 @@ class NodeCluster:
         fab = self.fabric_netns
         batch = ["link add br0 type bridge", "link set br0 up"]
         for short, ns in [("out", self.outside_netns), *((n.short, n.netns) for n in self.nodes)]:
-            batch += [f"link add {short} type veth peer name eth0 netns {ns}",
-                      f"link set {short} master br0", f"link set {short} up"]
+            batch += [
+                f"link add {short} type veth peer name eth0 netns {ns}",
+                f"link set {short} master br0",
+                f"link set {short} up",
+            ]
         _run(["ip", "-n", fab, "-batch", "-"], input="\n".join(batch) + "\n")
         for ns, ip in [(self.outside_netns, OUTSIDE_IP)] + [(n.netns, n.ip) for n in self.nodes]:
-            cmds = ["link set lo up", f"addr add {ip}/{FABRIC_PREFIXLEN} dev eth0",
-                    "link set eth0 up"]
+            cmds = [
+                "link set lo up",
+                f"addr add {ip}/{FABRIC_PREFIXLEN} dev eth0",
+                "link set eth0 up",
+            ]
             if ns != self.outside_netns:
                 cmds.append(f"route add default via {OUTSIDE_IP} dev eth0")
             _run(["ip", "-n", ns, "-batch", "-"], input="\n".join(cmds) + "\n")
-        sysctls = {"net.ipv4.ip_forward": "1", "net.bridge.bridge-nf-call-iptables": "1",
-                   "net.bridge.bridge-nf-call-ip6tables": "1"}
+        sysctls = {
+            "net.ipv4.ip_forward": "1",
+            "net.bridge.bridge-nf-call-iptables": "1",
+            "net.bridge.bridge-nf-call-ip6tables": "1",
+        }
         for node in self.nodes:
-            _run(["nsenter", f"--net={node.netns_path}", "--", "sysctl", "-q", "-w",
-                  *(f"{k}={v}" for k, v in sysctls.items())])
+            _run(
+                [
+                    "nsenter",
+                    f"--net={node.netns_path}",
+                    "--",
+                    "sysctl",
+                    "-q",
+                    "-w",
+                    *(f"{k}={v}" for k, v in sysctls.items()),
+                ]
+            )
         # The fabric is a plain switch: its own bridge traffic skips iptables.
-        _run(["nsenter", f"--net=/run/netns/{fab}", "--", "sysctl", "-q", "-w",
-              "net.bridge.bridge-nf-call-iptables=0", "net.bridge.bridge-nf-call-ip6tables=0"])
+        _run(
+            [
+                "nsenter",
+                f"--net=/run/netns/{fab}",
+                "--",
+                "sysctl",
+                "-q",
+                "-w",
+                "net.bridge.bridge-nf-call-iptables=0",
+                "net.bridge.bridge-nf-call-ip6tables=0",
+            ]
+        )
 
     def _add_netns(self, name: str) -> None:
         assert self._state is not None
@@ -909,16 +1083,25 @@ class NodeCluster:
 
     def _make_node_root(self, node: Node) -> None:
         root = node.dir / "root"
-        for sub in ("var/lib/kubelet", "var/lib/cni", "run/containerd",
-                    "etc/cni/net.d", "var/log", "sysctl", "opt/cni/bin"):
+        for sub in (
+            "var/lib/kubelet",
+            "var/lib/cni",
+            "run/containerd",
+            "etc/cni/net.d",
+            "var/log",
+            "sysctl",
+            "opt/cni/bin",
+        ):
             (root / sub).mkdir(parents=True, exist_ok=True)
         # The node's own CNI bin dir (its /opt), holding copies of the machine's plugins:
         # an install-cni init container writes here, never into the machine's dirs.
         for plugin in NODE_CNI_PLUGINS:
             source = HOST_CNI_PLUGINS / plugin
             if not source.is_file():
-                raise NodeClusterError(f"{source} is missing (scripts/setup-host.sh installs "
-                                       "containernetworking-plugins)")
+                raise NodeClusterError(
+                    f"{source} is missing (scripts/setup-host.sh installs "
+                    "containernetworking-plugins)"
+                )
             shutil.copy2(source, node.cni_bin_dir / plugin)
         node.log_dir.mkdir(parents=True, exist_ok=True)
         (node.dir / "config").mkdir(exist_ok=True)
@@ -951,9 +1134,22 @@ class NodeCluster:
         lines += ["echo ready", "exec sleep 2147483647"]
         with (node.log_dir / "holder.log").open("ab") as log:
             proc = subprocess.Popen(
-                ["nsenter", f"--net={node.netns_path}", "--", "unshare", "--mount",
-                 "--propagation", "private", "--", "sh", "-c", "\n".join(lines)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+                [
+                    "nsenter",
+                    f"--net={node.netns_path}",
+                    "--",
+                    "unshare",
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "--",
+                    "sh",
+                    "-c",
+                    "\n".join(lines),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
                 preexec_fn=_die_with_parent,
             )
         self._holders.append(proc)
@@ -961,10 +1157,13 @@ class NodeCluster:
         assert proc.stdout is not None
         if proc.stdout.readline().strip() != b"ready":
             proc.wait(timeout=5)
-            raise NodeClusterError(f"{node.name}: mount namespace setup failed:\n"
-                                   f"{_tail(node.log_dir / 'holder.log')}")
-        self._state.namespaces[node.name] = [_ns_inode(node.mnt_ns_path),
-                                             _ns_inode(node.netns_path)]
+            raise NodeClusterError(
+                f"{node.name}: mount namespace setup failed:\n{_tail(node.log_dir / 'holder.log')}"
+            )
+        self._state.namespaces[node.name] = [
+            _ns_inode(node.mnt_ns_path),
+            _ns_inode(node.netns_path),
+        ]
         self._state.save()
 
     def _node_prefix(self, node: Node) -> list[str]:
@@ -973,8 +1172,13 @@ class NodeCluster:
     def _spawn(self, daemon: _Daemon) -> None:
         with daemon.log.open("ab") as log:
             daemon.proc = subprocess.Popen(
-                daemon.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd="/", preexec_fn=_die_with_parent)
+                daemon.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd="/",
+                preexec_fn=_die_with_parent,
+            )
 
     def _add_daemon(self, key: str, argv: list[str], log: Path) -> _Daemon:
         daemon = _Daemon(key, argv, log)
@@ -1018,24 +1222,41 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   bin_dir = "{CNI_BIN_DIR}"
   conf_dir = "{CNI_CONF_DIR}"
 """)
-        self._add_daemon(f"{node.short}/containerd",
-                         [*self._node_prefix(node), "containerd", f"--config={config}"],
-                         node.log_dir / "containerd.log")
+        self._add_daemon(
+            f"{node.short}/containerd",
+            [*self._node_prefix(node), "containerd", f"--config={config}"],
+            node.log_dir / "containerd.log",
+        )
 
     def _wait_containerd(self, node: Node) -> None:
-        self._wait(lambda: _unix_socket_up(node.containerd_socket),
-                   f"{node.name} containerd", [self._daemons[f"{node.short}/containerd"]],
-                   self.ready_timeout)
+        self._wait(
+            lambda: _unix_socket_up(node.containerd_socket),
+            f"{node.name} containerd",
+            [self._daemons[f"{node.short}/containerd"]],
+            self.ready_timeout,
+        )
 
     def _import_on(self, node: Node, archive: Path) -> None:
-        _run(["ctr", f"--address={node.containerd_socket}", "--namespace=k8s.io",
-              "images", "import", str(archive)], timeout=300)
+        _run(
+            [
+                "ctr",
+                f"--address={node.containerd_socket}",
+                "--namespace=k8s.io",
+                "images",
+                "import",
+                str(archive),
+            ],
+            timeout=300,
+        )
 
-    def _start_controller_manager(self, bins: dict[str, Path], kubeconfig: Path,
-                                  ca: Path, sa_key: Path) -> None:
+    def _start_controller_manager(
+        self, bins: dict[str, Path], kubeconfig: Path, ca: Path, sa_key: Path
+    ) -> None:
         cp = self.control_plane_node
         argv = [
-            "nsenter", f"--net={cp.netns_path}", "--",
+            "nsenter",
+            f"--net={cp.netns_path}",
+            "--",
             str(bins["kube-controller-manager"]),
             f"--kubeconfig={kubeconfig}",
             f"--authentication-kubeconfig={kubeconfig}",
@@ -1053,13 +1274,16 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             "--node-monitor-grace-period=20s",
             "--v=1",
         ]
-        self._add_daemon("kube-controller-manager", argv,
-                         cp.log_dir / "kube-controller-manager.log")
+        self._add_daemon(
+            "kube-controller-manager", argv, cp.log_dir / "kube-controller-manager.log"
+        )
 
     def _start_scheduler(self, bins: dict[str, Path], kubeconfig: Path) -> None:
         cp = self.control_plane_node
         argv = [
-            "nsenter", f"--net={cp.netns_path}", "--",
+            "nsenter",
+            f"--net={cp.netns_path}",
+            "--",
             str(bins["kube-scheduler"]),
             f"--kubeconfig={kubeconfig}",
             f"--authentication-kubeconfig={kubeconfig}",
@@ -1080,9 +1304,16 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             "cgroupsPerQOS": True,
             "enforceNodeAllocatable": [],
             "localStorageCapacityIsolation": False,
-            "evictionHard": {k: "0%" for k in (
-                "memory.available", "nodefs.available", "nodefs.inodesFree",
-                "imagefs.available", "imagefs.inodesFree")},
+            "evictionHard": {
+                k: "0%"
+                for k in (
+                    "memory.available",
+                    "nodefs.available",
+                    "nodefs.inodesFree",
+                    "imagefs.available",
+                    "imagefs.inodesFree",
+                )
+            },
             "imageGCHighThresholdPercent": 100,
             "imageGCLowThresholdPercent": 99,
             "resolvConf": "",
@@ -1101,12 +1332,23 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             "volumePluginDir": "/var/lib/kubelet/volumeplugins",
             "serializeImagePulls": False,
             "nodeStatusUpdateFrequency": "2s",
-            "registerWithTaints": ([{"key": "node-role.kubernetes.io/control-plane",
-                                     "effect": "NoSchedule"}] if node.control_plane else []),
+            "registerWithTaints": (
+                [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]
+                if node.control_plane
+                else []
+            ),
         }
         path = node.dir / "config" / "kubelet.yaml"
         path.write_text(yaml.safe_dump(config))
-        argv = [*self._node_prefix(node), str(kubelet), f"--config={path}", f"--kubeconfig={kubeconfig}", f"--hostname-override={node.name}", f"--node-ip={node.ip}", "--v=1"]
+        argv = [
+            *self._node_prefix(node),
+            str(kubelet),
+            f"--config={path}",
+            f"--kubeconfig={kubeconfig}",
+            f"--hostname-override={node.name}",
+            f"--node-ip={node.ip}",
+            "--v=1",
+        ]
         self._add_daemon(f"{node.short}/kubelet", argv, node.log_dir / "kubelet.log")
 
     def _start_kube_proxy(self, node: Node, kube_proxy: Path, kubeconfig: Path) -> None:
@@ -1118,8 +1360,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             "hostnameOverride": node.name,
             "clientConnection": {"kubeconfig": str(kubeconfig)},
             # Leave the machine-wide conntrack table size and timeouts alone.
-            "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s",
-                          "tcpCloseWaitTimeout": "0s"},
+            "conntrack": {
+                "maxPerCore": 0,
+                "min": 0,
+                "tcpEstablishedTimeout": "0s",
+                "tcpCloseWaitTimeout": "0s",
+            },
             "metricsBindAddress": "127.0.0.1:10249",
             "healthzBindAddress": "127.0.0.1:10256",
         }
@@ -1139,14 +1385,20 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                     cidrs[obj.metadata.name] = obj.spec.pod_cidr
             return all(n.name in cidrs for n in self.nodes)
 
-        self._wait(allocated, "every node registered with a podCIDR",
-                   [*self._all_node_daemons(), self._daemons["kube-controller-manager"]],
-                   self.ready_timeout)
+        self._wait(
+            allocated,
+            "every node registered with a podCIDR",
+            [*self._all_node_daemons(), self._daemons["kube-controller-manager"]],
+            self.ready_timeout,
+        )
         for node in self.nodes:
             node.pod_cidr = cidrs[node.name]
         for node in self.nodes:
-            routes = [f"route replace {o.pod_cidr} via {o.ip} dev eth0"
-                      for o in self.nodes if o is not node]
+            routes = [
+                f"route replace {o.pod_cidr} via {o.ip} dev eth0"
+                for o in self.nodes
+                if o is not node
+            ]
             _run(["ip", "-n", node.netns, "-batch", "-"], input="\n".join(routes) + "\n")
             conflist = {
                 "cniVersion": "0.4.0",
@@ -1175,17 +1427,31 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         _run(["ip", "-n", self.outside_netns, "-batch", "-"], input="\n".join(out_routes) + "\n")
         # Like kubeadm (kind): the control-plane node's role label.
         cp = self.control_plane_node
-        core.patch_node(cp.name, {"metadata": {"labels": {
-            "node-role.kubernetes.io/control-plane": "",
-            "node.kubernetes.io/exclude-from-external-load-balancers": ""}}})
+        core.patch_node(
+            cp.name,
+            {
+                "metadata": {
+                    "labels": {
+                        "node-role.kubernetes.io/control-plane": "",
+                        "node.kubernetes.io/exclude-from-external-load-balancers": "",
+                    }
+                }
+            },
+        )
 
     # -- waiting ------------------------------------------------------------------------
 
     def _all_node_daemons(self) -> list[_Daemon]:
         return list(self._daemons.values())
 
-    def _wait(self, probe: Callable[[], bool], what: str, daemons: Sequence[_Daemon],
-              timeout: float, interval: float = 0.25) -> None:
+    def _wait(
+        self,
+        probe: Callable[[], bool],
+        what: str,
+        daemons: Sequence[_Daemon],
+        timeout: float,
+        interval: float = 0.25,
+    ) -> None:
         """Poll ``probe`` until true; raise with a daemon's log if it exits or on timeout."""
         deadline = time.monotonic() + timeout
         last_error: Exception | None = None
@@ -1194,17 +1460,23 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                 if daemon.proc is not None and daemon.proc.poll() is not None:
                     raise NodeClusterError(
                         f"waiting for {what}: {daemon.name} exited with code "
-                        f"{daemon.proc.returncode}; {daemon.log} ends:\n{_tail(daemon.log)}")
+                        f"{daemon.proc.returncode}; {daemon.log} ends:\n{_tail(daemon.log)}"
+                    )
             try:
                 if probe():
                     return
             except Exception as exc:  # the apiserver not answering yet, ...
                 last_error = exc
             if time.monotonic() > deadline:
-                logs = "\n".join(f"--- {d.log} ---\n{_tail(d.log, 1500)}" for d in daemons
-                                 if d.name.endswith(("kubelet", "kube-controller-manager")))
-                raise NodeClusterError(f"timed out after {timeout:.0f}s waiting for {what} "
-                                       f"(last error: {last_error!r})\n{logs}")
+                logs = "\n".join(
+                    f"--- {d.log} ---\n{_tail(d.log, 1500)}"
+                    for d in daemons
+                    if d.name.endswith(("kubelet", "kube-controller-manager"))
+                )
+                raise NodeClusterError(
+                    f"timed out after {timeout:.0f}s waiting for {what} "
+                    f"(last error: {last_error!r})\n{logs}"
+                )
             time.sleep(interval)
 
     def _nodes_ready(self) -> bool:
@@ -1216,13 +1488,15 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         return all(n.name in ready for n in self.nodes)
 
     def _kubelet_healthy(self, node: Node) -> bool:
-        proc = self.run_on_node(node, ["curl", "-sf", "--max-time", "2",
-                                       "http://127.0.0.1:10248/healthz"], timeout=5)
+        proc = self.run_on_node(
+            node, ["curl", "-sf", "--max-time", "2", "http://127.0.0.1:10248/healthz"], timeout=5
+        )
         return proc.returncode == 0 and proc.stdout.strip() == "ok"
 
     def _agent_ready_everywhere(self) -> bool:
         pods = k8s_client.CoreV1Api(self.api).list_namespaced_pod(
-            AGENT_NAMESPACE, label_selector="app.kubernetes.io/name=netpol-agent")
+            AGENT_NAMESPACE, label_selector="app.kubernetes.io/name=netpol-agent"
+        )
         ready_on = set()
         for pod in pods.items:
             if pod.metadata.deletion_timestamp is not None:
@@ -1239,9 +1513,17 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         with contextlib.suppress(NodeClusterError):
             parts.append(self.kubectl("-n", AGENT_NAMESPACE, "describe", "pods"))
         with contextlib.suppress(NodeClusterError):
-            parts.append(self.kubectl("-n", AGENT_NAMESPACE, "logs", "--tail=30",
-                                      "-l", "app.kubernetes.io/name=netpol-agent",
-                                      "--prefix"))
+            parts.append(
+                self.kubectl(
+                    "-n",
+                    AGENT_NAMESPACE,
+                    "logs",
+                    "--tail=30",
+                    "-l",
+                    "app.kubernetes.io/name=netpol-agent",
+                    "--prefix",
+                )
+            )
         return "\n".join(parts)[-8000:]
 
     # -- helpers --------------------------------------------------------------------------
@@ -1265,7 +1547,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 
 
 def _split_ref(ref: str) -> tuple[str, str]:
-    """"registry:5000/a/b:tag" -> ("registry:5000/a/b", "tag"); no tag -> (ref, "")."""
+    """ "registry:5000/a/b:tag" -> ("registry:5000/a/b", "tag"); no tag -> (ref, "")."""
     name, sep, tag = ref.rpartition(":")
     if not sep or "/" in tag:
         return ref, ""
@@ -1294,10 +1576,13 @@ class _Background:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.node.cluster",
-                                     description="Run the real-node cluster until Ctrl-C.")
-    parser.add_argument("--agent-image", help="also deploy the agent with this image ref "
-                        "(after importing --agent-archive)")
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.node.cluster", description="Run the real-node cluster until Ctrl-C."
+    )
+    parser.add_argument(
+        "--agent-image",
+        help="also deploy the agent with this image ref (after importing --agent-archive)",
+    )
     parser.add_argument("--agent-archive", type=Path)
     args = parser.parse_args(argv)
     stop = threading.Event()
@@ -1306,14 +1591,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     with NodeCluster() as cluster:
         print(f"KUBECONFIG={cluster.kubeconfig}", flush=True)
         print(f"KUBECTL={cluster.kubectl_bin}", flush=True)
-        print(f"nodes Ready {cluster.timings['nodes_ready']:.1f}s after start; "
-              f"run dir {cluster.run_dir}", file=sys.stderr, flush=True)
+        print(
+            f"nodes Ready {cluster.timings['nodes_ready']:.1f}s after start; "
+            f"run dir {cluster.run_dir}",
+            file=sys.stderr,
+            flush=True,
+        )
         if args.agent_archive is not None:
             cluster.import_image(args.agent_archive)
         if args.agent_image:
             cluster.deploy_agent(args.agent_image)
-            print(f"agent Ready {cluster.timings['agent_ready']:.1f}s after start",
-                  file=sys.stderr, flush=True)
+            print(
+                f"agent Ready {cluster.timings['agent_ready']:.1f}s after start",
+                file=sys.stderr,
+                flush=True,
+            )
         print("Ctrl-C to stop", file=sys.stderr, flush=True)
         stop.wait()
     return 0

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster.netpolapi import install_crd
 from tests.node.cluster import NodeCluster, build_images
 
 
@@ -52,8 +53,13 @@ def _require_root() -> None:
 def node_images() -> NodeImages:
     _require_root()
     out = build_images("pause", "netprobe")
-    return NodeImages(Path(out["PAUSE"]), out["PAUSE_REF"], Path(out["NETPROBE"]),
-                      out["NETPROBE_REF"], Path(out["NETPROBE_BIN"]))
+    return NodeImages(
+        Path(out["PAUSE"]),
+        out["PAUSE_REF"],
+        Path(out["NETPROBE"]),
+        out["NETPROBE_REF"],
+        Path(out["NETPROBE_BIN"]),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +67,10 @@ def node_cluster(node_images: NodeImages) -> Iterator[NodeCluster]:
     cluster = NodeCluster(pause=(node_images.pause, node_images.pause_ref))
     with cluster:
         cluster.import_image(node_images.netprobe)
+        # The ClusterNetworkPolicy CRD, as a cluster that uses them has it before the
+        # agent starts (an agent started without it checks again every 30 s).
+        assert cluster.control_plane is not None
+        install_crd(cluster.control_plane)
         yield cluster
     times = ", ".join(f"{k} {v:.1f}s" for k, v in cluster.timings.items())
     print(f"\nnode cluster timings: {times}", file=sys.stderr)

@@ -58,8 +58,9 @@ class Result:
 
 def build_e2e(*names: str) -> dict[str, Path]:
     """tests/cluster/build-e2e.sh NAME...: {"E2E_TEST": path, "GINKGO": path, ...}."""
-    proc = subprocess.run(["bash", str(BUILD_E2E_SCRIPT), *names], stdout=subprocess.PIPE,
-                          text=True, check=False)
+    proc = subprocess.run(
+        ["bash", str(BUILD_E2E_SCRIPT), *names], stdout=subprocess.PIPE, text=True, check=False
+    )
     if proc.returncode != 0:
         raise NodeClusterError(f"{BUILD_E2E_SCRIPT} failed with exit code {proc.returncode}")
     return {k: Path(v) for k, v in _key_values(proc.stdout).items()}
@@ -88,8 +89,7 @@ def parse_junit(path: Path, focus: str) -> list[Result]:
             msg = (node.get("message") or node.text or "").strip()
             results.append(Result(name, "failed", seconds, msg))
         elif skipped is not None:
-            results.append(Result(name, "skipped", seconds,
-                                  (skipped.get("message") or "").strip()))
+            results.append(Result(name, "skipped", seconds, (skipped.get("message") or "").strip()))
         else:
             results.append(Result(name, "passed", seconds))
     return results
@@ -97,8 +97,12 @@ def parse_junit(path: Path, focus: str) -> list[Result]:
 
 def short_name(name: str) -> str:
     """The test's name without the common ``[sig-network] Netpol`` prefix."""
-    return re.sub(r"^(\[It\] )?\[sig-network\] Netpol (NetworkPolicy between server and "
-                  r"client )?", "", name)
+    return re.sub(
+        r"^(\[It\] )?\[sig-network\] Netpol (NetworkPolicy between server and "
+        r"client )?",
+        "",
+        name,
+    )
 
 
 def table(results: Sequence[Result]) -> str:
@@ -110,9 +114,18 @@ def table(results: Sequence[Result]) -> str:
     return "\n".join(lines)
 
 
-def run_suite(cluster: NodeCluster, e2e_test: Path, report_dir: Path, *, focus: str,
-              skip: str, timeout: str, extra: Sequence[str], nodes: int = 1,
-              ginkgo: Path | None = None) -> tuple[int, float]:
+def run_suite(
+    cluster: NodeCluster,
+    e2e_test: Path,
+    report_dir: Path,
+    *,
+    focus: str,
+    skip: str,
+    timeout: str,
+    extra: Sequence[str],
+    nodes: int = 1,
+    ginkgo: Path | None = None,
+) -> tuple[int, float]:
     """Run e2e.test against the cluster; returns (exit code, seconds).
 
     ``nodes`` > 1 runs it through the ginkgo CLI (``ginkgo --nodes=N e2e.test -- ...``),
@@ -126,37 +139,65 @@ def run_suite(cluster: NodeCluster, e2e_test: Path, report_dir: Path, *, focus: 
         "--disable-log-dump=true",
         f"--report-dir={report_dir}",
     ]
-    ginkgo_args = [f"--focus={focus}", f"--timeout={timeout}", "-v", "--no-color",
-                   *([f"--skip={skip}"] if skip else [])]
+    ginkgo_args = [
+        f"--focus={focus}",
+        f"--timeout={timeout}",
+        "-v",
+        "--no-color",
+        *([f"--skip={skip}"] if skip else []),
+    ]
     if nodes > 1:
         if ginkgo is None:
             raise NodeClusterError("--nodes needs the ginkgo CLI")
-        argv = [str(ginkgo), f"--nodes={nodes}", *ginkgo_args, str(e2e_test), "--",
-                *suite_args, *extra]
+        argv = [
+            str(ginkgo),
+            f"--nodes={nodes}",
+            *ginkgo_args,
+            str(e2e_test),
+            "--",
+            *suite_args,
+            *extra,
+        ]
     else:
-        argv = [str(e2e_test), *suite_args, *(f"--ginkgo.{a.lstrip('-')}" for a in ginkgo_args),
-                *extra]
+        argv = [
+            str(e2e_test),
+            *suite_args,
+            *(f"--ginkgo.{a.lstrip('-')}" for a in ginkgo_args),
+            *extra,
+        ]
     env = dict(os.environ, KUBERNETES_CONFORMANCE_TEST="y")
-    (report_dir / "command.txt").write_text("KUBERNETES_CONFORMANCE_TEST=y " + shlex.join(argv)
-                                            + "\n")
+    (report_dir / "command.txt").write_text(
+        "KUBERNETES_CONFORMANCE_TEST=y " + shlex.join(argv) + "\n"
+    )
     start = time.monotonic()
     with open(report_dir / "e2e.log", "wb") as log:
-        proc = subprocess.run(argv, env=env, stdout=log, stderr=subprocess.STDOUT, check=False,
-                              cwd=report_dir)
+        proc = subprocess.run(
+            argv, env=env, stdout=log, stderr=subprocess.STDOUT, check=False, cwd=report_dir
+        )
     return proc.returncode, time.monotonic() - start
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.node.e2e", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.node.e2e",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--focus", default=DEFAULT_FOCUS, help="--ginkgo.focus (a regex)")
     parser.add_argument("--skip", default=DEFAULT_SKIP, help="--ginkgo.skip (a regex)")
-    parser.add_argument("--report-dir", type=Path,
-                        help="where e2e.test writes its JUnit report, its log and "
-                        "results.json (default: a new directory under /tmp)")
+    parser.add_argument(
+        "--report-dir",
+        type=Path,
+        help="where e2e.test writes its JUnit report, its log and "
+        "results.json (default: a new directory under /tmp)",
+    )
     parser.add_argument("--timeout", default="2h", help="--ginkgo.timeout for the whole run")
-    parser.add_argument("--nodes", type=int, default=1,
-                        help="parallel ginkgo processes (> 1: through the ginkgo CLI)")
+    parser.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        help="parallel ginkgo processes (> 1: through the ginkgo CLI)",
+    )
     parser.add_argument("extra", nargs="*", help="more e2e.test arguments (after --)")
     args = parser.parse_args(argv)
 
@@ -177,8 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         agent = build_images("agent")
         archive, ref = agent["AGENT"], agent["AGENT_REF"]
     timings["build"] = time.monotonic() - start
-    note(f"e2e.test {e2e_test}; {images['AGNHOST_REF']}; agent {ref} "
-         f"({timings['build']:.0f}s)")
+    note(f"e2e.test {e2e_test}; {images['AGNHOST_REF']}; agent {ref} ({timings['build']:.0f}s)")
 
     with NodeCluster(pause=(Path(images["PAUSE"]), images["PAUSE_REF"])) as cluster:
         timings["nodes_ready"] = cluster.timings["nodes_ready"]
@@ -186,22 +226,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         cluster.import_image(archive)
         cluster.deploy_agent(ref)
         timings["agent_ready"] = cluster.timings["agent_ready"]
-        note(f"nodes Ready in {timings['nodes_ready']:.0f}s, agent Ready in "
-             f"{timings['agent_ready']:.0f}s; running e2e.test (log: {report_dir}/e2e.log)")
-        code, timings["suite"] = run_suite(cluster, e2e_test, report_dir, focus=args.focus,
-                                           skip=args.skip, timeout=args.timeout,
-                                           extra=args.extra, nodes=args.nodes,
-                                           ginkgo=bins.get("GINKGO"))
+        note(
+            f"nodes Ready in {timings['nodes_ready']:.0f}s, agent Ready in "
+            f"{timings['agent_ready']:.0f}s; running e2e.test (log: {report_dir}/e2e.log)"
+        )
+        code, timings["suite"] = run_suite(
+            cluster,
+            e2e_test,
+            report_dir,
+            focus=args.focus,
+            skip=args.skip,
+            timeout=args.timeout,
+            extra=args.extra,
+            nodes=args.nodes,
+            ginkgo=bins.get("GINKGO"),
+        )
     timings["total"] = time.monotonic() - start
 
     reports = sorted(report_dir.glob("junit*.xml"))
     results = [r for p in reports for r in parse_junit(p, args.focus)]
-    (report_dir / "results.json").write_text(json.dumps({
-        "focus": args.focus, "skip": args.skip, "nodes": args.nodes, "exit_code": code,
-        "timings": timings,
-        "agent_image": ref, "agnhost_image": images["AGNHOST_REF"],
-        "results": [asdict(r) for r in results],
-    }, indent=2) + "\n")
+    (report_dir / "results.json").write_text(
+        json.dumps(
+            {
+                "focus": args.focus,
+                "skip": args.skip,
+                "nodes": args.nodes,
+                "exit_code": code,
+                "timings": timings,
+                "agent_image": ref,
+                "agnhost_image": images["AGNHOST_REF"],
+                "results": [asdict(r) for r in results],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(table(results))
     print(", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
     print(f"e2e.test exit code {code}; report in {report_dir}")

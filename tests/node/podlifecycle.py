@@ -201,9 +201,7 @@ def cni_adds(cluster: NodeCluster, node: str) -> CniAdds:
 
 def run_batch(cluster: NodeCluster, world: World, first: int, count: int) -> list[PodStart]:
     names = [f"start-{n:03d}" for n in range(first, first + count)]
-    starts = {
-        name: PodStart(name, world.nodes[i % 2], 0.0) for i, name in enumerate(names)
-    }
+    starts = {name: PodStart(name, world.nodes[i % 2], 0.0) for i, name in enumerate(names)}
     pods = [
         loop_pod(
             cluster,

@@ -38,8 +38,9 @@ def test_upstream_netpol_subset(node_cluster: NodeCluster, deployed_agent: Agent
     node_cluster.import_image(agnhost["AGNHOST"])
     focus = "|".join(SUBSET)
     report_dir = Path(tempfile.mkdtemp(prefix="e2e-", dir=node_cluster.run_dir))
-    code, seconds = run_suite(node_cluster, e2e_test, report_dir, focus=focus,
-                              skip=DEFAULT_SKIP, timeout="20m", extra=())
+    code, seconds = run_suite(
+        node_cluster, e2e_test, report_dir, focus=focus, skip=DEFAULT_SKIP, timeout="20m", extra=()
+    )
     results = [r for p in sorted(report_dir.glob("junit*.xml")) for r in parse_junit(p, focus)]
     print(f"\n{table(results)}\nsuite {seconds:.0f}s", file=sys.stderr)
     assert code == 0, (report_dir / "e2e.log").read_text()[-5000:]

@@ -14,7 +14,7 @@ development/backend-policy``, ``namespace labelled production``).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,18 +22,15 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tests.node.workloads import (
-    Probe,
     apply,
-    connect_all,
     delete_namespaces,
-    dump_state,
-    explain,
     log_time,
     namespace,
     pod_ip,
+    probe_matrix,
+    render_matrix,
     rule_log,
     server_pod,
-    table,
     wait_ready,
     wait_until,
     workers,
@@ -129,48 +126,6 @@ STEPS: tuple[Step, ...] = (
 )
 
 
-@dataclass
-class Cell:
-    probe: Probe
-    dst: str
-    observed: bool
-    explained: bool
-    why: str
-
-
-def _probes(ips: dict[str, str]) -> list[tuple[Probe, str]]:
-    return [
-        (Probe(src, ips[dst], port, proto), dst)
-        for src in PODS
-        for dst in PODS
-        if src != dst
-        for port, proto in PORTS
-    ]
-
-
-def probe_step(cluster: NodeCluster, ips: dict[str, str], state: Path) -> tuple[list[Cell], int]:
-    """Probe every pair until all equal explain or SETTLE passes; (cells, rounds)."""
-    dump_state(cluster, state)
-    pairs = _probes(ips)
-    cells = []
-    for probe, dst in pairs:
-        verdict = explain(state, probe.src, dst, probe.port, probe.protocol)
-        cells.append(Cell(probe, dst, False, verdict.allowed, verdict.why()))
-    pending = list(range(len(cells)))
-    deadline = time.monotonic() + SETTLE
-    rounds = 0
-    while pending:
-        rounds += 1
-        results = connect_all(cluster, [cells[i].probe for i in pending])
-        for i, observed in zip(pending, results, strict=True):
-            cells[i].observed = observed
-        pending = [i for i in pending if cells[i].observed != cells[i].explained]
-        if not pending or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    return cells, rounds
-
-
 def _logged(cluster: NodeCluster, node: str, since: float, reason: str) -> bool:
     """The node's rule-change log has a line since ``since`` with this reason (a pass
     with several changes appends ``(+N more changes)``)."""
@@ -186,38 +141,6 @@ def _logged(cluster: NodeCluster, node: str, since: float, reason: str) -> bool:
     except AssertionError:
         return False
     return True
-
-
-def render(step: Step, cells: Sequence[Cell]) -> str:
-    """Rows: source; columns: destination; a cell: TCP 80 / UDP 53, observed (explain)."""
-
-    def mark(allowed: bool) -> str:
-        return "ok" if allowed else "--"
-
-    rows = []
-    for src in PODS:
-        row = [SHORT[src]]
-        for dst in PODS:
-            if src == dst:
-                row.append("")
-                continue
-            parts = []
-            for port, proto in PORTS:
-                cell = next(
-                    c
-                    for c in cells
-                    if c.probe.src == src
-                    and c.dst == dst
-                    and (c.probe.port, c.probe.protocol) == (port, proto)
-                )
-                text = mark(cell.observed)
-                if cell.observed != cell.explained:
-                    text += f"(explain {mark(cell.explained)})"
-                parts.append(text)
-            row.append(" ".join(parts))
-        rows.append(row)
-    header = ["from \\ to (TCP 80, UDP 53)", *(SHORT[p] for p in PODS)]
-    return f"### Step {step.title}\n\n" + table(header, rows)
 
 
 def test_aks_walkthrough_matches_explain(node_cluster: NodeCluster, tmp_path: Path) -> None:
@@ -257,10 +180,13 @@ def test_aks_walkthrough_matches_explain(node_cluster: NodeCluster, tmp_path: Pa
         for number, step in enumerate(STEPS):
             began = time.time()
             step.change(cluster)
-            cells, rounds = probe_step(cluster, ips, tmp_path / f"state-{number}.yaml")
+            cells, rounds = probe_matrix(
+                cluster, ips, tmp_path / f"state-{number}.yaml", PODS, PORTS, settle=SETTLE
+            )
             if step.log_reason and not _logged(cluster, node_a, began, step.log_reason):
                 mismatches.append(f"step {step.title}: no rule-change log line {step.log_reason!r}")
-            report.append(render(step, cells) + f"\n\n(settled in {rounds} probe round(s))")
+            matrix = render_matrix(step.title, cells, PODS, SHORT, PORTS)
+            report.append(matrix + f"\n\n(settled in {rounds} probe round(s))")
             for cell in cells:
                 if cell.observed != cell.explained:
                     mismatches.append(

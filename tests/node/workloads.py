@@ -544,7 +544,7 @@ def wait_until(what: str, check: Any, *, timeout: float = 30, interval: float = 
 
 
 # ------------------------------------------------------------------------------ explain
-STATE_KINDS = "namespaces,pods,networkpolicies,nodes"
+STATE_KINDS = "namespaces,pods,networkpolicies,nodes,clusternetworkpolicies"
 
 
 def dump_state(cluster: NodeCluster, path: Path) -> Path:
@@ -685,3 +685,89 @@ class PacketCounter:
             if self.comment in line:
                 return int(line.split()[0])
         raise AssertionError(f"counting rule {self.comment} gone from {self.ns}/{self.pod}")
+
+
+# ------------------------------------------------------------------------------ matrices
+@dataclass
+class Cell:
+    probe: Probe
+    dst: str
+    observed: bool
+    explained: bool
+    why: str
+
+
+def probe_matrix(
+    cluster: NodeCluster,
+    ips: Mapping[str, str],
+    state: Path,
+    pods: Sequence[str],
+    ports: Sequence[tuple[int, str]],
+    *,
+    settle: float = 20.0,
+) -> tuple[list[Cell], int]:
+    """Probe every ordered pair of ``pods`` on ``ports`` until all equal explain (for the
+    live objects, dumped to ``state``) or ``settle`` seconds pass; (cells, rounds)."""
+    dump_state(cluster, state)
+    cells = []
+    for src in pods:
+        for dst in pods:
+            if src == dst:
+                continue
+            for port, proto in ports:
+                probe = Probe(src, ips[dst], port, proto)
+                verdict = explain(state, src, dst, port, proto)
+                cells.append(Cell(probe, dst, False, verdict.allowed, verdict.why()))
+    pending = list(range(len(cells)))
+    deadline = time.monotonic() + settle
+    rounds = 0
+    while pending:
+        rounds += 1
+        results = connect_all(cluster, [cells[i].probe for i in pending])
+        for i, observed in zip(pending, results, strict=True):
+            cells[i].observed = observed
+        pending = [i for i in pending if cells[i].observed != cells[i].explained]
+        if not pending or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    return cells, rounds
+
+
+def render_matrix(
+    title: str,
+    cells: Sequence[Cell],
+    pods: Sequence[str],
+    short: Mapping[str, str],
+    ports: Sequence[tuple[int, str]],
+) -> str:
+    """Rows: source; columns: destination; a cell per port, observed (explain if not
+    equal)."""
+
+    def mark(allowed: bool) -> str:
+        return "ok" if allowed else "--"
+
+    rows = []
+    for src in pods:
+        row = [short[src]]
+        for dst in pods:
+            if src == dst:
+                row.append("")
+                continue
+            parts = []
+            for port, proto in ports:
+                cell = next(
+                    c
+                    for c in cells
+                    if c.probe.src == src
+                    and c.dst == dst
+                    and (c.probe.port, c.probe.protocol) == (port, proto)
+                )
+                text = mark(cell.observed)
+                if cell.observed != cell.explained:
+                    text += f"(explain {mark(cell.explained)})"
+                parts.append(text)
+            row.append(" ".join(parts))
+        rows.append(row)
+    described = ", ".join(f"{proto.upper()} {port}" for port, proto in ports)
+    header = [f"from \\ to ({described})", *(short[p] for p in pods)]
+    return f"### Step {title}\n\n" + table(header, rows)

@@ -100,3 +100,35 @@ def allowed(
     state: ClusterState, source: str, destination: str, port: int = 80, protocol: str = "TCP"
 ) -> bool:
     return check(state, source, destination, port, protocol).allowed
+
+
+def cnp(name: str, tier: str, priority: int, subject: Obj, **spec: Any) -> Obj:
+    """A ClusterNetworkPolicy; ``subject`` as the API writes it (``{"namespaces": {}}``),
+    keyword arguments are the rest of the spec (``ingress``, ``egress``)."""
+    return {
+        "apiVersion": "policy.networking.k8s.io/v1alpha2",
+        "kind": "ClusterNetworkPolicy",
+        "metadata": {"name": name},
+        "spec": {"tier": tier, "priority": priority, "subject": subject, **spec},
+    }
+
+
+def cnp_rule(
+    action: str, *peers: Obj, protocols: Sequence[Obj] | None = None, name: str = ""
+) -> Obj:
+    """One ingress or egress rule: ``peers`` go to ``from``/``to`` (see ``ingress``/
+    ``egress``)."""
+    rule: Obj = {"action": action, "peers": list(peers)}
+    if protocols is not None:
+        rule["protocols"] = list(protocols)
+    if name:
+        rule["name"] = name
+    return rule
+
+
+def ingress(*rules: Obj) -> list[Obj]:
+    return [{("from" if k == "peers" else k): v for k, v in rule.items()} for rule in rules]
+
+
+def egress(*rules: Obj) -> list[Obj]:
+    return [{("to" if k == "peers" else k): v for k, v in rule.items()} for rule in rules]

@@ -12,7 +12,11 @@
 - non-UTF-8 bytes anywhere in the file;
 - bounded YAML alias bombs and recursive aliases, deep nesting;
 - duplicates (identical, and differing copies of each object);
-- an empty file, a file of only ``---``, whitespace.
+- an empty file, a file of only ``---``, whitespace;
+- ClusterNetworkPolicy: every field as above, plus what the CRD forbids though the type
+  is right (priority and ports out of range, backwards port ranges, unmasked CIDRs,
+  unknown fields, two fields where one is allowed, egress-only peers in ingress,
+  ``domainNames``, a named port to networks or nodes, more than 25 rules or peers).
 
 Each case says which baseline object it touched (``target``) and what the file as a whole
 should do (``expect``), which is what the test's oracle needs.
@@ -23,7 +27,7 @@ from __future__ import annotations
 import copy
 import json
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +71,14 @@ def baseline() -> list[Obj]:
             "apiVersion": "networking.k8s.io/v1",
             "kind": "NetworkPolicy",
             "metadata": {"name": name, "namespace": ns},
+            "spec": spec,
+        }
+
+    def cluster_policy(name: str, spec: Obj) -> Obj:
+        return {
+            "apiVersion": "policy.networking.k8s.io/v1alpha2",
+            "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": name},
             "spec": spec,
         }
 
@@ -167,15 +179,143 @@ def baseline() -> list[Obj]:
         {
             "apiVersion": "v1",
             "kind": "Node",
-            "metadata": {"name": NODE},
+            "metadata": {"name": NODE, "labels": {"zone": "a"}},
             "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.1"}]},
         },
         {
             "apiVersion": "v1",
             "kind": "Node",
-            "metadata": {"name": "node2"},
+            "metadata": {"name": "node2", "labels": {"zone": "b"}},
             "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.2"}]},
         },
+        cluster_policy(
+            "guard-c",
+            {
+                "tier": "Admin",
+                "priority": 10,
+                "subject": {"namespaces": {"matchLabels": {"team": "c"}}},
+                "ingress": [
+                    {
+                        "name": "accept-client-http",
+                        "action": "Accept",
+                        "from": [
+                            {
+                                "pods": {
+                                    "namespaceSelector": {"matchLabels": {"team": "b"}},
+                                    "podSelector": {"matchLabels": {"app": "client"}},
+                                }
+                            }
+                        ],
+                        "protocols": [{"tcp": {"destinationPort": {"number": 80}}}],
+                    },
+                    {
+                        "name": "pass-a-range",
+                        "action": "Pass",
+                        "from": [{"namespaces": {"matchLabels": {"team": "a"}}}],
+                        "protocols": [
+                            {"tcp": {"destinationPort": {"range": {"start": 8000, "end": 8080}}}}
+                        ],
+                    },
+                    {"name": "deny-the-rest", "action": "Deny", "from": [{"namespaces": {}}]},
+                ],
+                "egress": [
+                    {
+                        "name": "deny-dns-server",
+                        "action": "Deny",
+                        "to": [{"networks": ["10.2.0.3/32", "fd00::2:3/128"]}],
+                        "protocols": [{"udp": {"destinationPort": {"number": 53}}}],
+                    },
+                    {
+                        "name": "accept-kubelet-zone-a",
+                        "action": "Accept",
+                        "to": [{"nodes": {"matchLabels": {"zone": "a"}}}],
+                        "protocols": [{"tcp": {"destinationPort": {"number": 10250}}}],
+                    },
+                ],
+            },
+        ),
+        cluster_policy(
+            "isolate-ab",
+            {
+                "tier": "Baseline",
+                "priority": 500,
+                "subject": {
+                    "pods": {
+                        "namespaceSelector": {
+                            "matchExpressions": [
+                                {"key": "team", "operator": "In", "values": ["a", "b"]}
+                            ]
+                        },
+                        "podSelector": {},
+                    }
+                },
+                "ingress": [
+                    {
+                        "name": "accept-db",
+                        "action": "Accept",
+                        "from": [{"pods": {"podSelector": {"matchLabels": {"app": "db"}}}}],
+                        "protocols": [{"tcp": {"destinationPort": {"number": 5432}}}],
+                    },
+                    {
+                        "name": "deny-c-low-ports",
+                        "action": "Deny",
+                        "from": [{"namespaces": {"matchLabels": {"team": "c"}}}],
+                        "protocols": [
+                            {"tcp": {"destinationPort": {"range": {"start": 1, "end": 1024}}}},
+                            {"sctp": {"destinationPort": {"number": 9003}}},
+                        ],
+                    },
+                ],
+                "egress": [
+                    {
+                        "name": "deny-named-dns-in-b",
+                        "action": "Deny",
+                        "to": [{"namespaces": {"matchLabels": {"team": "b"}}}],
+                        "protocols": [{"destinationNamedPort": "dns"}],
+                    },
+                    {
+                        "name": "pass-c",
+                        "action": "Pass",
+                        "to": [{"namespaces": {"matchLabels": {"team": "c"}}}],
+                    },
+                ],
+            },
+        ),
+        cluster_policy(
+            "open-web",
+            {
+                "tier": "Admin",
+                "priority": 10,
+                "subject": {"pods": {"podSelector": {"matchLabels": {"app": "web"}}}},
+                "ingress": [
+                    {
+                        "name": "accept-c-postgres",
+                        "action": "Accept",
+                        "from": [{"namespaces": {"matchLabels": {"team": "c"}}}],
+                        "protocols": [{"tcp": {"destinationPort": {"number": 5432}}}],
+                    },
+                    {
+                        "action": "Pass",
+                        "from": [
+                            {
+                                "pods": {
+                                    "namespaceSelector": {},
+                                    "podSelector": {"matchLabels": {"app": "client"}},
+                                }
+                            }
+                        ],
+                    },
+                ],
+                "egress": [
+                    {
+                        "name": "deny-b-postgres",
+                        "action": "Deny",
+                        "to": [{"networks": ["10.2.0.0/16", "fd00::2:0/112"]}],
+                        "protocols": [{"tcp": {"destinationPort": {"number": 5432}}}],
+                    }
+                ],
+            },
+        ),
     ]
 
 
@@ -203,6 +343,8 @@ class Case:
 
 
 def target_of(obj: Obj) -> Target:
+    """``namespace`` is "" for a Node and for a ClusterNetworkPolicy (which can touch
+    every pod)."""
     kind = obj["kind"]
     name = obj["metadata"]["name"]
     if kind in ("Pod", "NetworkPolicy"):
@@ -245,11 +387,15 @@ _WRONG_SCALARS: list[Any] = [0, 5, -1, 1.5, True, False]
 _WRONG_CONTAINERS: list[Any] = [[None], [5], [True], [[]]]
 
 
-def _is_unread(path: Path) -> bool:
+def _is_unread(path: Path, kind: str) -> bool:
     """Fields the agent does not read: changing them changes nothing."""
-    if path and path[-1] == "apiVersion":
-        return True
+    if path == ("apiVersion",):
+        return kind != "ClusterNetworkPolicy"  # its version decides which schema it has
     return len(path) >= 3 and path[-1] == "name" and path[-3] in ("containers", "initContainers")
+
+
+def _is_rule_name(path: Path) -> bool:
+    return len(path) >= 3 and path[-1] == "name" and path[-3] in ("ingress", "egress")
 
 
 def wrong_values(path: Path, value: Any) -> list[Any]:
@@ -263,6 +409,10 @@ def wrong_values(path: Path, value: Any) -> list[Any]:
         return [*_WRONG_SCALARS, [], {}, ["x"], *_NOT_A_LABEL]
     if last in ("name", "namespace") and parent == "metadata":
         return [5, True, [], {}, "Bad_Name", "\ud800", "x" * 300]
+    if _is_rule_name(path):  # any printable text of at most 100 characters is a name
+        return [5, True, [], {}, "x" * 101, "\ud800", "a\tb"]
+    if last == "priority":  # 0-1000 would be a valid reordering
+        return [-1, 1001, 2**40, True, False, "10", 10.0, [], {}]
     if last == "key":  # a label key
         return [5, True, [], {}, "-bad-", "\ud800", "a b", "/x"]
     if last == "port":  # a number or a port name: only what is neither
@@ -332,7 +482,7 @@ def cases(seed: int = SEED) -> list[Case]:
     for index, obj in enumerate(base):
         target = target_of(obj)
         for path, value in paths(obj):
-            if path == ("kind",) or _is_unread(path):
+            if path == ("kind",) or _is_unread(path, obj["kind"]):
                 continue
             if not path:
                 for wrong in [5, "x", [], True, [obj]]:
@@ -368,6 +518,8 @@ def cases(seed: int = SEED) -> list[Case]:
 
     web_in, db_both, egress_to_a, dns_in = 8, 9, 10, 11
     web_pod, dns_pod = 3, 6
+    guard_c, isolate_ab = 14, 15
+    assert base[guard_c]["metadata"]["name"] == "guard-c"
     # Numbers out of range / of the wrong type.
     for number in [0, -80, 65536, 99999, 2**63, 80.5, True, "80", "8O80", [80]]:
         mutate(web_in, ("spec", "ingress", 1, "ports", 0, "port"), number, "numbers")
@@ -459,8 +611,9 @@ def cases(seed: int = SEED) -> list[Case]:
             f"{target.kind} {target.key} twice, differing",
             "duplicate",
             [*base, changed],
-            target if obj["kind"] == "NetworkPolicy" else None,
+            target if obj["kind"] in ("NetworkPolicy", "ClusterNetworkPolicy") else None,
         )
+    _cluster_policy_cases(mutate, guard_c, isolate_ab, many)
     # Whole-file cases, built on the text of the baseline.
     text = to_yaml(base)
     assert text is not None
@@ -528,3 +681,73 @@ def cases(seed: int = SEED) -> list[Case]:
         filename = "state.json" if "JSON" in name else "state.yaml"
         found.append(Case(name, "empty", data, filename, None, "empty"))
     return found
+
+
+def _cluster_policy_cases(
+    mutate: Callable[[int, Path, Any, str], None], guard_c: int, isolate_ab: int, many: int
+) -> None:
+    """What the CRD rejects though the types are right, on the two ClusterNetworkPolicies."""
+    spec: Path = ("spec",)
+    accept_in: Path = (*spec, "ingress", 0)
+    kubelet_out: Path = (*spec, "egress", 1)
+    dns_out: Path = (*spec, "egress", 0)
+    port: Path = (*accept_in, "protocols", 0, "tcp", "destinationPort")
+    port_range: Path = (*spec, "ingress", 1, "protocols", 0, "tcp", "destinationPort", "range")
+    networks: Path = (*dns_out, "to", 0, "networks")
+    for version in ["policy.networking.k8s.io/v1alpha1", "policy.networking.k8s.io/v1",
+                    "example.com/v1alpha2", "v1"]:  # fmt: skip
+        mutate(guard_c, ("apiVersion",), version, "unknown-enum")
+    for tier in ["admin", "Namespace", "NetworkPolicy", ""]:
+        mutate(guard_c, (*spec, "tier"), tier, "unknown-enum")
+    for action in ["Allow", "accept", "Drop", ""]:
+        mutate(guard_c, (*accept_in, "action"), action, "unknown-enum")
+        mutate(isolate_ab, (*spec, "egress", 0, "action"), action, "unknown-enum")
+    for priority in [-1, 1001, 65536, 2**31]:
+        mutate(isolate_ab, (*spec, "priority"), priority, "numbers")
+    for number in [0, 65536, -80]:
+        mutate(guard_c, (*port, "number"), number, "numbers")
+        mutate(guard_c, (*port_range, "start"), number, "numbers")
+    for start, end in [(8080, 8080), (8080, 8000), (1, 65536)]:
+        mutate(guard_c, port_range, {"start": start, "end": end}, "numbers")
+    for cidr in ["10.2.0.3/8", "10.2.0.3", "10.2.0.0/255.255.0.0", "fd00::2:3/64",
+                 "fe80::%eth0/64", "10.2.0.0/016", "10.2.0.3/32 "]:  # fmt: skip
+        mutate(guard_c, (*networks, 0), cidr, "cidr")
+    mutate(guard_c, networks, ["10.2.0.3/32", "10.2.0.3/32"], "cidr")
+    # Two fields where one is allowed, unknown fields, fields of the other direction.
+    both = {"namespaces": {}, "pods": {"podSelector": {}}}
+    mutate(guard_c, (*spec, "subject"), both, "cnp-shape")
+    mutate(guard_c, (*spec, "subject"), {}, "cnp-shape")
+    mutate(guard_c, (*spec, "podSelector"), {"matchLabels": {"app": "x"}}, "cnp-shape")
+    mutate(guard_c, (*accept_in, "from", 0), {"namespaces": {}, **{"pods": {"podSelector": {}}}},
+           "cnp-shape")  # fmt: skip
+    mutate(guard_c, (*accept_in, "from", 0), {}, "cnp-shape")
+    mutate(guard_c, (*accept_in, "from", 0, "pods", "ipBlock"), {"cidr": "10.0.0.0/8"},
+           "cnp-shape")  # fmt: skip
+    mutate(guard_c, (*accept_in, "from", 0, "pods"), {"namespaceSelector": {}}, "cnp-shape")
+    mutate(guard_c, (*accept_in, "ports"), [{"port": 80}], "cnp-shape")
+    mutate(guard_c, (*accept_in, "to"), [{"namespaces": {}}], "cnp-shape")
+    mutate(guard_c, (*accept_in, "protocols", 0, "udp"), {"destinationPort": {"number": 80}},
+           "cnp-shape")  # fmt: skip
+    mutate(guard_c, (*accept_in, "protocols", 0, "tcp"), {}, "cnp-shape")
+    mutate(guard_c, port, {}, "cnp-shape")
+    mutate(guard_c, (*port, "range"), {"start": 1, "end": 2}, "cnp-shape")
+    mutate(guard_c, (*accept_in, "protocols"), [], "cnp-shape")
+    mutate(guard_c, (*accept_in, "from"), [], "cnp-shape")
+    mutate(guard_c, (*accept_in, "from", 0), {"networks": ["10.0.0.0/8"]}, "cnp-shape")
+    mutate(guard_c, (*accept_in, "from", 0), {"nodes": {}}, "cnp-shape")
+    mutate(isolate_ab, (*spec, "egress", 0, "protocols", 0), {"destinationNamedPort": "DNS"},
+           "cnp-shape")  # fmt: skip
+    # Unsupported: domainNames; a named port to networks or nodes peers.
+    mutate(guard_c, (*kubelet_out, "to", 0), {"domainNames": ["example.com"]}, "unsupported")
+    mutate(guard_c, (*kubelet_out, "protocols", 0), {"destinationNamedPort": "http"},
+           "unsupported")  # fmt: skip
+    mutate(guard_c, (*dns_out, "protocols", 0), {"destinationNamedPort": "dns"}, "unsupported")
+    # Too many: rules, peers, networks, protocols (the CRD allows 25 of each).
+    rule = {"action": "Accept", "from": [{"namespaces": {}}]}
+    mutate(guard_c, (*spec, "ingress"), [rule] * 26, "huge")
+    mutate(guard_c, (*spec, "ingress"), [rule] * many, "huge")
+    mutate(guard_c, (*accept_in, "from"), [{"namespaces": {}}] * 26, "huge")
+    mutate(guard_c, networks, [f"10.{i // 256 % 256}.{i % 256}.0/24" for i in range(many)], "huge")
+    mutate(guard_c, (*accept_in, "protocols"),
+           [{"tcp": {"destinationPort": {"number": 1 + i % 65535}}} for i in range(many)],
+           "huge")  # fmt: skip

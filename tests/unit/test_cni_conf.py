@@ -85,7 +85,10 @@ def test_insert_and_remove_edit_the_file_in_place_keeping_its_mode(tmp_path: Pat
     assert json.loads((tmp_path / "20-other.conflist").read_text()) == BRIDGE
     assert cni_conf.remove(str(tmp_path)) == str(path)
     assert json.loads(path.read_text()) == BRIDGE
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["10-kindnet.conflist", "20-other.conflist"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "10-kindnet.conflist",
+        "20-other.conflist",
+    ]
 
 
 def test_insert_into_a_dir_the_main_cni_has_not_written_yet_is_an_error(tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ The oracle. Probes are every (source, destination, port/protocol) between the
 baseline's pods, both families, addressed by IP, decided by ``explain``. Let ``B`` be the
 baseline's verdict and ``M`` the mutated state's. ``T`` (touched) is the set of pods the
 mutated object can affect: a Pod itself; every pod of a Namespace or of a NetworkPolicy's
-namespace; nothing for a Node or for a file-level mutation.
+namespace; every pod for a ClusterNetworkPolicy; nothing for a Node or for a file-level
+mutation.
 
 1. A file rejected as a whole (not UTF-8, bad YAML/JSON, too deep, alias bombs) is an
    error naming the file: ``render``/``explain`` exit 2; the file source keeps its last
@@ -32,8 +33,13 @@ namespace; nothing for a Node or for a file-level mutation.
    - except probes touching an object that was *rejected whole* and probes addressed to
      a pod address the mutation made unreadable: those cannot be enforced and are
      counted, not judged. Only an unreadable identity (the document itself, its kind,
-     metadata, name or namespace) may reject a Pod or Namespace whole; any other
-     mutation of one must leave it loaded (quarantined if it cannot be read).
+     metadata, name or namespace) may reject a Pod, Namespace or ClusterNetworkPolicy
+     whole; any other mutation of one must leave it loaded (quarantined if it cannot be
+     read; a ClusterNetworkPolicy denying where it cannot be read).
+   - a mutated ClusterNetworkPolicy, read on its own, says nothing its baseline did not:
+     each rule is the baseline's rule at that place (name aside) or a Deny of all
+     traffic, and while any rule is not such a Deny its tier, priority and subject are
+     the baseline's. This holds whatever explain makes of it.
 3. (b) agrees with (a): the explain exit code is (a)'s verdict for that probe.
    (c) and (d) agree with (a): the objects the file source and the API source deliver
    parse to exactly the model objects (a) built from the same input (trimming keeps
@@ -63,7 +69,7 @@ from agent.cli import UsageError, load_state_file, main
 from agent.control.file_source import FileSource
 from agent.control.source import Change, Kind, trim
 from agent.model import parse
-from agent.model.objects import Protocol
+from agent.model.objects import ClusterNetworkPolicy, Protocol, RuleAction
 from agent.policy.explain import explain, resolve_endpoint
 from agent.policy.state import BuiltState, ClusterState
 from tests.unit.malformed import NODE, Case, Target, baseline, cases, to_yaml
@@ -121,7 +127,9 @@ def verdicts(state: ClusterState, probes: Sequence[Probe]) -> dict[Probe, bool]:
 def make_baseline() -> Baseline:
     built = parse.parse_objects(baseline())
     assert built.problems == ()
-    state = ClusterState.of(built.namespaces, built.pods, built.policies, built.nodes)
+    state = ClusterState.of(
+        built.namespaces, built.pods, built.policies, built.nodes, built.cluster_policies
+    )
     owner = {str(ip): pod.key for pod in state.pods.values() for ip in pod.ips}
     probes = tuple(
         (source, destination, protocol.value, port)
@@ -163,8 +171,34 @@ def _present(state: ClusterState, target: Target) -> bool:
         "Namespace": state.namespaces,
         "NetworkPolicy": state.policies,
         "Node": state.nodes,
+        "ClusterNetworkPolicy": state.cluster_policies,
     }[target.kind]
     return target.key in found
+
+
+def says_more(baseline: ClusterNetworkPolicy, mutated: ClusterNetworkPolicy) -> str | None:
+    """What ``mutated`` says that ``baseline`` did not (None: nothing)."""
+    said_more = []
+    for direction in ("ingress", "egress"):
+        written = getattr(baseline, direction)
+        for rule in getattr(mutated, direction):
+            if rule.action is RuleAction.DENY and rule.peers is None and rule.ports is None:
+                continue  # denies all: says nothing new
+            original = written[rule.index] if rule.index < len(written) else None
+            same = original is not None and (rule.action, rule.peers, rule.ports) == (
+                original.action,
+                original.peers,
+                original.ports,
+            )
+            if not same:
+                said_more.append(f"{direction}[{rule.index}] {rule!r:.200}")
+            elif (mutated.tier, mutated.priority, mutated.subject) != (
+                baseline.tier,
+                baseline.priority,
+                baseline.subject,
+            ):
+                said_more.append(f"{direction}[{rule.index}] kept under another tier or subject")
+    return "; ".join(said_more) or None
 
 
 def judge_state(
@@ -200,9 +234,22 @@ def judge_state(
             touched = frozenset({target.key})
         elif target.kind in ("Namespace", "NetworkPolicy"):
             touched = base.pods_of_namespace.get(target.namespace, frozenset())
+        elif target.kind == "ClusterNetworkPolicy":
+            touched = frozenset(base.owner.values())
         rejected = not _present(state, target)
-        if rejected and target.kind in ("Pod", "Namespace") and case.field not in IDENTITY:
-            tally.fail(case, f"rejected whole for {case.field}: it must be quarantined")
+        if (
+            rejected
+            and target.kind in ("Pod", "Namespace", "ClusterNetworkPolicy")
+            and case.field not in IDENTITY
+        ):
+            tally.fail(case, f"rejected whole for {case.field}: it must be kept, failing closed")
+        if target.kind == "ClusterNetworkPolicy" and not rejected:
+            tally.counts["cluster policies judged on their own"] += 1
+            said = says_more(
+                base.state.cluster_policies[target.key], state.cluster_policies[target.key]
+            )
+            if said is not None:
+                tally.fail(case, f"the mutated policy says more than the baseline: {said}")
     tally.counts["rejected whole" if rejected else "loaded"] += 1
     quarantined = {
         pod.key
@@ -409,6 +456,7 @@ PARSERS: Mapping[Kind, Callable[[Any], Any]] = {
     Kind.NAMESPACE: parse.parse_namespace,
     Kind.NETWORK_POLICY: parse.parse_network_policy,
     Kind.NODE: parse.parse_node,
+    Kind.CLUSTER_NETWORK_POLICY: parse.parse_cluster_network_policy,
 }
 
 
@@ -529,6 +577,8 @@ def run_kube_source(all_cases: Sequence[Case]) -> Tally:
         if mutated is None or case.target is None or case.category == "huge":
             continue
         kind_name = case.target.kind
+        if kind_name not in KIND_OF:
+            continue  # a kind this source does not watch
         if mutated.get("kind") != kind_name:
             continue  # a kind mutation: a real server never sends another kind
         original = next(o for o in objects if o["kind"] == kind_name and _key(o) == case.target.key)
@@ -594,12 +644,12 @@ def run_kube_source(all_cases: Sequence[Case]) -> Tally:
     configuration.host = f"http://127.0.0.1:{server.server_address[1]}"
     api: Any = k8s_client.ApiClient(configuration)
     config = KubeSourceConfig(page_size=500, backoff_initial_seconds=0.01, backoff_max_seconds=0.05)
-    source = KubeSource(api, NODE, config)
+    source = KubeSource(api, config)
     try:
         with hang_detector("the API source"):
             source.start(sink)
             deadline = time.monotonic() + HANG_SECONDS - 5
-            while len(ended) < len(Kind) and time.monotonic() < deadline:
+            while len(ended) < len(RESOURCE_PATHS) and time.monotonic() < deadline:
                 time.sleep(0.05)
             health = source.health
     finally:
@@ -608,7 +658,7 @@ def run_kube_source(all_cases: Sequence[Case]) -> Tally:
         server.shutdown()
         server.server_close()
         api.close()
-    if len(ended) < len(Kind):
+    if len(ended) < len(RESOURCE_PATHS):
         tally.failures.append(
             f"the API source stalled: kinds done {sorted(k.value for k in ended)}"
         )
@@ -684,9 +734,11 @@ def test_generator_makes_enough_cases_of_every_kind(
     assert len(all_cases) >= 1000
     categories = Counter(case.category for case in all_cases)
     for category in ("wrong-type", "numbers", "cidr", "unknown-enum", "huge", "non-utf8",
-                     "yaml-bomb", "duplicate", "empty"):  # fmt: skip
+                     "yaml-bomb", "duplicate", "empty", "cnp-shape", "unsupported"):  # fmt: skip
         assert categories[category] > 0, category
     assert any(base.verdicts.values()) and not all(base.verdicts.values())
+    cluster_cases = [c for c in all_cases if c.target and c.target.kind == "ClusterNetworkPolicy"]
+    assert len(cluster_cases) >= 300
 
 
 def test_reader_and_build_state(

@@ -246,3 +246,12 @@ def test_cni_adds_are_timed_and_the_unconfirmed_ones_counted_by_result() -> None
     assert value(registry, "netpol_agent_cni_add_duration_seconds_bucket", le="0.05") == 2
     assert value(registry, "netpol_agent_cni_add_failures_total", result="timeout") == 1
     assert value(registry, "netpol_agent_cni_add_failures_total", result="error") == 1
+
+
+def test_an_unserved_kind_has_no_watch_connected_sample_but_its_object_count() -> None:
+    registry = CollectorRegistry()
+    unserved = KindHealth(listed=True, connected=False, served=False)
+    Metrics(registry, source_health=lambda: SourceHealth({Kind.CLUSTER_NETWORK_POLICY: unserved}))
+    kind = "ClusterNetworkPolicy"
+    assert value(registry, "netpol_agent_watch_connected", kind=kind) is None
+    assert value(registry, "netpol_agent_watched_objects", kind=kind) == 0

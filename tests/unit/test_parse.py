@@ -178,6 +178,7 @@ def test_port_ranges_and_named_ports_parse() -> None:
 INVALID_PEERS = {
     "bad cidr": ({"ipBlock": {"cidr": "10.0.0.0/33"}}, "from[0].ipBlock.cidr"),
     "cidr not a string": ({"ipBlock": {"cidr": 10}}, "from[0].ipBlock.cidr"),
+    "cidr with a zone": ({"ipBlock": {"cidr": "fe80::%eth0/64"}}, "from[0].ipBlock.cidr"),
     "except outside cidr": (
         {"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.1.0.0/24"]}},
         "from[0].ipBlock.except[0]",
@@ -500,6 +501,16 @@ def test_pod_with_a_bad_ip_keeps_its_good_address_and_reports_the_bad_one() -> N
     assert [str(ip) for ip in pod.ips] == ["10.0.0.5"]
     (problem,) = pod.problems
     assert problem.startswith("Pod prod/web: status.podIPs[0].ip") and "not-an-ip" in problem
+
+
+def test_pod_ip_with_a_zone_is_a_bad_ip() -> None:
+    """ipaddress takes "fe80::1%eth0"; the API does not, and no rule can hold it."""
+    raw = b.pod("prod/web", "10.0.0.5")
+    raw["status"]["podIPs"].append({"ip": "fe80::1%eth0"})
+    pod = parse_pod(raw)
+    assert [str(ip) for ip in pod.ips] == ["10.0.0.5"]
+    (problem,) = pod.problems
+    assert problem.startswith("Pod prod/web: status.podIPs[1].ip: bad IP 'fe80::1%eth0'")
 
 
 def test_pod_without_any_usable_ip_says_it_cannot_be_enforced() -> None:

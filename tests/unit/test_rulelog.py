@@ -488,3 +488,22 @@ def test_flows_revoked_and_removed_are_logged_with_their_cause(tmp_path: Path) -
         {**common, "action": "flow_removed", "rule": "udp 10.0.1.99:5353 -> 10.0.2.10:53",
          "pod": "y/old", "reason": "pod deleted y/old"},
     ]  # fmt: skip
+
+
+def test_a_cluster_network_policy_rule_is_logged_with_its_policy_change_as_reason(
+    tmp_path: Path,
+) -> None:
+    before = Ruleset.of(Family.IPV4, ENTRY, [Chain(ENTRY, ())])
+    tier_rule = Rule("DROP", "Admin guard ingress[0]", policy="ClusterNetworkPolicy/guard ingress[0]")  # fmt: skip
+    after = Ruleset.of(Family.IPV4, ENTRY, [Chain(ENTRY, (tier_rule,))])
+    programmed = expected_state(before, PREFIX)
+    sync = family_sync(after, programmed, previous=before, expected=programmed)
+    changes = [
+        ObjectChange(Kind.POD, "prod/web", "updated", ("labels",)),
+        ObjectChange(Kind.CLUSTER_NETWORK_POLICY, "guard", "added"),
+    ]
+    path = tmp_path / "rules.log"
+    RuleLog(str(path), 1 << 20, 1).sync_finished(outcome([sync], changes=changes))
+    assert [(e["action"], e["policy"], e["reason"]) for e in read_lines(path)] == [
+        ("rule_added", "ClusterNetworkPolicy/guard ingress[0]", "cluster policy created guard"),
+    ]
