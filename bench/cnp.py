@@ -10,17 +10,17 @@ the real restore binaries:
 - full compile of both families with a fresh compiler (median of N), full apply into an
   empty table (one restore per family, the two concurrently: wall time), bytes, chains
   and rules;
-- single changes, each compiled incrementally and written, then undone: one
-  NetworkPolicy edited, one ClusterNetworkPolicy edited (a rule's port) and one moved to
-  the front of its tier, one pod relabelled, one namespace relabelled.
-  They run what the agent's pass runs (parse the object, move the cluster index, compile
-  both families incrementally, plan and restore); the last state is then compared with
-  a fresh compile, so the figures are of correct rules;
+- the agent's passes (``Reconciler.run_pass``, as ``run --source-file`` runs them: the
+  file source's objects first, then changes): single changes compiled incrementally and
+  written, then undone: one NetworkPolicy edited, one ClusterNetworkPolicy edited (a
+  rule's port) and one moved to the front of its tier, one pod relabelled, one
+  namespace relabelled; the last state is then compared with a fresh compile, so the
+  figures are of correct rules;
+- the agent's peak RSS for an initial sync (``netpol-agent run --once`` on the file);
 
-and, outside any namespace: the peak RSS of ``netpol-agent render`` on the file (read,
-parse, compile, render both families), and the rules the first packet of a new
-connection is compared against (bench/traversal.py over the compiled IPv4 rules: every
-local pod with a fixed sample of others, both directions, several ports).
+and, outside any namespace, the rules the first packet of a new connection is compared
+against (bench/traversal.py over the compiled IPv4 rules: every local pod with a fixed
+sample of others, both directions, several ports).
 
 The machine is shared: compare the two columns of one run, not runs with each other.
 
@@ -39,13 +39,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from bench.run import _agent_rss_kib
 from bench.synth import MEASURED_NODE, SIZES, generate
 
 RESULTS = Path(__file__).parent / "results"
@@ -140,54 +140,10 @@ def single_changes(objects: list[dict[str, Any]]) -> dict[str, tuple[list[Edit],
 # --- inside the namespace ------------------------------------------------------------------
 
 
-@dataclass
-class _Pipeline:
-    """One agent pass without the store and its bookkeeping: parse the changed objects,
-    move the cluster index, compile both families incrementally, write them (plan and
-    one restore per family). The same for both variants, so their figures compare."""
+def _changes(edits: Sequence[Edit]) -> list[Any]:
+    from agent.control.source import Change, Kind
 
-    index: Any
-    compilers: dict[Any, Any]
-    dataplane: Any
-    addresses: tuple[Any, ...]
-
-    def pass_(self, edits: Sequence[Edit]) -> dict[str, float]:
-        from agent.model import parse
-
-        parsers: dict[str, Callable[[Any], Any]] = {
-            "Pod": parse.parse_pod,
-            "Namespace": parse.parse_namespace,
-            "NetworkPolicy": parse.parse_network_policy,
-            "Node": parse.parse_node,
-            "ClusterNetworkPolicy": parse.parse_cluster_network_policy,
-        }
-        argument = {
-            "Pod": "pods",
-            "Namespace": "namespaces",
-            "NetworkPolicy": "policies",
-            "Node": "nodes",
-            "ClusterNetworkPolicy": "cluster_policies",
-        }
-        started = time.perf_counter()
-        moved: dict[str, list[tuple[str, Any]]] = {}
-        for kind, key, obj in edits:
-            moved.setdefault(argument[kind], []).append(
-                (key, None if obj is None else parsers[kind](obj))
-            )
-        self.index.apply(**moved)
-        compile_started = time.perf_counter()
-        rulesets = {
-            family: compiler.compile_index(self.index, self.addresses)
-            for family, compiler in self.compilers.items()
-        }
-        compile_seconds = time.perf_counter() - compile_started
-        report = self.dataplane.sync(rulesets, full=False)
-        return {
-            "compile": compile_seconds,
-            "apply": report.duration_seconds,
-            "bytes": report.bytes_written,
-            "e2e": time.perf_counter() - started,
-        }
+    return [Change(Kind(kind), key, obj) for kind, key, obj in edits]
 
 
 def measure_inside(
@@ -197,10 +153,14 @@ def measure_inside(
     from agent.cli import load_state_file
     from agent.compiler.config import CompilerConfig, node_addresses
     from agent.compiler.node import NodeCompiler
+    from agent.control.file_source import parse_state
+    from agent.control.outcome import Cause
+    from agent.control.reconciler import Reconciler, ReconcilerConfig
+    from agent.control.source import Change
     from agent.dataplane.detect import make_backend
     from agent.dataplane.table import Dataplane
-    from agent.policy.index import ClusterIndex
     from agent.rules import Family
+    from bench.run import _StaticSource
 
     load_times = []
     for _ in range(runs):
@@ -214,14 +174,15 @@ def measure_inside(
     addresses = node_addresses(state, MEASURED_NODE)
     backend = make_backend(backend_name)  # type: ignore[arg-type]
 
-    compile_times = []
+    compile_walls, compile_cpus = [], []
     for _ in range(runs):
-        started = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         rulesets = {
             family: NodeCompiler(MEASURED_NODE, family, config).compile(state, addresses)
             for family in Family
         }
-        compile_times.append(time.perf_counter() - started)
+        compile_walls.append(time.perf_counter() - wall)
+        compile_cpus.append(time.process_time() - cpu)
 
     apply_times, bytes_written = [], 0
     for _ in range(runs):
@@ -232,38 +193,47 @@ def measure_inside(
         bytes_written = report.bytes_written
     Dataplane(backend, prefix + "-").cleanup()
 
-    index = ClusterIndex()
-    index.apply(
-        pods=state.pods.items(),
-        namespaces=state.namespaces.items(),
-        policies=state.policies.items(),
-        nodes=state.nodes.items(),
-        cluster_policies=state.cluster_policies.items(),
-    )
-    pipeline = _Pipeline(
-        index,
-        {family: NodeCompiler(MEASURED_NODE, family, config) for family in Family},
+    # The agent's own pass (run --source-file): the file source's objects, then changes.
+    reconciler = Reconciler(
+        ReconcilerConfig(node_name=MEASURED_NODE, compiler=config, min_interval=0.0),
+        _StaticSource(),
         Dataplane(backend, prefix + "-", read_on_partial=False),
-        addresses,
     )
-    pipeline.pass_(())  # the initial pass: everything compiled and written
+    parsed = parse_state(Path(state_file).read_bytes(), state_file)
+    if parsed.problems:
+        raise RuntimeError(f"{size_name}: the file source skipped: {parsed.problems[:3]}")
+    reconciler.on_changes(
+        [Change(kind, key, obj) for kind, objs in parsed.state.items() for key, obj in objs.items()]
+    )
+    initial = reconciler.run_pass(Cause.INITIAL)
+    if not initial.succeeded:
+        raise RuntimeError(f"initial sync failed: {initial.error}")
     changes: dict[str, dict[str, float]] = {}
-    objects = generate(SIZES[size_name])
-    last: list[Edit] = []
-    for case, (forward, backward) in single_changes(objects).items():
+    outcome = initial
+    for case, (forward, backward) in single_changes(generate(SIZES[size_name])).items():
         samples: dict[str, list[float]] = {"compile": [], "apply": [], "bytes": [], "e2e": []}
         for _ in range(max(runs, 5)):
-            for figure, value in pipeline.pass_(forward).items():
-                samples[figure].append(value)
-            pipeline.pass_(backward)
+            for edits, record in ((forward, True), (backward, False)):
+                started = time.perf_counter()
+                reconciler.on_changes(_changes(edits))
+                outcome = reconciler.run_pass(Cause.CHANGE)
+                elapsed = time.perf_counter() - started
+                if not outcome.succeeded or outcome.report is None:
+                    raise RuntimeError(f"{case}: sync failed: {outcome.error}")
+                if record:
+                    samples["compile"].append(outcome.compile_seconds)
+                    samples["apply"].append(outcome.report.duration_seconds)
+                    samples["bytes"].append(outcome.report.bytes_written)
+                    samples["e2e"].append(elapsed)
         changes[case] = {figure: _median(values) for figure, values in samples.items()}
-        last = forward
     # The incremental compiler's rules after all that equal a fresh compile's.
-    pipeline.pass_(last)
+    index = reconciler.snapshot()
     equal = all(
-        compiler.compile_index(index, addresses)
-        == NodeCompiler(MEASURED_NODE, family, config).compile(index, addresses)
-        for family, compiler in pipeline.compilers.items()
+        outcome.rulesets[family]
+        == NodeCompiler(MEASURED_NODE, family, config).compile(
+            index, reconciler.node_addresses(index)
+        )
+        for family in Family
     )
     if not equal:
         raise RuntimeError(f"{size_name}: the incremental compile differs from a fresh one")
@@ -276,7 +246,8 @@ def measure_inside(
         "policies": len(state.policies),
         "cluster_policies": len(state.cluster_policies),
         "load_seconds": _median(load_times),
-        "compile_seconds": _median(compile_times),
+        "compile_seconds": _median(compile_walls),
+        "compile_cpu_seconds": _median(compile_cpus),
         "apply_seconds": _median(apply_times),
         "bytes_written": bytes_written,
         "chains": {"ipv4": len(v4.chains), "ipv6": len(v6.chains)},
@@ -288,18 +259,6 @@ def measure_inside(
 
 
 # --- outside ---------------------------------------------------------------------------------
-
-
-def render_rss_mib(state_file: str) -> float:
-    """Peak RSS of ``netpol-agent render`` on the file (both families), in MiB."""
-    agent = Path(sys.executable).with_name("netpol-agent")
-    command = [str(agent), "render", "--node", MEASURED_NODE, "--file", state_file]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        stderr = process.stderr.read().decode() if process.stderr else ""
-        raise RuntimeError(f"render failed: {stderr}")
-    return int(usage.ru_maxrss) / 1024
 
 
 def traversal(state_file: str) -> dict[str, Any]:
@@ -340,14 +299,17 @@ def run(
                         check=True, capture_output=True, text=True,
                         cwd=Path(__file__).parent.parent,
                     )  # fmt: skip
-                    result["backends"].setdefault(backend, {})[size] = json.loads(inside.stdout)
+                    figures = json.loads(inside.stdout)
+                    figures["agent_rss_mib"] = (
+                        _agent_rss_kib(netns, files[size], backend, prefix) / 1024
+                    )
+                    result["backends"].setdefault(backend, {})[size] = figures
             finally:
                 subprocess.run(["ip", "netns", "del", netns], check=False)
         for size, path in files.items():
             if verbose:
-                print(f"... {size}: memory, rules a new connection traverses", file=sys.stderr,
+                print(f"... {size}: rules a new connection traverses", file=sys.stderr,
                       flush=True)  # fmt: skip
-            result.setdefault("render_rss_mib", {})[size] = render_rss_mib(path)
             result.setdefault("traversal", {})[size] = traversal(path)
     return result
 
@@ -376,8 +338,11 @@ def render(result: dict[str, Any]) -> str:
         row(f"rules {family}", a["rules"][family], b["rules"][family], "{:10d}")
     row("chains ipv4", a["chains"]["ipv4"], b["chains"]["ipv4"], "{:10d}")
     row("bytes written (full)", a["bytes_written"], b["bytes_written"], "{:10d}")
-    rss = result["render_rss_mib"]
-    row("peak RSS of netpol-agent render MiB", rss[without], rss[with_cnp])
+    row(
+        "full compile, both families, CPU ms",
+        a["compile_cpu_seconds"] * 1e3,
+        b["compile_cpu_seconds"] * 1e3,
+    )
     walk = result["traversal"]
     for figure in ("median", "p99", "worst"):
         row(f"rules a new connection traverses, {figure}", walk[without][figure],
@@ -385,6 +350,7 @@ def render(result: dict[str, Any]) -> str:
     for backend, variants in result["backends"].items():
         a, b = variants[without], variants[with_cnp]
         row(f"{backend}: full apply ms", a["apply_seconds"] * 1e3, b["apply_seconds"] * 1e3)
+        row(f"{backend}: agent RSS (run --once) MiB", a["agent_rss_mib"], b["agent_rss_mib"])
         for case, y in b["changes"].items():
             x = a["changes"].get(case)
             for figure in ("compile", "apply", "e2e"):
