@@ -22,7 +22,9 @@ and, outside any namespace, the rules the first packet of a new connection is co
 against (bench/traversal.py over the compiled IPv4 rules: every local pod with a fixed
 sample of others, both directions, several ports).
 
-The machine is shared: compare the two columns of one run, not runs with each other.
+The machine is shared: compare the two columns of one run, not runs with each other;
+CPU times (the agent's process, and the restore binaries it ran) say more than wall
+times when the machine is busy.
 
     python -m bench.cnp [--runs 5] [--backends nft,legacy] [--smoke] [--json FILE]
 """
@@ -33,6 +35,7 @@ import argparse
 import copy
 import json
 import os
+import resource
 import secrets
 import statistics
 import subprocess
@@ -61,6 +64,13 @@ def write_state_file(size_name: str, path: Path) -> None:
 
 def _median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+def _children_cpu() -> float:
+    """CPU seconds of the restore binaries this process has run (user and system): the
+    apply's cost without the machine's other load."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 # --- single changes ------------------------------------------------------------------------
@@ -184,11 +194,13 @@ def measure_inside(
         compile_walls.append(time.perf_counter() - wall)
         compile_cpus.append(time.process_time() - cpu)
 
-    apply_times, bytes_written = [], 0
+    apply_times, apply_cpus, bytes_written = [], [], 0
     for _ in range(runs):
         dataplane = Dataplane(backend, prefix + "-", read_on_partial=False)
         dataplane.cleanup()
+        children = _children_cpu()
         report = dataplane.sync(rulesets, full=False)
+        apply_cpus.append(_children_cpu() - children)
         apply_times.append(report.duration_seconds)  # the two families run concurrently
         bytes_written = report.bytes_written
     Dataplane(backend, prefix + "-").cleanup()
@@ -211,13 +223,17 @@ def measure_inside(
     changes: dict[str, dict[str, float]] = {}
     outcome = initial
     for case, (forward, backward) in single_changes(generate(SIZES[size_name])).items():
-        samples: dict[str, list[float]] = {"compile": [], "apply": [], "bytes": [], "e2e": []}
+        samples: dict[str, list[float]] = {
+            "compile": [], "apply": [], "bytes": [], "e2e": [], "cpu": [], "apply_cpu": []
+        }  # fmt: skip
         for _ in range(max(runs, 5)):
             for edits, record in ((forward, True), (backward, False)):
-                started = time.perf_counter()
+                started, cpu, children = time.perf_counter(), time.process_time(), _children_cpu()
                 reconciler.on_changes(_changes(edits))
                 outcome = reconciler.run_pass(Cause.CHANGE)
                 elapsed = time.perf_counter() - started
+                cpu = time.process_time() - cpu
+                children = _children_cpu() - children
                 if not outcome.succeeded or outcome.report is None:
                     raise RuntimeError(f"{case}: sync failed: {outcome.error}")
                 if record:
@@ -225,6 +241,8 @@ def measure_inside(
                     samples["apply"].append(outcome.report.duration_seconds)
                     samples["bytes"].append(outcome.report.bytes_written)
                     samples["e2e"].append(elapsed)
+                    samples["cpu"].append(cpu)  # the agent's process: parse to plan
+                    samples["apply_cpu"].append(children)  # the restore binaries
         changes[case] = {figure: _median(values) for figure, values in samples.items()}
     # The incremental compiler's rules after all that equal a fresh compile's.
     index = reconciler.snapshot()
@@ -249,6 +267,7 @@ def measure_inside(
         "compile_seconds": _median(compile_walls),
         "compile_cpu_seconds": _median(compile_cpus),
         "apply_seconds": _median(apply_times),
+        "apply_cpu_seconds": _median(apply_cpus),
         "bytes_written": bytes_written,
         "chains": {"ipv4": len(v4.chains), "ipv6": len(v6.chains)},
         "rules": {"ipv4": v4.rule_count, "ipv6": v6.rule_count},
@@ -314,6 +333,15 @@ def run(
     return result
 
 
+FIGURES = {
+    "compile": "compile",
+    "apply": "apply",
+    "e2e": "end to end",
+    "cpu": "agent CPU",
+    "apply_cpu": "restore CPU",
+}
+
+
 def _ratio(without: float, with_cnp: float) -> str:
     return f"{with_cnp / without:6.2f}x" if without else "      -"
 
@@ -350,11 +378,16 @@ def render(result: dict[str, Any]) -> str:
     for backend, variants in result["backends"].items():
         a, b = variants[without], variants[with_cnp]
         row(f"{backend}: full apply ms", a["apply_seconds"] * 1e3, b["apply_seconds"] * 1e3)
+        row(
+            f"{backend}: full apply, restore CPU ms",
+            a["apply_cpu_seconds"] * 1e3,
+            b["apply_cpu_seconds"] * 1e3,
+        )
         row(f"{backend}: agent RSS (run --once) MiB", a["agent_rss_mib"], b["agent_rss_mib"])
         for case, y in b["changes"].items():
             x = a["changes"].get(case)
-            for figure in ("compile", "apply", "e2e"):
-                label = f"{backend}: {case}: {figure} ms"
+            for figure in ("compile", "apply", "e2e", "cpu", "apply_cpu"):
+                label = f"{backend}: {case}: {FIGURES[figure]} ms"
                 if x is None:
                     lines.append(f"{label:50} {'-':>10} {y[figure] * 1e3:10.1f}")
                 else:
