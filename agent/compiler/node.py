@@ -89,6 +89,12 @@ LEAF_MEMO_LIMIT = 100_000
 CLUSTER_POLICY_SCOPE = "ClusterNetworkPolicy"
 
 
+def _steps_key(steps: Sequence[ClusterStep]) -> str:
+    """What a tier chain is built from: each step's chain, action and comment (the
+    comment names the rule, whose name can change while its chain and action stay)."""
+    return ",".join(f"{step.chain}:{step.action.value}:{step.comment}" for step in steps)
+
+
 @dataclass(frozen=True, slots=True)
 class _PolicyEntry:
     policy: NetworkPolicy
@@ -673,7 +679,7 @@ class NodeCompiler:
         self, direction: Direction, steps: Sequence[ClusterStep], after: str | None
     ) -> Unit:
         kind = "XI" if direction is Direction.INGRESS else "XE"
-        key = ",".join(f"{step.chain}:{step.action.value}" for step in steps)
+        key = _steps_key(steps)
         name = self._names(kind, f"{key}|{after or ''}")
         known = self._index.get(name)
         if known is not None:
@@ -685,7 +691,7 @@ class NodeCompiler:
         self, direction: Direction, network_policies: str | None, steps: Sequence[ClusterStep]
     ) -> Unit:
         kind = "NI" if direction is Direction.INGRESS else "NE"
-        key = ",".join(f"{step.chain}:{step.action.value}" for step in steps)
+        key = _steps_key(steps)
         name = self._names(kind, f"{network_policies or ''}|{key}")
         known = self._index.get(name)
         if known is not None:
