@@ -348,11 +348,31 @@ def load_state_api(kubeconfig: str) -> BuiltState:
     return build_state(objects)
 
 
+def _explain_version(state: ClusterState, args: argparse.Namespace) -> int:
+    """The family to judge in when ``--family`` is not given: an address's, else IPv4
+    when every pod named has an IPv4 address (an IPv6-only cluster gets IPv6)."""
+    import ipaddress
+
+    for text in (args.source, args.destination):
+        try:
+            return ipaddress.ip_address(text).version
+        except ValueError:
+            continue
+    pods = [state.pods.get(text) for text in (args.source, args.destination)]
+    if all(pod is None or pod.ipv4 or not pod.ipv6 for pod in pods):
+        return 4
+    return 6
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     built = load_state_api(args.kubeconfig) if args.kubeconfig else load_state_file(args.file)
     _report_problems(built)
     port, protocol = _port(args.port)
-    version = 6 if args.family == (Family.IPV6,) else 4
+    version = (
+        _explain_version(built.state, args)
+        if args.family is None
+        else (6 if args.family == (Family.IPV6,) else 4)
+    )
     try:
         source = resolve_endpoint(built.state, args.source, version)
         destination = resolve_endpoint(built.state, args.destination, version)
@@ -500,8 +520,9 @@ def _parser() -> argparse.ArgumentParser:
     why.add_argument(
         "--family",
         type=_flag(_one_family),
-        default=(Family.IPV4,),
-        help="ipv4 (default) or ipv6",
+        default=None,
+        help="ipv4 or ipv6 (default: the family of an address given, else ipv4 when "
+        "both pods have an IPv4 address, else ipv6)",
     )
     why.add_argument("--json", action="store_true", help="machine-readable output")
     why.set_defaults(func=cmd_explain, parser=why)

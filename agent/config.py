@@ -23,7 +23,9 @@ from agent.rules import Family
 
 BackendChoice = Literal["auto", "nft", "legacy", "iptc"]
 BACKENDS: tuple[BackendChoice, ...] = ("auto", "nft", "legacy", "iptc")
-DEFAULT_METRICS_ADDRESS = "0.0.0.0:9872"
+#: Every address of both families (``0.0.0.0`` alone misses an IPv6-only node's address,
+#: where the kubelet probes a hostNetwork pod).
+DEFAULT_METRICS_ADDRESS = ":9872"
 DEFAULT_RULE_LOG = "/var/log/netpol-agent.log"
 MAX_NODE_NAME = 253
 

@@ -1,6 +1,7 @@
 """File load time: the synthetic cluster read as ``render``/``explain``/``run`` read it.
 
-The cluster (bench/synth.py, fixed seed) is written twice: as multi-document YAML, and
+The cluster (bench/synth.py, fixed seed; ``--size L+cnp`` adds 100
+ClusterNetworkPolicies) is written twice: as multi-document YAML, and
 as ``kubectl get ns,pods,netpol,nodes -A -o json`` writes it (one ``kind: List``). Each
 is loaded through ``agent.cli.load_state_file`` (the reader plus parsing into the policy
 snapshot: what ``render`` and ``explain`` do) and through the file source's parse (what
@@ -84,7 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             data = path.read_bytes()
             results[fmt] = {
                 "bytes": len(data),
-                "objects": len(built.state.pods) + len(built.state.policies),
+                "objects": len(built.state.pods)
+                + len(built.state.policies)
+                + len(built.state.cluster_policies),
                 "render/explain (load_state_file)": measure(
                     lambda path=path: load_state_file(str(path)), args.runs
                 ),

@@ -13,7 +13,8 @@ throwaway network namespace with the real restore binaries:
 
 Medians of several runs; the machine is shared, so compare ratios within one run.
 The dataplane cost (connections per second with and without the L policy set) comes
-from bench/dataplane.py and is run here too unless ``--no-dataplane``.
+from bench/dataplane.py and is run here too unless ``--no-dataplane``; what 100
+ClusterNetworkPolicies add to the L cluster from bench/cnp.py unless ``--no-cnp``.
 """
 
 from __future__ import annotations
@@ -399,6 +400,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--no-conntrack", action="store_true", help="skip the conntrack scan (bench/conntrack.py)"
     )
+    parser.add_argument(
+        "--no-cnp",
+        action="store_true",
+        help="skip L without vs with 100 ClusterNetworkPolicies (bench/cnp.py)",
+    )
     parser.add_argument("--inside", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.conntrack_only:
@@ -448,6 +454,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{size:5} {t['packets']:8} {t['worst']:6} {t['p99']:5} {t['median']:7}  {t['worst_packet']}"
         )
     document: dict[str, Any] = {"compile_apply": results, "traversal": traversals}
+    if not args.no_cnp:
+        from bench import cnp
+
+        print("... ClusterNetworkPolicies: L without and with 100", file=sys.stderr, flush=True)
+        document["cnp"] = cnp.run(args.backends.split(","), runs, smoke=args.smoke)
+        print()
+        print(cnp.render(document["cnp"]))
     if not args.no_dataplane:
         from bench import dataplane
 

@@ -5,6 +5,11 @@ numbers on different apps); each namespace gets a default deny, and policies mix
 real clusters hold: pod-label allows, namespace-selector allows, ipBlocks with except,
 named ports, port ranges, and egress rules (DNS, other namespaces, external blocks).
 The measured node ("node-0") holds ``pods_on_measured_node`` pods, like a full kubelet.
+
+A size with ``cluster_policies`` adds that many ClusterNetworkPolicies
+(``policy.networking.k8s.io/v1alpha2``) drawn from a random generator of their own, so
+the rest of the cluster is exactly the size without them ("L+cnp" is "L" plus 100): the
+figures of the two compare what the ClusterNetworkPolicies cost and nothing else.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ class Size:
     namespaces: int
     pods_on_measured_node: int = 110
     pods_per_other_node: int = 110
+    cluster_policies: int = 0
 
 
 SIZES = {
@@ -31,7 +37,17 @@ SIZES = {
     "S": Size("S", pods=100, policies=20, namespaces=5),
     "M": Size("M", pods=1000, policies=200, namespaces=15),
     "L": Size("L", pods=5000, policies=1000, namespaces=30),
-}
+    # The same clusters with ClusterNetworkPolicies (admin and baseline) on top.
+    "tiny+cnp": Size(
+        "tiny+cnp", pods=30, policies=8, namespaces=3, pods_on_measured_node=10,
+        cluster_policies=12,
+    ),
+    "L+cnp": Size("L+cnp", pods=5000, policies=1000, namespaces=30, cluster_policies=100),
+}  # fmt: skip
+
+# The ClusterNetworkPolicies' own generator, seeded apart from the rest of the cluster.
+CLUSTER_POLICY_SEED_OFFSET = 1_000_003
+ZONES = 3
 
 APPS_PER_NAMESPACE = 8
 TIERS = ("web", "api", "db", "cache", "worker")
@@ -77,7 +93,15 @@ def generate(size: Size, seed: int = 1) -> list[dict[str, Any]]:
             {
                 "apiVersion": "v1",
                 "kind": "Node",
-                "metadata": {"name": f"node-{n}"},
+                "metadata": {
+                    "name": f"node-{n}",
+                    # What ClusterNetworkPolicy ``nodes`` peers select on.
+                    "labels": {
+                        "kubernetes.io/hostname": f"node-{n}",
+                        "topology.kubernetes.io/zone": f"zone-{n % ZONES}",
+                        **({"node-role.kubernetes.io/control-plane": ""} if n == 0 else {}),
+                    },
+                },
                 "status": {
                     "addresses": [
                         {"type": "InternalIP", "address": f"172.18.{n // 250}.{n % 250 + 2}"},
@@ -127,6 +151,9 @@ def generate(size: Size, seed: int = 1) -> list[dict[str, Any]]:
             }
         )
     objects.extend(_policies(size, namespaces, rng))
+    if size.cluster_policies:
+        cnp_rng = random.Random(seed + CLUSTER_POLICY_SEED_OFFSET)
+        objects.extend(_cluster_policies(size.cluster_policies, namespaces, cnp_rng))
     return objects
 
 
@@ -273,4 +300,167 @@ def _policies(size: Size, namespaces: list[str], rng: random.Random) -> list[dic
             }
         add(namespace, f"{kind}-{i:04d}", spec)
         i += 1
+    return policies
+
+
+# --- ClusterNetworkPolicies -------------------------------------------------------------
+
+# Each dimension cycles with its own period, so the 100 policies cover every combination
+# of tier, subject kind, action, peer kind and port kind several times over; the
+# selectors' values and the priorities are drawn at random.
+CNP_ACTIONS = ("Accept", "Deny", "Pass")
+CNP_INGRESS_PEERS = ("namespaces", "pods", "pods-any-namespace")
+CNP_EGRESS_PEERS = ("namespaces", "pods", "networks", "nodes")
+CNP_PROTOCOLS = ("all", "number", "range", "named", "udp", "sctp", "two")
+
+
+def _cnp_namespaces(namespaces: list[str], rng: random.Random) -> dict[str, Any]:
+    """A namespace selector: by team, by environment, or by name (two namespaces)."""
+    choice = rng.randrange(3)
+    if choice == 0:
+        return {"matchLabels": {"team": f"team-{rng.randrange(6)}"}}
+    if choice == 1:
+        return {"matchLabels": {"env": rng.choice(("prod", "dev"))}}
+    return {
+        "matchExpressions": [
+            {
+                "key": "kubernetes.io/metadata.name",
+                "operator": "In",
+                "values": sorted(rng.sample(namespaces, 2)),
+            }
+        ]
+    }
+
+
+def _cnp_pods(namespaces: list[str], rng: random.Random, *, any_namespace: bool) -> dict[str, Any]:
+    pods: dict[str, Any] = {
+        "namespaceSelector": {} if any_namespace else _cnp_namespaces(namespaces, rng),
+        "podSelector": {"matchLabels": {"app": f"app{rng.randrange(APPS_PER_NAMESPACE)}"}},
+    }
+    if rng.randrange(3) == 0:
+        pods["podSelector"] = {
+            "matchExpressions": [
+                {"key": "tier", "operator": "In", "values": sorted(rng.sample(TIERS, 2))}
+            ]
+        }
+    return pods
+
+
+def _cnp_protocols(kind: str, rng: random.Random) -> list[dict[str, Any]] | None:
+    if kind == "all":
+        return None  # all traffic, ICMP too
+    if kind == "number":
+        return [{"tcp": {"destinationPort": {"number": rng.choice((80, 443, 8080, 9090))}}}]
+    if kind == "range":
+        start = 30000 + rng.randrange(1000)
+        return [{"tcp": {"destinationPort": {"range": {"start": start, "end": start + 200}}}}]
+    if kind == "named":
+        return [{"destinationNamedPort": rng.choice(("http", "metrics", "dns"))}]
+    if kind == "udp":
+        return [{"udp": {"destinationPort": {"number": rng.choice((53, 5000))}}}]
+    if kind == "sctp":
+        return [{"sctp": {"destinationPort": {"number": 9999}}}]
+    # two: a number and a range
+    return [
+        {"tcp": {"destinationPort": {"number": 443}}},
+        {"udp": {"destinationPort": {"range": {"start": 5000, "end": 5100}}}},
+    ]
+
+
+def _cnp_egress_peer(kind: str, namespaces: list[str], rng: random.Random) -> dict[str, Any]:
+    if kind == "namespaces":
+        return {"namespaces": _cnp_namespaces(namespaces, rng)}
+    if kind == "pods":
+        return {"pods": _cnp_pods(namespaces, rng, any_namespace=False)}
+    if kind == "networks":
+        return {
+            "networks": rng.choice(
+                (
+                    ["169.254.169.254/32", "fd00:ec2::254/128"],
+                    ["172.16.0.0/12"],
+                    ["0.0.0.0/0", "::/0"],
+                    [f"10.{200 + rng.randrange(50)}.0.0/16"],
+                )
+            )
+        }
+    # nodes: all of them, the control plane, or one zone
+    return {
+        "nodes": rng.choice(
+            (
+                {},
+                {"matchExpressions": [
+                    {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}
+                ]},
+                {"matchLabels": {"topology.kubernetes.io/zone": f"zone-{rng.randrange(ZONES)}"}},
+            )
+        )
+    }  # fmt: skip
+
+
+def _cluster_policies(
+    count: int, namespaces: list[str], rng: random.Random
+) -> list[dict[str, Any]]:
+    """``count`` ClusterNetworkPolicies: 3 in 5 Admin, the rest Baseline; priorities from
+    a coarse grid (ties happen, and every tenth policy copies its predecessor's on
+    purpose); subjects by namespaces or by pods; 1-3 ingress and 0-2 egress rules mixing
+    Accept, Deny and Pass over namespaces, pods, networks and nodes peers and port
+    numbers, ranges and named ports."""
+    policies: list[dict[str, Any]] = []
+    rule_count = 0
+    priority = 0
+    for i in range(count):
+        tier = "Admin" if i % 5 < 3 else "Baseline"
+        if i % 10 != 9:  # every tenth: the same priority as the one before (a tie)
+            priority = rng.randrange(0, 1001, 25)
+        if i % 3 == 2:
+            subject: dict[str, Any] = {"pods": _cnp_pods(namespaces, rng, any_namespace=False)}
+        else:
+            subject = {"namespaces": _cnp_namespaces(namespaces, rng)}
+        ingress: list[dict[str, Any]] = []
+        for j in range(1 + i % 3):
+            peer_kind = CNP_INGRESS_PEERS[rule_count % len(CNP_INGRESS_PEERS)]
+            peer = (
+                {"namespaces": _cnp_namespaces(namespaces, rng)}
+                if peer_kind == "namespaces"
+                else {"pods": _cnp_pods(namespaces, rng, any_namespace=peer_kind != "pods")}
+            )
+            rule: dict[str, Any] = {
+                "name": f"in-{j}",
+                "action": CNP_ACTIONS[rule_count % len(CNP_ACTIONS)],
+                "from": [peer],
+            }
+            protocols = _cnp_protocols(CNP_PROTOCOLS[rule_count % len(CNP_PROTOCOLS)], rng)
+            if protocols is not None:
+                rule["protocols"] = protocols
+            ingress.append(rule)
+            rule_count += 1
+        egress: list[dict[str, Any]] = []
+        for j in range((i + 1) % 3):
+            peer_kind = CNP_EGRESS_PEERS[rule_count % len(CNP_EGRESS_PEERS)]
+            protocol_kind = CNP_PROTOCOLS[rule_count % len(CNP_PROTOCOLS)]
+            if protocol_kind == "named" and peer_kind in ("networks", "nodes"):
+                protocol_kind = "number"  # the CRD: no named port towards networks or nodes
+            rule = {
+                "name": f"out-{j}",
+                "action": CNP_ACTIONS[rule_count % len(CNP_ACTIONS)],
+                "to": [_cnp_egress_peer(peer_kind, namespaces, rng)],
+            }
+            protocols = _cnp_protocols(protocol_kind, rng)
+            if protocols is not None:
+                rule["protocols"] = protocols
+            egress.append(rule)
+            rule_count += 1
+        spec: dict[str, Any] = {"tier": tier, "priority": priority, "subject": subject}
+        if ingress:
+            spec["ingress"] = ingress
+        if egress:
+            spec["egress"] = egress
+        policies.append(
+            {
+                "apiVersion": "policy.networking.k8s.io/v1alpha2",
+                "kind": "ClusterNetworkPolicy",
+                "metadata": {"name": f"{tier.lower()}-{i:03d}"},
+                "spec": spec,
+            }
+        )
     return policies

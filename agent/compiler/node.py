@@ -89,6 +89,12 @@ LEAF_MEMO_LIMIT = 100_000
 CLUSTER_POLICY_SCOPE = "ClusterNetworkPolicy"
 
 
+def _steps_key(steps: Sequence[ClusterStep]) -> str:
+    """What a tier chain is built from: each step's chain, action and comment (the
+    comment names the rule, whose name can change while its chain and action stay)."""
+    return ",".join(f"{step.chain}:{step.action.value}:{step.comment}" for step in steps)
+
+
 @dataclass(frozen=True, slots=True)
 class _PolicyEntry:
     policy: NetworkPolicy
@@ -264,6 +270,7 @@ class NodeCompiler:
             "policies": len(self._policies),
             "pods": len(self._pods),
             "selecting": len(self._selecting),
+            "cluster_rules": len(self._cluster_rules),
             "local": len(self._local),
         }
 
@@ -317,6 +324,11 @@ class NodeCompiler:
         }
         self._index = {k: v for k, v in self._index.items() if k in reachable}
         self._names.keep_only(reachable | self._policies.keys())
+        self._cluster_rules = {
+            name: entry
+            for name, entry in self._cluster_rules.items()
+            if state.cluster_policies.get(name) is entry[0]
+        }
 
     def _lives(self, state: PolicyView, policy: NetworkPolicy) -> bool:
         """``policy`` is in ``state``; for a ClusterNetworkPolicy rule's one-rule policy,
@@ -667,7 +679,7 @@ class NodeCompiler:
         self, direction: Direction, steps: Sequence[ClusterStep], after: str | None
     ) -> Unit:
         kind = "XI" if direction is Direction.INGRESS else "XE"
-        key = ",".join(f"{step.chain}:{step.action.value}" for step in steps)
+        key = _steps_key(steps)
         name = self._names(kind, f"{key}|{after or ''}")
         known = self._index.get(name)
         if known is not None:
@@ -679,7 +691,7 @@ class NodeCompiler:
         self, direction: Direction, network_policies: str | None, steps: Sequence[ClusterStep]
     ) -> Unit:
         kind = "NI" if direction is Direction.INGRESS else "NE"
-        key = ",".join(f"{step.chain}:{step.action.value}" for step in steps)
+        key = _steps_key(steps)
         name = self._names(kind, f"{network_policies or ''}|{key}")
         known = self._index.get(name)
         if known is not None:

@@ -16,6 +16,7 @@ request cannot block the reconciler, and the process exits without waiting for i
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import threading
@@ -183,8 +184,12 @@ class HealthState:
 # HTTP
 
 
+#: The host of ``:port``: every address of both families (see :class:`HealthServer`).
+ALL_ADDRESSES: Final = ""
+
+
 def parse_address(address: str) -> tuple[str, int]:
-    """``host:port``, ``:port`` (all IPv4 addresses) or ``[v6]:port``."""
+    """``host:port``, ``:port`` (host :data:`ALL_ADDRESSES`) or ``[v6]:port``."""
     host, sep, port_text = address.rpartition(":")
     if not sep:
         raise ValueError(f"metrics address {address!r} is not host:port")
@@ -198,7 +203,7 @@ def parse_address(address: str) -> tuple[str, int]:
         ) from None
     if not 0 <= port <= 65535:
         raise ValueError(f"metrics address {address!r}: port {port} is out of range")
-    return host or "0.0.0.0", port
+    return host, port
 
 
 class _Server(ThreadingHTTPServer):
@@ -210,6 +215,15 @@ class _Server(ThreadingHTTPServer):
 
 class _Server6(_Server):
     address_family = socket.AF_INET6
+
+
+class _ServerDualStack(_Server6):
+    """``[::]`` with IPV6_V6ONLY off: IPv6 and IPv4 (as v4-mapped) on one socket, whatever
+    the machine's ``net.ipv6.bindv6only``."""
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -275,6 +289,12 @@ class HealthServer:
 
     ``start()`` binds (raises OSError if the port is taken) and serves from a daemon
     thread; ``stop()`` shuts it down. ``port`` is the bound port (useful with port 0).
+
+    ``:port`` binds every address of both families, so the kubelet's probes reach a
+    hostNetwork agent at the node's address whether that is IPv4 or IPv6 (an IPv6-only
+    node has no IPv4 address for ``0.0.0.0`` to catch). A kernel without IPv6 sockets
+    gets ``0.0.0.0`` instead. ``0.0.0.0:port`` stays IPv4 only, ``[::]:port`` whatever
+    the machine's ``bindv6only`` says.
     """
 
     def __init__(self, address: str, registry: CollectorRegistry, state: HealthState) -> None:
@@ -293,12 +313,25 @@ class HealthServer:
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        if self._server is None:
+            raise RuntimeError("the health server is not started")
+        bound = str(self._server.server_address[0])
+        host = f"[{bound}]" if ":" in bound else bound
         return f"http://{host}:{self.port}"
 
+    def _bind(self) -> _Server:
+        if self.host != ALL_ADDRESSES:
+            server_class = _Server6 if ":" in self.host else _Server
+            return server_class((self.host, self._requested_port), _Handler)
+        try:
+            return _ServerDualStack(("::", self._requested_port), _Handler)
+        except OSError as error:
+            if error.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                raise
+            return _Server(("0.0.0.0", self._requested_port), _Handler)
+
     def start(self) -> HealthServer:
-        server_class = _Server6 if ":" in self.host else _Server
-        server = server_class((self.host, self._requested_port), _Handler)
+        server = self._bind()
         server.registry = self.registry
         server.state = self.state
         self._server = server

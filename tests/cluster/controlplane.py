@@ -177,14 +177,14 @@ def build_binaries(*, quiet: bool = False) -> Binaries:
 _CLONE_NEWNET = 0x40000000
 
 
-def socket_in_netns(netns: Path | None) -> socket.socket:
-    """A new TCP socket that lives in network namespace ``netns`` (None: this one).
+def socket_in_netns(netns: Path | None, family: int = socket.AF_INET) -> socket.socket:
+    """A new TCP socket of ``family`` that lives in network namespace ``netns`` (None: this one).
 
     setns() applies to the calling thread only, so a short-lived thread enters the
     namespace and creates the socket; the socket stays in that namespace.
     """
     if netns is None:
-        return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        return socket.socket(family, socket.SOCK_STREAM)
     out: list[socket.socket | BaseException] = []
 
     def work() -> None:
@@ -197,7 +197,7 @@ def socket_in_netns(netns: Path | None) -> socket.socket:
                     raise OSError(err, f"setns({netns}): {os.strerror(err)}")
             finally:
                 os.close(fd)
-            out.append(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            out.append(socket.socket(family, socket.SOCK_STREAM))
         except BaseException as exc:  # handed to the caller
             out.append(exc)
 
@@ -218,7 +218,7 @@ class _NetnsHTTPConnection(http.client.HTTPConnection):
         self._netns = netns
 
     def connect(self) -> None:
-        sock = socket_in_netns(self._netns)
+        sock = socket_in_netns(self._netns, _address_family(self.host))
         sock.settimeout(self.timeout)
         try:
             sock.connect((self.host, self.port))
@@ -240,7 +240,7 @@ class _NetnsHTTPSConnection(http.client.HTTPSConnection):
         self._ctx = context
 
     def connect(self) -> None:
-        sock = socket_in_netns(self._netns)
+        sock = socket_in_netns(self._netns, _address_family(self.host))
         sock.settimeout(self.timeout)
         try:
             sock.connect((self.host, self.port))
@@ -248,6 +248,11 @@ class _NetnsHTTPSConnection(http.client.HTTPSConnection):
             sock.close()
             raise
         self.sock = self._ctx.wrap_socket(sock, server_hostname=self.host)
+
+
+def _address_family(host: str) -> int:
+    """AF_INET6 for an IPv6 literal, else AF_INET (names resolve to IPv4 here)."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def free_port() -> int:
@@ -418,8 +423,9 @@ class ControlPlane:
         host: str = "127.0.0.1",
         apiserver_port: int | None = None,
         client_url: str | None = None,
+        service_cidr: str = SERVICE_CIDR,
     ) -> None:
-        """See the class docstring; the last seven arguments place the control plane.
+        """See the class docstring; the last eight arguments place the control plane.
 
         ``command_prefix`` is put before etcd's and the apiserver's argv (for example
         ``nsenter --net=/run/netns/X``); ``netns`` is the network namespace this process
@@ -429,7 +435,10 @@ class ControlPlane:
         ``client_url`` is the apiserver URL written into the admin kubeconfig, for a
         test process that reaches it through a forwarder (default: ``apiserver_url``).
         A non-loopback ``host`` turns the endpoint reconciler on, so the ``kubernetes``
-        Service gets ``host`` as its endpoint.
+        Service gets ``host`` as its endpoint. ``service_cidr`` is
+        ``--service-cluster-ip-range`` (its family must be ``host``'s, e.g. an IPv6
+        range for an IPv6 ``host``; the serving certificate then needs the range's first
+        address in ``extra_sans``).
         """
         self.binaries = binaries if binaries is not None else build_binaries()
         self.watch_cache = watch_cache
@@ -442,6 +451,7 @@ class ControlPlane:
         self.netns = netns
         self.host = host
         self.client_url = client_url
+        self.service_cidr = service_cidr
 
         _reap_stale_run_dirs()
         self.run_dir = Path(tempfile.mkdtemp(prefix=RUN_DIR_PREFIX, dir=RUN_DIR_PARENT))
@@ -621,7 +631,8 @@ class ControlPlane:
 
     @property
     def apiserver_url(self) -> str:
-        return f"https://{self.host}:{self.apiserver_port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"https://{host}:{self.apiserver_port}"
 
     def _apiserver_argv(self) -> list[str]:
         pki = self._pki()
@@ -639,7 +650,7 @@ class ControlPlane:
             f"--service-account-issuer={SA_ISSUER}",
             f"--service-account-key-file={pki.sa_pub}",
             f"--service-account-signing-key-file={pki.sa_key}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            f"--service-cluster-ip-range={self.service_cidr}",
             "--enable-admission-plugins=NamespaceLifecycle",
             *(
                 [f"--disable-admission-plugins={','.join(self.disabled_admission_plugins)}"]

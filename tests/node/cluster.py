@@ -23,6 +23,10 @@
   podCIDR (allocated by the controller-manager) and ``portmap``, and routes on every node
   (and in the outside namespace) to the other nodes' podCIDRs via their node IPs.
 
+``NodeCluster(ip_family="ipv6")`` builds all of it IPv6 single-stack instead, with kind's
+ipv6 ranges (:data:`IPV6_LAYOUT`: fabric fc00:f853:ccd:e793::/64, pods fd00:10:244::/56,
+Services fd00:10:96::/112); the default is IPv4 (:data:`IPV4_LAYOUT`).
+
 The test process reaches the apiserver through a forwarder (:mod:`tests.node.forward`)
 on 127.0.0.1; nothing is added to the machine's own network namespace.
 
@@ -66,6 +70,7 @@ from kubernetes import client as k8s_client
 
 from tests.cluster.controlplane import (
     SERVICE_CIDR,
+    SERVICE_IP,
     ControlPlane,
     _die_with_parent,
     _pid_alive,
@@ -109,6 +114,53 @@ NODE_LAYOUT: tuple[tuple[str, str, str, bool], ...] = (
     ("netpol-worker", "w1", "172.18.0.3", False),
     ("netpol-worker2", "w2", "172.18.0.4", False),
 )
+
+
+@dataclass(frozen=True)
+class IPFamilyLayout:
+    """The addresses of one single-stack cluster: fabric, pods, Services."""
+
+    family: str  #: "ipv4" or "ipv6"
+    fabric_prefixlen: int
+    outside_ip: str
+    node_ips: tuple[str, ...]  #: in NODE_LAYOUT's order
+    cluster_cidr: str  #: controller-manager --cluster-cidr, kube-proxy clusterCIDR
+    node_cidr_mask_flag: str  #: the controller-manager flag that sizes each node's podCIDR
+    service_cidr: str
+    service_ip: str  #: the ``kubernetes`` Service's ClusterIP (first address of the range)
+    default_route: str  #: ``ip route`` destination of the nodes' default route
+
+
+#: Today's cluster: kind's docker network, pod and Service ranges.
+IPV4_LAYOUT = IPFamilyLayout(
+    family="ipv4",
+    fabric_prefixlen=FABRIC_PREFIXLEN,
+    outside_ip=OUTSIDE_IP,
+    node_ips=tuple(ip for _, _, ip, _ in NODE_LAYOUT),
+    cluster_cidr=CLUSTER_CIDR,
+    node_cidr_mask_flag="--node-cidr-mask-size=24",
+    service_cidr=SERVICE_CIDR,
+    service_ip=SERVICE_IP,
+    default_route="default",
+)
+#: IPv6 single-stack, the ranges kind uses for ``networking.ipFamily: ipv6``: the docker
+#: network's ULA fc00:f853:ccd:e793::/64, pods fd00:10:244::/56 (a /64 per node),
+#: Services fd00:10:96::/112.
+IPV6_LAYOUT = IPFamilyLayout(
+    family="ipv6",
+    fabric_prefixlen=64,
+    outside_ip="fc00:f853:ccd:e793::1",
+    node_ips=("fc00:f853:ccd:e793::2", "fc00:f853:ccd:e793::3", "fc00:f853:ccd:e793::4"),
+    cluster_cidr="fd00:10:244::/56",
+    node_cidr_mask_flag="--node-cidr-mask-size-ipv6=64",
+    service_cidr="fd00:10:96::/112",
+    service_ip="fd00:10:96::1",
+    default_route="::/0",
+)
+IP_FAMILY_LAYOUTS = {layout.family: layout for layout in (IPV4_LAYOUT, IPV6_LAYOUT)}
+#: The cluster's IP family when the caller does not say (``ipv4`` or ``ipv6``), e.g.
+#: ``NETPOL_AGENT_NODE_IP_FAMILY=ipv6 pytest -m node tests/node``.
+ENV_IP_FAMILY = "NETPOL_AGENT_NODE_IP_FAMILY"
 
 #: The values the kubelet insists on (it would write them to the machine's kernel
 #: otherwise); each node's mount namespace shows them through bind-mounted files.
@@ -467,7 +519,15 @@ class NodeCluster:
         ready_timeout: float = 180.0,
         pause: tuple[Path, str] | None = None,
         keep_dir: bool | None = None,
+        ip_family: str | None = None,
     ) -> None:
+        family = ip_family or os.environ.get(ENV_IP_FAMILY) or "ipv4"
+        if family not in IP_FAMILY_LAYOUTS:
+            raise NodeClusterError(
+                f"ip_family {family!r}: one of {', '.join(IP_FAMILY_LAYOUTS)} (single-stack)"
+            )
+        #: The addresses: IPv4 (default) or IPv6 single-stack.
+        self.layout = IP_FAMILY_LAYOUTS[family]
         self.ready_timeout = ready_timeout
         self.keep_dir = os.environ.get(ENV_KEEP_DIR) == "1" if keep_dir is None else keep_dir
         self._pause = pause
@@ -476,7 +536,7 @@ class NodeCluster:
         self.run_dir = Path()
         self.prefix = ""
         self.nodes: list[Node] = []
-        self.outside_ip = OUTSIDE_IP
+        self.outside_ip = self.layout.outside_ip
         self.outside_netns = ""
         self.fabric_netns = ""
         self.control_plane: ControlPlane | None = None
@@ -959,12 +1019,13 @@ class NodeCluster:
             watch_cache=True,
             etcd_compaction_interval="5m",
             disabled_admission_plugins=(),
-            extra_sans=[cp.ip, cp.name],
+            extra_sans=[cp.ip, cp.name, self.layout.service_ip],
             command_prefix=["nsenter", f"--net={cp.netns_path}", "--"],
             netns=Path(cp.netns_path),
             host=cp.ip,
             apiserver_port=APISERVER_PORT,
             client_url=client_url,
+            service_cidr=self.layout.service_cidr,
             ready_timeout=self.ready_timeout,
             extra_apiserver_args=[
                 "--kubelet-preferred-address-types=InternalIP",
@@ -1012,7 +1073,7 @@ class NodeCluster:
                 dir=self.run_dir / short,
                 cgroup_root=f"/{p}-{short}",
             )
-            for name, short, ip, cp in NODE_LAYOUT
+            for (name, short, _, cp), ip in zip(NODE_LAYOUT, self.layout.node_ips, strict=True)
         ]
         for node in self.nodes:
             self._add_netns(node.netns)
@@ -1025,20 +1086,33 @@ class NodeCluster:
                 f"link set {short} up",
             ]
         _run(["ip", "-n", fab, "-batch", "-"], input="\n".join(batch) + "\n")
-        for ns, ip in [(self.outside_netns, OUTSIDE_IP)] + [(n.netns, n.ip) for n in self.nodes]:
+        layout = self.layout
+        ipv6 = layout.family == "ipv6"
+        for ns, ip in [(self.outside_netns, layout.outside_ip)] + [
+            (n.netns, n.ip) for n in self.nodes
+        ]:
             cmds = [
                 "link set lo up",
-                f"addr add {ip}/{FABRIC_PREFIXLEN} dev eth0",
+                # No duplicate address detection on a segment whose addresses we assign:
+                # the address is usable at once instead of tentative for a second or two.
+                f"addr add {ip}/{layout.fabric_prefixlen} dev eth0" + (" nodad" if ipv6 else ""),
                 "link set eth0 up",
             ]
             if ns != self.outside_netns:
-                cmds.append(f"route add default via {OUTSIDE_IP} dev eth0")
+                cmds.append(f"route add {layout.default_route} via {layout.outside_ip} dev eth0")
             _run(["ip", "-n", ns, "-batch", "-"], input="\n".join(cmds) + "\n")
         sysctls = {
             "net.ipv4.ip_forward": "1",
             "net.bridge.bridge-nf-call-iptables": "1",
             "net.bridge.bridge-nf-call-ip6tables": "1",
         }
+        if ipv6:
+            sysctls |= {
+                "net.ipv6.conf.all.forwarding": "1",
+                # cni0 and the pods' host-side veths are created later in the node's
+                # namespace; their addresses need no DAD either.
+                "net.ipv6.conf.default.accept_dad": "0",
+            }
         for node in self.nodes:
             _run(
                 [
@@ -1266,9 +1340,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             "--leader-elect=false",
             f"--controllers={','.join(CONTROLLERS)}",
             "--allocate-node-cidrs=true",
-            f"--cluster-cidr={CLUSTER_CIDR}",
-            "--node-cidr-mask-size=24",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            f"--cluster-cidr={self.layout.cluster_cidr}",
+            self.layout.node_cidr_mask_flag,
+            f"--service-cluster-ip-range={self.layout.service_cidr}",
             f"--root-ca-file={ca}",
             f"--service-account-private-key-file={sa_key}",
             "--use-service-account-credentials=true",
@@ -1357,7 +1431,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
             "kind": "KubeProxyConfiguration",
             "mode": "iptables",
-            "clusterCIDR": CLUSTER_CIDR,
+            "clusterCIDR": self.layout.cluster_cidr,
             "hostnameOverride": node.name,
             "clientConnection": {"kubeconfig": str(kubeconfig)},
             # Leave the machine-wide conntrack table size and timeouts alone.
@@ -1414,7 +1488,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                         "ipam": {
                             "type": "host-local",
                             "ranges": [[{"subnet": node.pod_cidr}]],
-                            "routes": [{"dst": "0.0.0.0/0"}],
+                            "routes": [
+                                {"dst": "::/0" if self.layout.family == "ipv6" else "0.0.0.0/0"}
+                            ],
                         },
                     },
                     {"type": "portmap", "capabilities": {"portMappings": True}},
@@ -1585,11 +1661,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also deploy the agent with this image ref (after importing --agent-archive)",
     )
     parser.add_argument("--agent-archive", type=Path)
+    parser.add_argument(
+        "--ip-family",
+        choices=sorted(IP_FAMILY_LAYOUTS),
+        help=f"single-stack ipv4 (default) or ipv6 (default from ${ENV_IP_FAMILY})",
+    )
     args = parser.parse_args(argv)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with NodeCluster() as cluster:
+    with NodeCluster(ip_family=args.ip_family) as cluster:
         print(f"KUBECONFIG={cluster.kubeconfig}", flush=True)
         print(f"KUBECTL={cluster.kubectl_bin}", flush=True)
         print(

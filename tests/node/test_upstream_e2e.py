@@ -16,7 +16,7 @@ import pytest
 
 from tests.node.cluster import NodeCluster, build_images
 from tests.node.conftest import AgentImage
-from tests.node.e2e import DEFAULT_SKIP, build_e2e, parse_junit, run_suite, table
+from tests.node.e2e import SKIPS, build_e2e, parse_junit, run_suite, table
 
 pytestmark = pytest.mark.node
 
@@ -38,8 +38,9 @@ def test_upstream_netpol_subset(node_cluster: NodeCluster, deployed_agent: Agent
     node_cluster.import_image(agnhost["AGNHOST"])
     focus = "|".join(SUBSET)
     report_dir = Path(tempfile.mkdtemp(prefix="e2e-", dir=node_cluster.run_dir))
+    skip = SKIPS[node_cluster.layout.family]
     code, seconds = run_suite(
-        node_cluster, e2e_test, report_dir, focus=focus, skip=DEFAULT_SKIP, timeout="20m", extra=()
+        node_cluster, e2e_test, report_dir, focus=focus, skip=skip, timeout="20m", extra=()
     )
     results = [r for p in sorted(report_dir.glob("junit*.xml")) for r in parse_junit(p, focus)]
     print(f"\n{table(results)}\nsuite {seconds:.0f}s", file=sys.stderr)

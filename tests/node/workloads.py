@@ -335,7 +335,8 @@ class Probe:
 
     @property
     def target(self) -> str:
-        return f"{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # IPv6: [addr]:port
+        return f"{host}:{self.port}"
 
 
 def connect(cluster: NodeCluster, probe: Probe, *, timeout: float = 1.0) -> bool:
@@ -567,10 +568,19 @@ class Explained:
         return "; ".join(sides)
 
 
-def explain(state: Path, src: str, dst: str, port: int, protocol: str = "TCP") -> Explained:
+def explain(
+    state: Path,
+    src: str,
+    dst: str,
+    port: int,
+    protocol: str = "TCP",
+    *,
+    family: str | None = None,
+) -> Explained:
     """``netpol-agent explain -f STATE --from SRC --to DST --port PORT/PROTO --json``.
 
-    ``src``/``dst`` are ``ns/pod`` or an IP address, as on the command line."""
+    ``src``/``dst`` are ``ns/pod`` or an IP address, as on the command line; ``family``
+    (``ipv6`` on an IPv6 cluster) is passed as ``--family`` (explain's default: ipv4)."""
     from agent.cli import main
 
     argv = [
@@ -583,6 +593,7 @@ def explain(state: Path, src: str, dst: str, port: int, protocol: str = "TCP") -
         dst,
         "--port",
         f"{port}/{protocol.upper()}",
+        *(["--family", family] if family else []),
         "--json",
     ]
     out, err = io.StringIO(), io.StringIO()
@@ -705,9 +716,11 @@ def probe_matrix(
     ports: Sequence[tuple[int, str]],
     *,
     settle: float = 20.0,
+    family: str | None = None,
 ) -> tuple[list[Cell], int]:
     """Probe every ordered pair of ``pods`` on ``ports`` until all equal explain (for the
-    live objects, dumped to ``state``) or ``settle`` seconds pass; (cells, rounds)."""
+    live objects, dumped to ``state``; ``family`` as for :func:`explain`) or ``settle``
+    seconds pass; (cells, rounds)."""
     dump_state(cluster, state)
     cells = []
     for src in pods:
@@ -716,7 +729,7 @@ def probe_matrix(
                 continue
             for port, proto in ports:
                 probe = Probe(src, ips[dst], port, proto)
-                verdict = explain(state, src, dst, port, proto)
+                verdict = explain(state, src, dst, port, proto, family=family)
                 cells.append(Cell(probe, dst, False, verdict.allowed, verdict.why()))
     pending = list(range(len(cells)))
     deadline = time.monotonic() + settle

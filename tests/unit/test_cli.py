@@ -459,3 +459,19 @@ def test_install_cni_then_cleanup_leave_the_network_list_as_it_was(tmp_path: Pat
     assert app.cleanup_cni(str(conf_dir), str(bin_dir)) == 0
     assert json.loads((conf_dir / "10-kindnet.conflist").read_text()) == original
     assert not (bin_dir / "netpol-agent").exists()
+
+
+def test_explain_judges_ipv6_pods_in_ipv6_without_being_told(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    objects = [
+        b.namespace("v6"),
+        b.pod("v6/a", "fd00:10:244:1::2"),
+        b.pod("v6/b", "fd00:10:244:2::2", node_name="node2"),
+        b.policy("v6/deny-all"),
+    ]
+    code, out, _ = explain(
+        capsys, write_state(tmp_path, objects), "--from", "v6/a", "--to", "v6/b", "--port", "80"
+    )
+    assert code == 1
+    assert out.startswith("DENIED: v6/a (fd00:10:244:1::2) -> v6/b (fd00:10:244:2::2) 80/TCP")

@@ -174,6 +174,29 @@ def test_port_in_use_raises(setup: tuple[HealthServer, HealthState, Metrics]) ->
         other.start()
 
 
+def test_all_addresses_serves_ipv4_and_ipv6() -> None:
+    # The default (":9872"): a hostNetwork agent on an IPv6-only node is probed at the
+    # node's IPv6 address, on an IPv4 node at its IPv4 address.
+    server = HealthServer(":0", CollectorRegistry(), HealthState()).start()
+    try:
+        assert get(f"http://127.0.0.1:{server.port}/healthz")[0] == 200
+        if server.url.startswith("http://[::]:"):
+            assert get(f"http://[::1]:{server.port}/healthz")[0] == 200
+        else:
+            assert server.url.startswith("http://0.0.0.0:")  # a kernel without IPv6
+    finally:
+        server.stop()
+
+
+def test_ipv4_wildcard_stays_ipv4_only() -> None:
+    server = HealthServer("0.0.0.0:0", CollectorRegistry(), HealthState()).start()
+    try:
+        assert server.url.startswith("http://0.0.0.0:")
+        assert get(f"http://127.0.0.1:{server.port}/healthz")[0] == 200
+    finally:
+        server.stop()
+
+
 def test_ipv6_loopback() -> None:
     state = HealthState()
     try:
@@ -191,7 +214,7 @@ def test_ipv6_loopback() -> None:
     ("text", "expected"),
     [
         ("0.0.0.0:9872", ("0.0.0.0", 9872)),
-        (":9872", ("0.0.0.0", 9872)),
+        (":9872", ("", 9872)),
         ("[::]:9872", ("::", 9872)),
         ("127.0.0.1:0", ("127.0.0.1", 0)),
     ],

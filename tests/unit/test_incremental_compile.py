@@ -457,7 +457,9 @@ def test_caches_follow_the_cluster_not_every_object_ever_seen() -> None:
         pods[pod.key] = dataclasses.replace(pod, node_name=NODE)
         policy = dataclasses.replace(_policy(serial, NAMESPACES[serial % 3]), name=f"p-{serial}")
         policies[policy.key] = policy
-        churned = ClusterState(state.namespaces, pods, policies, state.nodes)
+        cluster = dataclasses.replace(_cluster_policy(serial, rng), name=f"c-{serial}")
+        cluster_policies = {**state.cluster_policies, cluster.key: cluster}
+        churned = ClusterState(state.namespaces, pods, policies, state.nodes, cluster_policies)
         compiler.compile(churned)
     compiler.compile(state)
     fresh = NodeCompiler(NODE, Family.IPV4, CONFIG)
