@@ -25,13 +25,14 @@ from agent.model.objects import (
 from agent.policy.view import (
     Delta,
     Pair,
+    TierOrder,
+    applying,
     default_namespace_labels,
     is_local,
     node_peer_members,
     peer_matches_pod,
     peer_members,
-    subject_selects,
-    tier_order,
+    tiers_of,
 )
 
 T = TypeVar("T")
@@ -84,7 +85,7 @@ class ClusterIndex:
         self.policies: dict[str, NetworkPolicy] = {}
         self.nodes: dict[str, Node] = {}
         self.cluster_policies: dict[str, ClusterNetworkPolicy] = {}
-        self._tiers: dict[tuple[Direction, Tier], tuple[ClusterNetworkPolicy, ...]] | None = None
+        self._tiers: TierOrder | None = None
         # Pods selectors may match (selectable, not quarantined), by namespace and label.
         self._by_namespace: dict[str, dict[str, Pod]] = {}
         self._by_label: dict[tuple[str, str], dict[str, Pod]] = {}
@@ -259,16 +260,8 @@ class ClusterIndex:
         self, pod: Pod, direction: Direction, tier: Tier
     ) -> tuple[ClusterNetworkPolicy, ...]:
         if self._tiers is None:
-            self._tiers = {
-                (d, t): tier_order(self.cluster_policies.values(), d, t)
-                for d in Direction
-                for t in Tier
-            }
-        return tuple(
-            policy
-            for policy in self._tiers[direction, tier]
-            if subject_selects(policy, pod, self.namespace_labels, self.namespaces)
-        )
+            self._tiers = tiers_of(self.cluster_policies.values())
+        return applying(self._tiers[direction, tier], pod, self.namespace_labels, self.namespaces)
 
     def node_peer_addresses(self, peer: NodePeer) -> tuple[IPAddress, ...]:
         return node_peer_members(peer, self.nodes.values())

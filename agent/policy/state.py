@@ -22,12 +22,13 @@ from agent.model.objects import (
     Tier,
 )
 from agent.policy.view import (
+    TierOrder,
+    applying,
     is_local,
     node_peer_members,
     peer_matches_pod,
     peer_members,
-    subject_selects,
-    tier_order,
+    tiers_of,
 )
 
 
@@ -114,23 +115,15 @@ class ClusterState:
         )
 
     @functools.cached_property
-    def _tiers(self) -> dict[tuple[Direction, Tier], tuple[ClusterNetworkPolicy, ...]]:
-        return {
-            (direction, tier): tier_order(self.cluster_policies.values(), direction, tier)
-            for direction in Direction
-            for tier in Tier
-        }
+    def _tiers(self) -> TierOrder:
+        return tiers_of(self.cluster_policies.values())
 
     def cluster_policies_selecting(
         self, pod: Pod, direction: Direction, tier: Tier
     ) -> tuple[ClusterNetworkPolicy, ...]:
         """The ClusterNetworkPolicies of ``tier`` that apply to ``pod`` in ``direction``,
         in evaluation order (priority, then name)."""
-        return tuple(
-            policy
-            for policy in self._tiers[direction, tier]
-            if subject_selects(policy, pod, self.namespace_labels, self.namespaces)
-        )
+        return applying(self._tiers[direction, tier], pod, self.namespace_labels, self.namespaces)
 
     def node_peer_addresses(self, peer: NodePeer) -> tuple[IPAddress, ...]:
         return node_peer_members(peer, self.nodes.values())

@@ -138,6 +138,25 @@ def tier_order(
     )
 
 
+TierOrder = dict[tuple[Direction, Tier], tuple[ClusterNetworkPolicy, ...]]
+
+
+def tiers_of(policies: Iterable[ClusterNetworkPolicy]) -> TierOrder:
+    """Every tier's policies per direction, in evaluation order (``tier_order``)."""
+    listed = tuple(policies)
+    return {(d, t): tier_order(listed, d, t) for d in Direction for t in Tier}
+
+
+def applying(
+    ordered: Iterable[ClusterNetworkPolicy],
+    pod: Pod,
+    namespace_labels: Callable[[str], Mapping[str, str]],
+    namespaces: Mapping[str, Namespace],
+) -> tuple[ClusterNetworkPolicy, ...]:
+    """Those of ``ordered`` whose subject selects ``pod``, keeping the order."""
+    return tuple(p for p in ordered if subject_selects(p, pod, namespace_labels, namespaces))
+
+
 def node_peer_members(peer: NodePeer, nodes: Iterable[Node]) -> tuple[IPAddress, ...]:
     """The addresses of every node ``peer`` selects, in address order."""
     found = {address for node in nodes if peer.matches(node) for address in node.addresses}

@@ -715,17 +715,6 @@ spec:
     assert [rule.name for rule in policy.ingress] == ["allow-prometheus", "deny-the-rest"]
 
 
-def test_the_file_source_reports_a_kind_it_cannot_deliver_yet() -> None:
-    from agent.control.file_source import parse_state
-
-    if any(kind.value == "ClusterNetworkPolicy" for kind in Kind):
-        pytest.skip("the source delivers ClusterNetworkPolicy")
-    parsed = parse_state(json.dumps([cnp()]).encode(), "s.json")
-    assert parsed.problems == (
-        "s.json: document 1: ClusterNetworkPolicy is not delivered by this source; skipped",
-    )
-
-
 # --- the conformance suite's policies -------------------------------------------------------------
 
 # Written for these tests after the kinds of policy in conformance/base of
