@@ -7,7 +7,7 @@ pods the same policies select, ``PE``/``PI`` a policy, ``G`` a peer group, ``B``
 ipBlock with excepts, ``T`` a subtree of a long address list; for ClusterNetworkPolicy,
 ``CE``/``CI`` one rule (sets the mark when it matches), ``XE``/``XI`` the Admin tier of
 the pods the same rules apply to, ``NE``/``NI`` what follows it (the NetworkPolicy verdict
-chain, or the Baseline tier).
+chain, or the Baseline tier), ``H`` the node addresses of a ``nodes`` peer.
 """
 
 from __future__ import annotations

@@ -659,21 +659,34 @@ class NodeCompiler:
                 },
                 key=int,
             )
-            ports = resolve_rule_ports(rule.ports, named_target)
-            port_fields = [f for match in ports.matches for f in match.rule_fields()]
-            block.extend(
-                self._render.rule_block(
-                    direction,
-                    one.key,
-                    f"{comment} node",
-                    port_fields,
-                    [(self._render.host_text(int(a)), None) for a in addresses],
+            if addresses:
+                ports = resolve_rule_ports(rule.ports, named_target)
+                port_fields = [f for match in ports.matches for f in match.rule_fields()]
+                nodes = self._node_addresses_unit(direction, addresses).root
+                block.extend(
+                    self._render.rule_block(
+                        direction, one.key, f"{comment} nodes", port_fields, [(None, nodes)]
+                    )
                 )
-            )
         chain = self._render.policy_chain(name, one.key, direction, [block] if block else [])
         unit = self._register(self._render.unit([chain])) if chain is not None else None
         self._policies[name] = _PolicyEntry(one, unit, tuple(named_egress), target)
         return name if unit is not None else None
+
+    def _node_addresses_unit(self, direction: Direction, addresses: Sequence[IPAddress]) -> Unit:
+        """The addresses of a ``nodes`` peer, each setting the mark: one chain behind the
+        rule's port match, so a packet on another port never walks them (shared by every
+        rule naming the same nodes; its content follows from its name)."""
+        key = ",".join(str(a) for a in addresses)
+        name = self._names("H", f"{direction.value}|{key}")
+        known = self._index.get(name)
+        if known is not None:
+            return self._register(known)
+        allow = self._render.allow(f"nodes peer {direction.short}")
+        rules = tuple(
+            self._render.at(direction, self._render.host_text(int(a)), allow) for a in addresses
+        )
+        return self._register(self._render.unit([Chain(name, rules)]))
 
     def _admin_unit(
         self, direction: Direction, steps: Sequence[ClusterStep], after: str | None
