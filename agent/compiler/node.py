@@ -678,39 +678,43 @@ class NodeCompiler:
         rule's port match, so a packet on another port never walks them (shared by every
         rule naming the same nodes; its content follows from its name)."""
         key = ",".join(str(a) for a in addresses)
-        name = self._names("H", f"{direction.value}|{key}")
+        allow = self._render.allow(f"nodes peer {direction.short}")
+        return self._shared_unit(
+            self._names("H", f"{direction.value}|{key}"),
+            lambda name: Chain(
+                name,
+                tuple(
+                    self._render.at(direction, self._render.host_text(int(a)), allow)
+                    for a in addresses
+                ),
+            ),
+        )
+
+    def _shared_unit(self, name: str, build: Callable[[str], Chain]) -> Unit:
+        """The one-chain unit called ``name``, built once: its name says all its content
+        depends on, so a unit still in the index is the same."""
         known = self._index.get(name)
         if known is not None:
             return self._register(known)
-        allow = self._render.allow(f"nodes peer {direction.short}")
-        rules = tuple(
-            self._render.at(direction, self._render.host_text(int(a)), allow) for a in addresses
-        )
-        return self._register(self._render.unit([Chain(name, rules)]))
+        return self._register(self._render.unit([build(name)]))
 
     def _admin_unit(
         self, direction: Direction, steps: Sequence[ClusterStep], after: str | None
     ) -> Unit:
         kind = "XI" if direction is Direction.INGRESS else "XE"
-        key = _steps_key(steps)
-        name = self._names(kind, f"{key}|{after or ''}")
-        known = self._index.get(name)
-        if known is not None:
-            return self._register(known)
-        chain = self._render.admin_chain(name, direction, steps, after)
-        return self._register(self._render.unit([chain]))
+        return self._shared_unit(
+            self._names(kind, f"{_steps_key(steps)}|{after or ''}"),
+            lambda name: self._render.admin_chain(name, direction, steps, after),
+        )
 
     def _after_admin_unit(
         self, direction: Direction, network_policies: str | None, steps: Sequence[ClusterStep]
     ) -> Unit:
         kind = "NI" if direction is Direction.INGRESS else "NE"
-        key = _steps_key(steps)
-        name = self._names(kind, f"{network_policies or ''}|{key}")
-        known = self._index.get(name)
-        if known is not None:
-            return self._register(known)
-        chain = self._render.after_admin_chain(name, direction, network_policies, steps)
-        return self._register(self._render.unit([chain]))
+        return self._shared_unit(
+            self._names(kind, f"{network_policies or ''}|{_steps_key(steps)}"),
+            lambda name: self._render.after_admin_chain(name, direction, network_policies, steps),
+        )
 
     def _quarantine_unit(self, pod: Pod, direction: Direction) -> Unit:
         """A quarantined pod's chain: itself, then a deny shared by every such pod."""

@@ -172,13 +172,13 @@ def cluster_rule_matches(
     port: int | None,
     destination: Endpoint,
 ) -> bool:
-    if rule.peers is not None and not any(
-        cluster_peer_matches(state, peer, other) for peer in rule.peers
-    ):
-        return False
-    if rule.ports is None:
-        return True
-    return any(port_allows(entry, protocol, port, destination.pod) for entry in rule.ports)
+    return _peers_and_ports_match(
+        rule.peers is None or any(cluster_peer_matches(state, peer, other) for peer in rule.peers),
+        rule.ports,
+        protocol,
+        port,
+        destination,
+    )
 
 
 def _tier_decision(
@@ -214,13 +214,30 @@ def rule_allows(
     port: int | None,
     destination: Endpoint,
 ) -> bool:
-    if rule.peers is not None and not any(
-        peer_allows(state, peer, policy.namespace, other) for peer in rule.peers
-    ):
+    return _peers_and_ports_match(
+        rule.peers is None
+        or any(peer_allows(state, peer, policy.namespace, other) for peer in rule.peers),
+        rule.ports,
+        protocol,
+        port,
+        destination,
+    )
+
+
+def _peers_and_ports_match(
+    peer_matches: bool,
+    ports: tuple[PolicyPort, ...] | None,
+    protocol: Protocol | None,
+    port: int | None,
+    destination: Endpoint,
+) -> bool:
+    """A rule of either kind matches: a peer matched (or it names none), and a port
+    entry does (or it names none)."""
+    if not peer_matches:
         return False
-    if rule.ports is None:
+    if ports is None:
         return True
-    return any(port_allows(entry, protocol, port, destination.pod) for entry in rule.ports)
+    return any(port_allows(entry, protocol, port, destination.pod) for entry in ports)
 
 
 def decide(
