@@ -74,13 +74,15 @@ e2e: setup cluster-build e2e-build
 # the pin in tests/cluster/gobuild/netpolapi-conformance, unmodified, profile
 # ClusterNetworkPolicy with its experimental features) against the real nodes with the
 # agent deployed; tests/node/README.md, "Upstream conformance". CNP_RUN narrows the
-# selection (a regex on the test names), CNP_SKIP replaces the default skip (SCTP).
+# selection (a regex on the test names), CNP_SKIP replaces the default skip (SCTP);
+# CNP_IP_FAMILY=ipv6 runs it on an IPv6 single-stack cluster.
 cnp-conformance-build: setup
 	bash tests/cluster/build-cnp-conformance.sh
 	bash tests/node/images.sh pause cnp-agnhost agent
 
 cnp-conformance: setup cluster-build cnp-conformance-build
-	$(PY) -m tests.node.cnp_conformance $(if $(CNP_RUN),--run '$(CNP_RUN)') $(if $(CNP_SKIP),--skip '$(CNP_SKIP)')
+	$(PY) -m tests.node.cnp_conformance $(if $(CNP_RUN),--run '$(CNP_RUN)') $(if $(CNP_SKIP),--skip '$(CNP_SKIP)') \
+		$(if $(CNP_IP_FAMILY),--ip-family $(CNP_IP_FAMILY))
 
 bench: setup
 	$(PY) -m bench.load --runs 7

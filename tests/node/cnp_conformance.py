@@ -48,7 +48,14 @@ from pathlib import Path
 import yaml
 
 from tests.cluster.netpolapi import install_crd
-from tests.node.cluster import REPO, NodeCluster, NodeClusterError, _key_values, build_images
+from tests.node.cluster import (
+    IP_FAMILY_LAYOUTS,
+    REPO,
+    NodeCluster,
+    NodeClusterError,
+    _key_values,
+    build_images,
+)
 
 BUILD_SCRIPT = REPO / "tests" / "cluster" / "build-cnp-conformance.sh"
 
@@ -478,6 +485,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(default: a new directory under /tmp)",
     )
     parser.add_argument("--timeout", default="2h", help="-test.timeout for the whole run")
+    parser.add_argument(
+        "--ip-family",
+        choices=sorted(IP_FAMILY_LAYOUTS),
+        default="ipv4",
+        help="the cluster's single IP family (ipv6: kind's ipv6 ranges; the suite's pokes go "
+        "to status.podIP and the nodes' InternalIP, so this is the family it tests)",
+    )
     args = parser.parse_args(argv)
 
     report_dir = args.report_dir or Path(tempfile.mkdtemp(prefix="netpol-cnp-conformance-"))
@@ -503,7 +517,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"({timings['build']:.0f}s)"
     )
 
-    with NodeCluster(pause=(Path(images["PAUSE"]), images["PAUSE_REF"])) as cluster:
+    with NodeCluster(
+        pause=(Path(images["PAUSE"]), images["PAUSE_REF"]), ip_family=args.ip_family
+    ) as cluster:
         timings["nodes_ready"] = cluster.timings["nodes_ready"]
         cluster.import_image(images["CNP_AGNHOST"])
         cluster.import_image(archive)
@@ -541,6 +557,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             {
                 "run": args.run,
                 "skip": args.skip,
+                "ip_family": args.ip_family,
                 "exit_code": code,
                 "timings": timings,
                 "agent_image": ref,
