@@ -229,11 +229,18 @@ def parse_ip(text: Any, path: str) -> IPAddress:
 
 
 def parse_cidr(text: Any, path: str) -> IPNetwork:
-    """A CIDR as the API server takes it (host bits may be set: the network is meant)."""
+    """A CIDR as the API server takes it: an address, ``/`` and a decimal prefix length
+    (host bits may be set: the network is meant). A bare address or a netmask, which
+    Python would read, is refused, as the API server refuses it."""
     if not isinstance(text, str):
         raise wrong_type(path, "a CIDR string", text)
     if "%" in text:  # as in parse_ip
         raise FieldError(path, f"invalid CIDR {shown(text)} (a zone is not allowed)")
+    _, slash, length = text.partition("/")
+    if not slash or not length.isascii() or not length.isdigit():
+        raise FieldError(
+            path, f"invalid CIDR {shown(text)} (an address, '/' and a decimal prefix length)"
+        )
     try:
         return ipaddress.ip_network(text, strict=False)
     except ValueError:

@@ -179,6 +179,13 @@ def test_port_ranges_and_named_ports_parse() -> None:
 INVALID_PEERS = {
     "bad cidr": ({"ipBlock": {"cidr": "10.0.0.0/33"}}, "from[0].ipBlock.cidr"),
     "cidr not a string": ({"ipBlock": {"cidr": 10}}, "from[0].ipBlock.cidr"),
+    "cidr without a prefix length": ({"ipBlock": {"cidr": "10.0.0.1"}}, "from[0].ipBlock.cidr"),
+    "cidr with a netmask": ({"ipBlock": {"cidr": "10.0.0.0/255.0.0.0"}}, "from[0].ipBlock.cidr"),
+    "cidr with an empty prefix length": ({"ipBlock": {"cidr": "fd00::/"}}, "from[0].ipBlock.cidr"),
+    "except without a prefix length": (
+        {"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.0.0.1"]}},
+        "from[0].ipBlock.except[0]",
+    ),
     "cidr with a zone": ({"ipBlock": {"cidr": "fe80::%eth0/64"}}, "from[0].ipBlock.cidr"),
     "except outside cidr": (
         {"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.1.0.0/24"]}},
