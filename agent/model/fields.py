@@ -14,7 +14,7 @@ import ipaddress
 import re
 import socket
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from agent.model.objects import IPAddress, IPNetwork, Protocol
@@ -62,6 +62,23 @@ def type_name(value: Any) -> str:
 
 def wrong_type(path: str, expected: str, value: Any) -> FieldError:
     return FieldError(path, f"must be {expected}, got {type_name(value)} {shown(value)}")
+
+
+def unknown_field(path: str, key: Any, known: Sequence[str]) -> FieldError:
+    where = (
+        f"{path}.{key}" if isinstance(key, str) and key.isidentifier() else f"{path}[{shown(key)}]"
+    )
+    return FieldError(where, f"unknown field (known: {', '.join(known)})")
+
+
+def only_known(raw: Any, path: str, known: Sequence[str]) -> Mapping[str, Any]:
+    """An object with only ``known`` fields: an unknown one (a misspelling, say) may have
+    meant to narrow what the object matches, so reading past it could fail open."""
+    fields = as_entry(raw, path)
+    for key in fields:
+        if key not in known:
+            raise unknown_field(path, key, known)
+    return fields
 
 
 def as_dict(obj: Any) -> Mapping[str, Any]:

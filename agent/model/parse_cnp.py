@@ -29,12 +29,13 @@ from typing import Any, TypeVar
 from agent.model.fields import (
     FieldError,
     as_dict,
-    as_entry,
     identity,
     is_port_name,
+    only_known,
     parse_masked_cidr,
     port_number,
     shown,
+    unknown_field,
     wrong_type,
 )
 from agent.model.objects import (
@@ -117,7 +118,7 @@ def _parse(raw: Mapping[str, Any], name: str) -> ClusterNetworkPolicy:
     fatal: list[str] = []
     for key in spec:
         if key not in _SPEC_FIELDS:
-            fatal.append(str(_unknown_field("spec", key, _SPEC_FIELDS)))
+            fatal.append(str(unknown_field("spec", key, _SPEC_FIELDS)))
     tier = _read(fatal, _tier, spec.get("tier"), "spec.tier")
     priority = _read(fatal, _priority, spec.get("priority"), "spec.priority")
     subject = _read(fatal, _subject, spec.get("subject"), "spec.subject")
@@ -200,7 +201,7 @@ def _subject(raw: Any, path: str) -> SelectorPeer:
 def _namespaced_pods(raw: Any, path: str) -> SelectorPeer:
     """``pods``: a pod selector within the namespaces of a namespace selector (absent:
     every namespace)."""
-    fields = _object(raw, path, ("namespaceSelector", "podSelector"))
+    fields = only_known(raw, path, ("namespaceSelector", "podSelector"))
     if fields.get("podSelector") is None:
         raise FieldError(f"{path}.podSelector", "is required ({} selects every pod)")
     return SelectorPeer(
@@ -260,7 +261,7 @@ def _rule_name(entry: Any, path: str, problems: list[str]) -> str:
 
 def _rule(raw: Any, index: int, name: str, direction: Direction, path: str) -> ClusterRule:
     peers_field = "from" if direction is Direction.INGRESS else "to"
-    rule = _object(raw, path, ("name", "action", peers_field, "protocols"))
+    rule = only_known(raw, path, ("name", "action", peers_field, "protocols"))
     action = _action(rule.get("action"), f"{path}.action")
     peers = _peers(rule.get(peers_field), direction, f"{path}.{peers_field}")
     ports = _protocols(rule.get("protocols"), f"{path}.protocols")
@@ -351,7 +352,7 @@ def _protocols(raw: Any, path: str) -> tuple[PolicyPort, ...] | None:
 
 
 def _destination_port(raw: Any, protocol: Protocol, path: str) -> PolicyPort:
-    fields = _object(raw, path, ("destinationPort",))
+    fields = only_known(raw, path, ("destinationPort",))
     if fields.get("destinationPort") is None:
         raise FieldError(
             f"{path}.destinationPort",
@@ -362,7 +363,7 @@ def _destination_port(raw: Any, protocol: Protocol, path: str) -> PolicyPort:
     if field == "number":
         return PolicyPort(protocol, port_number(value, f"{where}.number"))
     where = f"{where}.range"
-    port_range = _object(value, where, ("start", "end"))
+    port_range = only_known(value, where, ("start", "end"))
     for bound in ("start", "end"):
         if port_range.get(bound) is None:
             raise FieldError(f"{where}.{bound}", "is required")
@@ -376,18 +377,9 @@ def _destination_port(raw: Any, protocol: Protocol, path: str) -> PolicyPort:
 # --- shapes --------------------------------------------------------------------------------
 
 
-def _object(raw: Any, path: str, known: Sequence[str]) -> Mapping[str, Any]:
-    """An object with only ``known`` fields (an unknown one may have meant to narrow it)."""
-    fields = as_entry(raw, path)
-    for key in fields:
-        if key not in known:
-            raise _unknown_field(path, key, known)
-    return fields
-
-
 def _exactly_one(raw: Any, path: str, known: Sequence[str]) -> tuple[str, Any]:
     """The one field of ``known`` set in ``raw`` (null counts as not set)."""
-    fields = _object(raw, path, known)
+    fields = only_known(raw, path, known)
     present = [key for key in known if fields.get(key) is not None]
     if len(present) != 1:
         got = f"; got {', '.join(present)}" if present else ""
@@ -403,10 +395,3 @@ def _bounded_list(raw: Any, path: str, what: str) -> list[Any]:
     if not 1 <= len(raw) <= MAX_ITEMS:
         raise FieldError(path, f"{len(raw)} entries; 1 to {MAX_ITEMS} of {what} are allowed")
     return raw
-
-
-def _unknown_field(path: str, key: Any, known: Sequence[str]) -> FieldError:
-    where = (
-        f"{path}.{key}" if isinstance(key, str) and key.isidentifier() else f"{path}[{shown(key)}]"
-    )
-    return FieldError(where, f"unknown field (known: {', '.join(known)})")

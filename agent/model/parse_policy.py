@@ -19,6 +19,7 @@ from agent.model.fields import (
     is_port_name,
     label_key_problem,
     label_value_problem,
+    only_known,
     parse_cidr,
     parse_protocol,
     port_number,
@@ -37,6 +38,11 @@ from agent.model.objects import (
 from agent.model.selectors import LabelSelector, Operator, Requirement
 
 _OPERATORS = {operator.value: operator for operator in Operator}
+# A selector's fields: one misspelled (``matchLabel``) would otherwise read as ``{}``,
+# which selects everything. The API server prunes it the same way, but a file is read
+# here first, and a peer that selects everything fails open.
+_SELECTOR_FIELDS = ("matchLabels", "matchExpressions")
+_REQUIREMENT_FIELDS = ("key", "operator", "values")
 _DIRECTIONS = {direction.value: direction for direction in Direction}
 
 
@@ -48,6 +54,7 @@ def parse_selector(raw: Any, path: str) -> LabelSelector:
         return LabelSelector()
     if not isinstance(raw, Mapping):
         raise wrong_type(path, "a label selector object", raw)
+    only_known(raw, path, _SELECTOR_FIELDS)
     requirements: list[Requirement] = []
     match_labels = raw.get("matchLabels")
     if match_labels is not None and not isinstance(match_labels, Mapping):
@@ -69,6 +76,7 @@ def parse_selector(raw: Any, path: str) -> LabelSelector:
 def _requirement(expression: Any, where: str) -> Requirement:
     if not isinstance(expression, Mapping):
         raise wrong_type(where, "an object", expression)
+    only_known(expression, where, _REQUIREMENT_FIELDS)
     key = expression.get("key")
     if key is None or key == "":
         raise FieldError(f"{where}.key", "is required")

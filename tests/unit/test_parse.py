@@ -212,6 +212,18 @@ INVALID_PEERS = {
         "from[0]",
     ),
     "a peer with nothing": ({}, "from[0]"),
+    "misspelled matchLabels (would select every pod)": (
+        {"podSelector": {"matchLabel": {"app": "db"}}},
+        "from[0].podSelector.matchLabel",
+    ),
+    "unknown field in a namespaceSelector": (
+        {"namespaceSelector": {"matchLabels": {"a": "b"}, "matchExpression": []}},
+        "from[0].namespaceSelector.matchExpression",
+    ),
+    "unknown field in a match expression": (
+        {"podSelector": {"matchExpressions": [{"key": "a", "operator": "In", "value": ["x"]}]}},
+        "from[0].podSelector.matchExpressions[0].value",
+    ),
     "unknown operator": (
         {
             "podSelector": {
@@ -297,10 +309,15 @@ def test_broken_peer_does_not_turn_into_all_peers() -> None:
     assert policy.ingress == ()
 
 
-def test_broken_pod_selector_selects_the_whole_namespace() -> None:
-    policy = parse(
-        podSelector={"matchExpressions": [{"key": "app", "operator": "In"}]}, ingress=[{}]
-    )
+@pytest.mark.parametrize(
+    "selector",
+    [
+        {"matchExpressions": [{"key": "app", "operator": "In"}]},
+        {"matchLabel": {"app": "web"}},  # misspelled: unread, it would narrow nothing
+    ],
+)
+def test_broken_pod_selector_selects_the_whole_namespace(selector: dict[str, object]) -> None:
+    policy = parse(podSelector=selector, ingress=[{}])
     assert policy.pod_selector is None
     (problem,) = policy.problems
     assert "NetworkPolicy prod/np" in problem and "spec.podSelector" in problem

@@ -367,6 +367,7 @@ def test_an_unreadable_priority_denies_everything_at_priority_zero(priority: Any
         ({"namespaces": {"matchLabels": {"a": 5}}}, "spec.subject.namespaces.matchLabels.a: "),
         ({"pods": {"namespaceSelector": {}}}, "spec.subject.pods.podSelector: is required"),
         ({"pods": {"podSelector": {}, "x": {}}}, "spec.subject.pods.x: unknown field"),
+        ({"namespaces": {"matchLabel": {"a": "b"}}}, "spec.subject.namespaces.matchLabel: unknown field"),
         ({"pods": {"podSelector": {"matchExpressions": [{"key": "a", "operator": "Is"}]}}},
          "spec.subject.pods.podSelector.matchExpressions[0].operator: unknown operator"),
     ],
