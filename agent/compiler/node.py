@@ -72,11 +72,13 @@ from agent.policy.state import ClusterState
 from agent.policy.view import (
     Before,
     Delta,
+    Pair,
     PeerMatcher,
     PolicyView,
     is_local,
     quarantine_changed,
     quarantined,
+    subject_selects,
 )
 from agent.rules import Chain, Family, Rule, Ruleset
 
@@ -360,14 +362,16 @@ class NodeCompiler:
             self._namespace_epoch[changed.namespace] += 1  # selection there may change
             self._dirty_namespaces.add(changed.namespace)
         if delta.cluster_policies:
-            self._dirty_all = True
+            # Only the tiers of the pods a changed policy applied to, or applies to now,
+            # can change (a relabelled namespace's pods are rebuilt below).
+            self._dirty_pods.update(self._subject_pods(state, delta.cluster_policies))
         if delta.nodes and self._node_rule_chains:
             for name in self._node_rule_chains:
                 self._policies.pop(name, None)
             self._node_rule_chains.clear()
             self._dirty_all = True
         relabelled = delta.relabelled()
-        if relabelled and state.cluster_policies:
+        if relabelled and (state.cluster_policies or delta.cluster_policies):
             # A subject's namespace selector may now take or leave that namespace's pods.
             self._dirty_namespaces.update(relabelled)
         before: PeerMatcher = Before(state, relabelled) if relabelled else state
@@ -407,6 +411,22 @@ class NodeCompiler:
                 state,
                 lambda scope: scope.count_changes(before, state, pod_changes, self.version, moved),
             )
+
+    def _subject_pods(
+        self, state: PolicyView, changes: Sequence[Pair[ClusterNetworkPolicy]]
+    ) -> set[str]:
+        """The local pods that the old or the new version of a changed policy applies to
+        (judged by today's labels: a pod or namespace relabelled in the same change is
+        rebuilt anyway)."""
+        changed = [policy for pair in changes for policy in pair if policy is not None]
+        return {
+            pod.key
+            for pod in self._local.values()
+            if any(
+                subject_selects(policy, pod, state.namespace_labels, state.namespaces)
+                for policy in changed
+            )
+        }
 
     def _track_local_pods(self, pod_changes: Sequence[PodChange]) -> None:
         for old, new in pod_changes:

@@ -321,7 +321,10 @@ def test_incremental_compile_equals_a_fresh_compile_after_every_change(
     for compiler in compilers.values():
         compiler.compile(state)
     for serial in range(steps):
-        state = _mutate(state, rng, serial, cluster=True)
+        # Sometimes several changes in one delta (a watch batch), e.g. a namespace
+        # relabelled as the ClusterNetworkPolicy that selected it by label is deleted.
+        for extra in range(rng.choice((1, 1, 2, 3))):
+            state = _mutate(state, rng, 100 * serial + extra, cluster=True)
         for family, compiler in compilers.items():
             incremental = compiler.compile(state)
             fresh = NodeCompiler(NODE, family, CONFIG).compile(state)
@@ -440,6 +443,41 @@ def test_a_pod_relabelled_to_serve_a_named_port_brings_in_an_admin_deny_by_that_
     db = dataclasses.replace(other, labels={**other.labels, "app": "db"})
     after = dataclasses.replace(before, pods={**before.pods, db.key: db})
     assert db.resolve_named_port("http", Protocol.TCP) is not None
+    assert compiler.compile(after) == NodeCompiler(NODE, Family.IPV4, CONFIG).compile(after)
+
+
+def test_the_last_cluster_policy_deleted_as_its_namespace_is_relabelled_leaves_no_tier() -> None:
+    # One delta: the policy chose namespace x by a label that x loses at the same time.
+    # Judged by x's new labels it never selected x's pods; their tiers must go anyway.
+    state = _initial(7, 20)
+    x_pods = [p for p in state.pods.values() if p.namespace == "x"]
+    local = {p.key: dataclasses.replace(p, node_name=NODE) for p in x_pods}
+    deny = parse.parse_cluster_network_policy(
+        {
+            "apiVersion": "policy.networking.k8s.io/v1alpha2",
+            "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": "deny-red"},
+            "spec": {
+                "tier": "Admin",
+                "priority": 0,
+                "subject": {"namespaces": {"matchLabels": {"team": "red"}}},
+                "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}],
+            },
+        }
+    )
+    red = dataclasses.replace(state.namespaces["x"], labels={"team": "red"})
+    before = dataclasses.replace(
+        state,
+        namespaces={**state.namespaces, "x": red},
+        pods={**state.pods, **local},
+        cluster_policies={deny.key: deny},
+    )
+    compiler = NodeCompiler(NODE, Family.IPV4, CONFIG)
+    assert "deny-red" in str(compiler.compile(before).chains)
+    blue = dataclasses.replace(red, labels={"team": "blue"})
+    after = dataclasses.replace(
+        before, namespaces={**before.namespaces, "x": blue}, cluster_policies={}
+    )
     assert compiler.compile(after) == NodeCompiler(NODE, Family.IPV4, CONFIG).compile(after)
 
 
