@@ -50,9 +50,11 @@ UTF-8, one JSON object per line (JSON Lines), keys always in this order::
     ``namespace added|deleted|labelled name``, ``node added|updated|deleted name``, ``node addresses changed``, ``resync
     repair`` (the kernel had drifted from what the agent wrote), ``retry after failure``.
     For a change pass the reason names the object change that matches the rule's policy or
-    pod; when none matches (e.g. a namespace relabel that changed who a selector picks),
-    it names the pass's first change and how many more there were, e.g. ``namespace
-    labelled prod (+2 more changes)``. On flow lines: the change behind the new rules
+    pod (its own change, its namespace's relabel, else a NetworkPolicy change in its
+    namespace: a deny-all policy has no chain of its own, its pods' chains change); when
+    none matches (e.g. a namespace relabel that changed who a selector picks), it names
+    the pass's first change and how many more there were, e.g. ``namespace labelled prod
+    (+2 more changes)``. On flow lines: the change behind the new rules
     (``flow_revoked``), or the change of the pod that gave up the address
     (``flow_removed``: ``pod deleted ns/name``, else ``pod address released ns/name``).
 
@@ -199,10 +201,14 @@ class _Reasons:
         self._policies: dict[str, str] = {}
         self._pods: dict[str, str] = {}
         self._namespaces: dict[str, str] = {}
+        # NetworkPolicy changes by namespace: they are what re-isolates that namespace's
+        # pods (a deny-all policy has no chain of its own; its pods' chains change).
+        self._policy_namespaces: dict[str, str] = {}
         for change in outcome.changes:
             text = describe_change(change)
             if change.kind is Kind.NETWORK_POLICY:
                 self._policies.setdefault(change.key, text)
+                self._policy_namespaces.setdefault(change.key.partition("/")[0], text)
             elif change.kind is Kind.CLUSTER_NETWORK_POLICY:
                 # Its rules carry the policy as the compiler names it.
                 self._policies.setdefault(f"{CLUSTER_POLICY_SCOPE}/{change.key}", text)
@@ -239,6 +245,8 @@ class _Reasons:
                 namespace = key.partition("/")[0]
                 if namespace in self._namespaces:
                     return self._namespaces[namespace]
+        if pod and (in_namespace := self._policy_namespaces.get(pod.partition("/")[0])):
+            return in_namespace
         if self._fixed is not None:
             return self._fixed  # a periodic resync that changed something: a repair
         return self._fallback

@@ -266,6 +266,31 @@ def test_pod_label_change_and_fallback_reason(tmp_path: Path) -> None:
     assert reasons[(POD_CHAIN, "prod/db")] == "namespace labelled staging (+1 more changes)"
 
 
+def test_a_deny_all_policy_is_the_reason_for_its_pods_chains_in_a_mixed_pass(
+    tmp_path: Path,
+) -> None:
+    """A deny-all policy has no chain of its own: prod/db's chain is what it changes. The
+    pass also took another pod's update first, which must not become the reason."""
+    after = Ruleset.of(
+        Family.IPV4,
+        ENTRY,
+        [
+            Chain(ENTRY, (dispatch_rule("10.244.1.7", POD_CHAIN, "prod/db"),)),
+            Chain(POD_CHAIN, (Rule("DROP", "prod/db: default deny in", pod="prod/db"),)),
+        ],
+    )
+    sync = family_sync(after, empty_state())
+    changes = [
+        ObjectChange(Kind.POD, "staging/cache", "updated", ("status",)),
+        ObjectChange(Kind.NETWORK_POLICY, "prod/deny-all", "added"),
+    ]
+    path = tmp_path / "rules.log"
+    RuleLog(str(path), 1 << 20, 1).sync_finished(outcome([sync], changes=changes))
+    reasons = {(e["action"], e["chain"]): e["reason"] for e in read_lines(path)}
+    assert reasons[("rule_added", POD_CHAIN)] == "policy created prod/deny-all"
+    assert reasons[("chain_added", POD_CHAIN)] == "policy created prod/deny-all"
+
+
 def test_resync_repair_of_a_chain_someone_changed(tmp_path: Path) -> None:
     desired = ruleset(with_policy=False)
     ours = expected_state(desired, PREFIX)
@@ -484,7 +509,7 @@ def test_flows_revoked_and_removed_are_logged_with_their_cause(tmp_path: Path) -
               "policy": None}  # fmt: skip
     assert entries == [
         {**common, "action": "flow_revoked", "rule": "tcp 10.0.2.10:40000 -> 10.0.1.10:80",
-         "pod": "x/a", "reason": "policy created x/deny (+1 more changes)"},
+         "pod": "x/a", "reason": "policy created x/deny"},
         {**common, "action": "flow_removed", "rule": "udp 10.0.1.99:5353 -> 10.0.2.10:53",
          "pod": "y/old", "reason": "pod deleted y/old"},
     ]  # fmt: skip
