@@ -28,13 +28,13 @@ times when the machine is busy.
 
     python -m bench.cnp [--runs 5] [--backends nft,legacy] [--smoke] [--json FILE]
 
-One run (``python -m bench.cnp --runs 5``, load 8-12 on 2 cores; CPU times, medians), L
-vs L+cnp: full compile 734 vs 2,699 ms; rules (IPv4) 16,977 vs 82,864 (72k of them in
-peer-group address trees); full apply, restore CPU, nft 1.2 vs 10.8 s, legacy 0.25 vs
-1.3 s; agent RSS 120 vs 264 MiB; rules a new connection traverses, median / p99 / worst,
-31 / 85 / 156 vs 171 / 449 / 560. Single changes, agent CPU (nft): NetworkPolicy edited
-29 vs 104 ms, ClusterNetworkPolicy edited 200 ms, reordered 315 ms, pod relabelled 23
-vs 107 ms, namespace relabelled 83 vs 370 ms.
+One run (``python -m bench.cnp --runs 5``, a real-node cluster running beside it; CPU
+times, medians), L vs L+cnp: full compile 347 vs 1,809 ms; rules (IPv4) 16,977 vs
+82,499 (72k of them in peer-group address trees); full apply, restore CPU, nft 0.99 vs
+9.4 s, legacy 0.30 vs 1.2 s; agent RSS 120 vs 260 MiB; rules a new connection
+traverses, median / p99 / worst, 31 / 85 / 156 vs 130 / 355 / 475. Single changes,
+agent CPU (nft): NetworkPolicy edited 17 vs 72 ms, ClusterNetworkPolicy edited 87 ms,
+reordered 144 ms, pod relabelled 15 vs 79 ms, namespace relabelled 44 vs 279 ms.
 """
 
 from __future__ import annotations
