@@ -60,7 +60,7 @@ test-node: setup cluster-build node-images
 # Kubernetes' own NetworkPolicy e2e tests (e2e.test from the k8s.io/kubernetes pin,
 # unmodified) against the real nodes with the agent deployed; tests/node/README.md,
 # "Upstream e2e". E2E_FOCUS / E2E_SKIP narrow or widen the selection; E2E_IP_FAMILY=ipv6
-# runs it on an IPv6 single-stack cluster.
+# runs it on an IPv6 single-stack cluster; E2E_NODES=4 runs 4 specs at a time (ginkgo).
 E2E_FOCUS ?= Netpol
 e2e-build: setup
 	bash tests/cluster/build-e2e.sh
@@ -68,7 +68,7 @@ e2e-build: setup
 
 e2e: setup cluster-build e2e-build
 	$(PY) -m tests.node.e2e --focus '$(E2E_FOCUS)' $(if $(E2E_SKIP),--skip '$(E2E_SKIP)') \
-		$(if $(E2E_IP_FAMILY),--ip-family $(E2E_IP_FAMILY))
+		$(if $(E2E_IP_FAMILY),--ip-family $(E2E_IP_FAMILY)) $(if $(E2E_NODES),--nodes $(E2E_NODES))
 
 # The network-policy-api conformance suite (sigs.k8s.io/network-policy-api/conformance at
 # the pin in tests/cluster/gobuild/netpolapi-conformance, unmodified, profile
